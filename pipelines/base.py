@@ -1,0 +1,63 @@
+"""The contract between the server and an endpoint.
+
+A pipeline is one fal endpoint: its input and output models (the API contract, from which the
+OpenAPI documents are generated) and the four stages a worker drives, in LitServe's order:
+`setup` once per device, then per request `decode` (host: fetch and decode inputs), `predict`
+(device: one call for a batch of compatible requests) and `encode` (host: files and output model).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable, Sequence
+from typing import ClassVar, Generic, TypeVar
+
+import torch
+from pydantic import BaseModel
+
+from server.context import RequestContext
+
+InputT = TypeVar("InputT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
+PredictionT = TypeVar("PredictionT")
+
+
+class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
+    endpoint_id: ClassVar[str]
+    Input: ClassVar[type[BaseModel]]
+    Output: ClassVar[type[BaseModel]]
+    # how many compatible requests `predict` may take at once; the server caps it with --max-batch-size
+    max_batch_size: ClassVar[int] = 1
+
+    device: torch.device
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this endpoint cannot run on this machine (e.g. weights not installed), or None."""
+        return None
+
+    @classmethod
+    def prepare(cls, inputs: InputT) -> InputT:
+        """Checks rules that span several fields and fills in values drawn at submit time (a seed),
+        so a retried request runs exactly as the first try. Raises FieldError."""
+        return inputs
+
+    def setup(self, device: torch.device) -> None:
+        """Loads models onto `device`; runs once per worker before the first request."""
+        self.device = device
+
+    @abc.abstractmethod
+    def decode(self, inputs: InputT, request: RequestContext) -> ItemT:
+        """Fetches and decodes one request's inputs on the host."""
+
+    def batch_key(self, item: ItemT) -> Hashable | None:
+        """Items with equal keys may share one `predict` call; None runs the item alone."""
+        return None
+
+    @abc.abstractmethod
+    def predict(self, items: Sequence[ItemT], requests: Sequence[RequestContext]) -> Sequence[PredictionT]:
+        """Runs a batch on the device; returns one prediction per item, in order."""
+
+    @abc.abstractmethod
+    def encode(self, prediction: PredictionT, request: RequestContext) -> BaseModel:
+        """Turns one prediction into the endpoint's output model (stores its files)."""

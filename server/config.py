@@ -1,0 +1,81 @@
+"""Server settings: one frozen object built by the CLI (or a test) and passed down explicitly."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK_HOST = "127.0.0.1"
+
+
+def default_data_dir() -> Path:
+    """Kiln's folder under the user's data directory (XDG on Linux)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "kiln"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Kiln server needs to know; defaults are the one-command embedded setup."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = LOOPBACK_HOST
+    port: int = 8000
+    public_url: str | None = None
+    api_keys: tuple[str, ...] = ()
+    allow_private_urls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    device: str = "auto"
+    extra_pipelines: tuple[str, ...] = ()
+
+    retention_seconds: float = 7 * 24 * 3600
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    max_attempts: int = 3
+    max_batch_size: int = 8
+    janitor_seconds: float = 5.0
+
+    download_timeout_seconds: float = 30.0
+    max_download_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_body_bytes: int = 96 * 1024 * 1024
+    max_image_pixels: int = 8192 * 8192
+
+    webhook_max_attempts: int = 10
+    webhook_first_retry_seconds: float = 5.0
+    webhook_timeout_seconds: float = 15.0
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def base_url(self) -> str:
+        """Absolute URL clients reach this server at; result and queue URLs are built from it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = LOOPBACK_HOST
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

@@ -1,0 +1,70 @@
+"""Wake-ups for things that wait on a job: status streams and sync runs (asyncio), workers (threads).
+
+Writers call `publish` from any thread. A waiter `subscribe`s before it reads the job, so a change
+that lands between the read and the wait is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Subscription:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def _fire(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """True if the job changed since the last wait, False on timeout."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class ChangeFeed:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._work = threading.Condition()
+        self._work_pending = False
+
+    @contextmanager
+    def subscribe(self, request_id: str) -> Iterator[Subscription]:
+        subscription = Subscription(asyncio.get_running_loop())
+        with self._lock:
+            self._subscribers[request_id].add(subscription)
+        try:
+            yield subscription
+        finally:
+            with self._lock:
+                subscribers = self._subscribers[request_id]
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[request_id]
+
+    def publish(self, request_id: str) -> None:
+        with self._lock:
+            subscribers = tuple(self._subscribers.get(request_id, ()))
+        for subscription in subscribers:
+            subscription._fire()
+
+    def publish_work(self) -> None:
+        with self._work:
+            self._work_pending = True
+            self._work.notify_all()
+
+    def wait_for_work(self, timeout: float) -> None:
+        with self._work:
+            if not self._work_pending:
+                self._work.wait(timeout)
+            self._work_pending = False

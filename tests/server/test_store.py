@@ -1,0 +1,197 @@
+"""The SQLite queue on its own: ordering, batching, leases, attempts, idempotent completion."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import QueueFull
+from server.store import CancelOutcome, JobResult, JobStatus, NewJob, Priority
+from server.store.sqlite import DataDirLocked, SqliteJobStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def open_store(tmp_path, clock):
+    stores = []
+
+    def open_(max_attempts: int = 3) -> SqliteJobStore:
+        store = SqliteJobStore(tmp_path / "queue.sqlite3", lease_seconds=30, max_attempts=max_attempts, clock=clock)
+        stores.append(store)
+        return store
+
+    yield open_
+    for store in stores:
+        try:
+            store.close()
+        except Exception:
+            pass
+
+
+def job(request_id: str, endpoint: str = "e/a", priority: Priority = Priority.NORMAL, **kw) -> NewJob:
+    return NewJob(request_id=request_id, endpoint=endpoint, owner="o", payload={"n": request_id}, priority=priority, **kw)
+
+
+OK = JobResult(status_code=200, body={"ok": True}, metrics={"inference_time": 0.1})
+
+
+def test_positions_follow_priority_then_arrival(open_store):
+    store = open_store()
+    assert store.submit(job("a")) == 0
+    assert store.submit(job("b", priority=Priority.LOW)) == 1
+    assert store.submit(job("c")) == 1
+    positions = {rid: store.queue_position(store.get(rid)) for rid in "abc"}
+    assert positions == {"a": 0, "c": 1, "b": 2}
+    assert [j.request_id for j in store.claim("w", {})] == ["a"]
+    assert [j.request_id for j in store.claim("w", {})] == ["c"]
+    assert [j.request_id for j in store.claim("w", {})] == ["b"]
+
+
+def test_claim_batches_jobs_of_the_head_endpoint(open_store):
+    store = open_store()
+    for rid, endpoint in [("a", "e/x"), ("b", "e/y"), ("c", "e/x"), ("d", "e/x")]:
+        store.submit(job(rid, endpoint))
+    claimed = store.claim("w", {"e/x": 2})
+    assert [j.request_id for j in claimed] == ["a", "c"]
+    assert all(j.status is JobStatus.IN_PROGRESS and j.attempts == 1 for j in claimed)
+    assert [j.request_id for j in store.claim("w", {"e/x": 8})] == ["b"]
+
+
+def test_max_queue_length_counts_waiting_jobs_of_the_endpoint(open_store):
+    store = open_store()
+    store.submit(job("a"), max_queue_length=2)
+    store.submit(job("b"), max_queue_length=2)
+    store.submit(job("other", endpoint="e/other"), max_queue_length=2)
+    with pytest.raises(QueueFull):
+        store.submit(job("c"), max_queue_length=2)
+    assert store.get("c") is None
+    store.claim("w", {})
+    store.submit(job("c"), max_queue_length=2)
+
+
+def test_completion_is_idempotent_and_schedules_one_webhook(open_store):
+    store = open_store()
+    store.submit(job("a", webhook_url="https://example.com/hook"))
+    store.claim("w", {})
+    assert store.complete("a", OK) is True
+    assert store.complete("a", JobResult(status_code=500, body={"detail": "late duplicate"})) is False
+    assert store.get("a").result.body == {"ok": True}
+    due = store.webhooks_due(10)
+    assert [(d.request_id, d.url) for d in due] == [("a", "https://example.com/hook")]
+    store.webhook_attempted("a", delivered=True, retry_in=None, error=None)
+    assert store.webhooks_due(10) == []
+
+
+def test_webhook_retries_wait_and_give_up(open_store, clock):
+    store = open_store()
+    store.submit(job("a", webhook_url="https://example.com/hook"))
+    store.complete("a", OK)
+    store.webhook_attempted("a", delivered=False, retry_in=60, error="HTTP 500")
+    assert store.webhooks_due(10) == []
+    clock.now += 61
+    assert store.webhooks_due(10)[0].attempts == 1
+    store.webhook_attempted("a", delivered=False, retry_in=None, error="HTTP 500")
+    clock.now += 10_000
+    assert store.webhooks_due(10) == []
+
+
+def test_expired_lease_requeues_until_attempts_run_out(open_store, clock):
+    store = open_store(max_attempts=2)
+    store.submit(job("a"))
+    store.claim("w1", {})
+    clock.now += 31
+    assert store.recover() == []
+    requeued = store.get("a")
+    assert requeued.status is JobStatus.IN_QUEUE and requeued.attempts == 1
+    assert "Requeued" in store.logs("a")[-1].message
+    store.claim("w2", {})
+    clock.now += 31
+    assert store.recover() == ["a"]
+    failed = store.get("a")
+    assert failed.status is JobStatus.COMPLETED
+    assert failed.result.status_code == 500 and failed.result.error_type == "runner_server_error"
+
+
+def test_heartbeat_keeps_a_long_job_leased(open_store, clock):
+    store = open_store()
+    store.submit(job("a"))
+    store.claim("w", {})
+    for _ in range(10):
+        clock.now += 20
+        store.renew("w", ["a"])
+        assert store.recover() == []
+    assert store.get("a").status is JobStatus.IN_PROGRESS
+    assert store.get("a").attempts == 1
+    assert store.renew("someone-else", ["a"]) == set()
+    clock.now += 31
+    store.recover()
+    assert store.get("a").status is JobStatus.IN_QUEUE
+
+
+def test_cancel_outcomes(open_store):
+    store = open_store()
+    cancelled = JobResult(status_code=499, body={"detail": "cancelled"}, error="cancelled", error_type="client_cancelled")
+    store.submit(job("running"))
+    store.submit(job("queued"))
+    store.claim("w", {"e/a": 1})
+    assert store.cancel("running", cancelled) is CancelOutcome.CANCELLATION_REQUESTED
+    assert store.get("running").status is JobStatus.IN_PROGRESS
+    assert store.renew("w", ["running"]) == {"running"}
+    assert store.cancel("queued", cancelled) is CancelOutcome.OK
+    assert store.get("queued").result.error_type == "client_cancelled"
+    store.complete("running", cancelled)
+    assert store.cancel("running", cancelled) is CancelOutcome.ALREADY_COMPLETED
+    assert store.cancel("missing", cancelled) is CancelOutcome.NOT_FOUND
+
+
+def test_start_deadline_expires_queued_jobs(open_store, clock):
+    store = open_store()
+    store.submit(job("late", start_deadline=clock.now + 5))
+    clock.now += 6
+    assert store.claim("w", {}) == []
+    assert store.recover() == ["late"]
+    result = store.get("late").result
+    assert result.status_code == 504 and result.error_type == "request_timeout"
+
+
+def test_reopening_requeues_jobs_left_running(open_store, tmp_path, clock):
+    store = open_store()
+    store.submit(job("a"))
+    store.submit(job("b"))
+    store.claim("w", {"e/a": 1})
+    store.close()
+    reopened = open_store()
+    assert reopened.get("a").status is JobStatus.IN_QUEUE
+    assert reopened.get("a").attempts == 1
+    assert [j.request_id for j in reopened.claim("w", {})] == ["a"]
+    assert reopened.get("a").attempts == 2
+
+
+def test_one_process_per_data_dir(open_store):
+    open_store()
+    with pytest.raises(DataDirLocked):
+        open_store()
+
+
+def test_purge_removes_old_completed_jobs_with_their_logs(open_store, clock):
+    store = open_store()
+    store.submit(job("old"))
+    store.submit(job("waiting"))
+    store.claim("w", {"e/a": 1})
+    store.append_logs("old", [("INFO", "hello")])
+    store.complete("old", OK)
+    clock.now += 100
+    assert store.purge(clock.now - 50) == 1
+    assert store.get("old") is None and store.logs("old") == []
+    assert store.get("waiting") is not None
