@@ -55,7 +55,7 @@ class TokenSigner:
         """The token's claims, or None if it is forged, malformed or expired."""
         body, _, signature = token.partition(".")
         expected = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-        if not signature or not hmac.compare_digest(signature, expected):
+        if not signature or not hmac.compare_digest(signature.encode(), expected.encode()):
             return None
         try:
             claims = json.loads(_unb64(body))

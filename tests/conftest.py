@@ -44,7 +44,8 @@ class KilnProcess:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> KilnProcess:
+    def spawn(self) -> KilnProcess:
+        """Starts the process without waiting for it to become healthy."""
         args = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         for spec in TEST_PIPELINES:
             args += ["--pipeline", spec]
@@ -54,6 +55,10 @@ class KilnProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def start(self, timeout: float = 90.0) -> KilnProcess:
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

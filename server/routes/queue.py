@@ -6,6 +6,7 @@ clients build them) or the full id. Status answers 202 until the request is COMP
 """
 
 import json
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -44,8 +45,12 @@ StartTimeoutHeaderNew = Annotated[str | None, Header(alias="X-Fal-Request-Start-
 LogsFlag = Annotated[str | None, Query(description="`1`/`true` to include logs")]
 
 
+# ids Kiln issues are UUIDs; anything outside this shape cannot exist and is never echoed in a header
+REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
 def request_headers(request_id: str) -> dict[str, str]:
-    return {"x-fal-request-id": request_id}
+    return {"x-fal-request-id": request_id} if REQUEST_ID.match(request_id) else {}
 
 
 def accept(
@@ -64,13 +69,13 @@ def accept(
     if reason:
         raise EndpointUnavailable(reason)
     inputs = endpoint.pipeline.prepare(inputs)
-    if webhook_url is not None:
+    if webhook_url:
         try:
             services.fetcher.check(webhook_url)
         except FetchError as error:
             raise FieldError(("fal_webhook",), str(error), type=error.kind, location="query") from None
     deadline = None
-    if start_timeout is not None:
+    if start_timeout and start_timeout.strip():
         try:
             seconds = float(start_timeout)
         except ValueError:
@@ -86,7 +91,7 @@ def accept(
             owner=owner,
             payload=inputs.model_dump(mode="json"),
             priority=Priority.LOW if (priority or "").strip().lower() == "low" else Priority.NORMAL,
-            webhook_url=webhook_url,
+            webhook_url=webhook_url or None,
             start_deadline=deadline,
         ),
         max_queue_length=max_queue_length,
@@ -139,9 +144,9 @@ def log_line(entry: LogEntry) -> dict[str, Any]:
 
 def find_job(services: Services, owner: str, app_path: str, request_id: str) -> Job:
     """The caller's job, or NotFound: another key's request does not exist for this caller."""
-    job = services.store.get(request_id)
+    job = services.store.get(request_id) if REQUEST_ID.match(request_id) else None
     if job is None or job.owner != owner or not matches_app(job.endpoint, app_path):
-        raise NotFound(f"Request {request_id} not found")
+        raise NotFound("Request not found")
     return job
 
 

@@ -1,0 +1,84 @@
+"""An accepted request is never lost: kill -9 at any moment, restart, and everything completes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import KilnProcess
+from tests.server.conftest import wait_completed
+
+pytestmark = pytest.mark.slow
+
+
+def statuses(base: str, ids: list[str]) -> dict[str, str]:
+    return {rid: httpx.get(f"{base}/queue/kiln-test/steps/requests/{rid}/status").json()["status"] for rid in ids}
+
+
+def statuses_from_store(data_dir, ids: list[str]) -> list[str]:
+    """Reads the queue file directly, as the killed server left it."""
+    with sqlite3.connect(data_dir / "queue.sqlite3") as db:
+        rows = dict(db.execute("SELECT request_id, status FROM jobs").fetchall())
+    return [rows[rid] for rid in ids]
+
+
+def test_sigkill_mid_way_then_restart_completes_all_50(kiln_process):
+    server = kiln_process()
+    ids = []
+    with httpx.Client(base_url=server.url) as client:
+        for index in range(50):
+            response = client.post("/queue/kiln-test/steps", json={"steps": 4, "step_seconds": 0.05, "tag": str(index)})
+            assert response.status_code == 200
+            ids.append(response.json()["request_id"])
+    deadline = time.monotonic() + 30
+    while sum(s == "COMPLETED" for s in statuses_from_store(server.data_dir, ids)) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    server.kill()
+    done_before_kill = sum(s == "COMPLETED" for s in statuses_from_store(server.data_dir, ids))
+    assert 3 <= done_before_kill < 50, "the kill must land mid-way"
+
+    restarted = kiln_process(data_dir=server.data_dir)
+    deadline = time.monotonic() + 90
+    while not all(s == "COMPLETED" for s in statuses(restarted.url, ids).values()):
+        assert time.monotonic() < deadline, "requests were lost across the kill"
+        time.sleep(0.1)
+    for index, rid in enumerate(ids):
+        result = httpx.get(f"{restarted.url}/queue/kiln-test/steps/requests/{rid}")
+        assert result.status_code == 200 and result.json()["tag"] == str(index)
+
+
+def test_request_that_kills_its_worker_is_failed_after_max_attempts(kiln_process):
+    server = kiln_process()
+    healthy = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"steps": 1, "tag": "healthy"}).json()
+    poison = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"fail_with": "crash"}).json()
+    server.process.wait(60)
+    for _ in range(2):  # each start claims the poisoned request again and dies
+        assert KilnProcess(server.data_dir).spawn().process.wait(60) == 9
+    server = kiln_process(data_dir=server.data_dir)
+    status_url = f"{server.url}/queue/kiln-test/steps/requests/{poison['request_id']}/status"
+    deadline = time.monotonic() + 30
+    while (status := httpx.get(status_url).json())["status"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status["error_type"] == "runner_server_error"
+    assert "3 time(s)" in status["error"]
+    result = httpx.get(f"{server.url}/queue/kiln-test/steps/requests/{healthy['request_id']}")
+    while result.status_code == 400:
+        time.sleep(0.1)
+        result = httpx.get(f"{server.url}/queue/kiln-test/steps/requests/{healthy['request_id']}")
+    assert result.json()["tag"] == "healthy"
+
+
+def test_long_request_is_not_handed_out_twice_while_its_worker_lives(make_client):
+    client = make_client(lease_seconds=0.5, heartbeat_seconds=0.1, janitor_seconds=0.05)
+    queued = client.post("/queue/kiln-test/steps", json={"steps": 20, "step_seconds": 0.1}).json()
+    wait_completed(client, queued["status_url"])
+    result = client.get(queued["response_url"]).json()
+    assert result["steps_done"] == 20 and result["provenance"]["attempt"] == 1
+    logs = client.get(queued["status_url"] + "?logs=1").json()["logs"]
+    assert not any("Requeued" in line["message"] for line in logs)
+    assert sum(line["message"].startswith("Running on") for line in logs) == 1
