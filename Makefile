@@ -1,0 +1,37 @@
+# The two commands of the README: `make serve` and `make test`. Both set everything up on a fresh
+# machine (a virtualenv in .venv, PyTorch, Kiln, and for the tests the JS client) and are safe to rerun.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# one build for CPU and CUDA machines alike: where CUDA is available pip picks the CUDA wheel
+TORCH := torch==2.13.0
+ARGS ?=
+
+.PHONY: serve test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --editable .
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml tests/js/package-lock.json $(VENV)/.serve-deps
+	$(BIN)/python -m pip install --quiet --editable ".[test]"
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+serve: $(VENV)/.serve-deps
+	$(BIN)/kiln serve $(ARGS)
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(VENV)/.test-deps
+	$(BIN)/python -m bench.queue_overhead $(ARGS)
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules

@@ -1,0 +1,170 @@
+"""The worker's memory management and failure handling, with pipelines that simulate a small GPU."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import ClassVar
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from pipelines.base import Pipeline
+from server.context import MediaIO
+from server.fetch import FetchPolicy, UrlFetcher
+from server.files import FileStore
+from server.registry import Endpoint, Registry
+from server.store import JobStatus, NewJob
+from server.store.sqlite import SqliteJobStore
+from server.worker import Worker
+
+CAPACITY = 2
+memory = {"used": 0}
+
+
+class Empty(BaseModel):
+    pass
+
+
+class Result(BaseModel):
+    batch_size: int
+
+
+class SizedPipeline(Pipeline):
+    """Takes `size` units of a device that holds CAPACITY; releases them when garbage collected."""
+
+    Input = Empty
+    Output = Result
+    size: ClassVar[int]
+    max_batch_size = 4
+
+    def setup(self, device):
+        super().setup(device)
+        if memory["used"] + self.size > CAPACITY:
+            raise torch.OutOfMemoryError("simulated: device full")
+        memory["used"] += self.size
+        self.holding = (memory, self.size)
+
+    def __del__(self):
+        if hasattr(self, "holding"):
+            device_memory, size = self.holding
+            device_memory["used"] -= size
+
+    def decode(self, inputs, request):
+        return inputs
+
+    def batch_key(self, item):
+        return "same"
+
+    def predict(self, items, requests):
+        return [Result(batch_size=len(items)) for _ in items]
+
+    def encode(self, prediction, request):
+        return prediction
+
+
+class Small1(SizedPipeline):
+    endpoint_id = "test/small-1"
+    size = 1
+
+
+class Small2(SizedPipeline):
+    endpoint_id = "test/small-2"
+    size = 1
+
+
+class Large(SizedPipeline):
+    endpoint_id = "test/large"
+    size = 2
+
+
+class TooLarge(SizedPipeline):
+    endpoint_id = "test/too-large"
+    size = 3
+
+
+class NoBatchMemory(SizedPipeline):
+    """Fits alone, runs out of memory on any batch larger than one."""
+
+    endpoint_id = "test/no-batch-memory"
+    size = 0
+
+    def predict(self, items, requests):
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return super().predict(items, requests)
+
+
+class DeviceFault(SizedPipeline):
+    endpoint_id = "test/device-fault"
+    size = 0
+
+    def predict(self, items, requests):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+@pytest.fixture
+def harness(tmp_path):
+    memory["used"] = 0
+    pipelines = [Small1, Small2, Large, TooLarge, NoBatchMemory, DeviceFault]
+    store = SqliteJobStore(tmp_path / "q.sqlite3", lease_seconds=30, max_attempts=3)
+    fatal = threading.Event()
+    worker = Worker(
+        torch.device("cpu"),
+        worker_id="test-worker",
+        store=store,
+        registry=Registry(Endpoint(p.endpoint_id, p) for p in pipelines),
+        media=MediaIO(fetcher=UrlFetcher(FetchPolicy()), files=FileStore(tmp_path / "files", "http://k"), max_image_pixels=10**6),
+        max_batch_size=8,
+        on_fatal_error=fatal.set,
+        stopping=threading.Event(),
+    )
+
+    def run(endpoint: str, count: int = 1) -> list:
+        for index in range(count):
+            store.submit(NewJob(request_id=str(uuid.uuid4()), endpoint=endpoint, owner="o", payload={}))
+        jobs = store.claim("test-worker", {endpoint: 8})
+        worker.process(jobs)
+        return [store.get(job.request_id) for job in jobs]
+
+    yield worker, run, fatal
+    store.close()
+
+
+def loaded(worker) -> list[str]:
+    return list(worker._loaded)
+
+
+def test_least_recently_used_pipelines_are_evicted_when_memory_runs_short(harness):
+    worker, run, _ = harness
+    run("test/small-1")
+    run("test/small-2")
+    run("test/small-1")
+    assert loaded(worker) == ["test/small-2", "test/small-1"] and memory["used"] == 2
+    [done] = run("test/large")
+    assert done.result.status_code == 200
+    assert loaded(worker) == ["test/large"] and memory["used"] == 2
+    run("test/small-2")
+    assert loaded(worker) == ["test/small-2"]
+
+
+def test_a_pipeline_that_never_fits_fails_cleanly(harness):
+    worker, run, _ = harness
+    [failed] = run("test/too-large")
+    assert failed.status is JobStatus.COMPLETED
+    assert failed.result.status_code == 503 and failed.result.error_type == "out_of_memory"
+    [after] = run("test/small-1")
+    assert after.result.status_code == 200
+
+
+def test_out_of_memory_on_a_batch_retries_one_by_one(harness):
+    _, run, _ = harness
+    jobs = run("test/no-batch-memory", count=3)
+    assert [job.result.body["batch_size"] for job in jobs] == [1, 1, 1]
+
+
+def test_fatal_device_error_asks_for_a_restart(harness):
+    _, run, fatal = harness
+    run("test/device-fault")
+    assert fatal.is_set()
