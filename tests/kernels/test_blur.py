@@ -1,0 +1,157 @@
+"""Gaussian and Kuwahara blur against NumPy references written from the formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.blur import gaussian_blur, kuwahara_blur
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    tensor,
+    tolerance,
+)
+
+
+def reference_gaussian(image: np.ndarray, radius: int, sigmas: np.ndarray) -> np.ndarray:
+    """2-D kernel on normalised offsets linspace(-1, 1, 2r+1), mirrored borders (numpy 'reflect')."""
+    batch, _, height, width = image.shape
+    out = np.empty_like(image)
+    offsets = np.linspace(-1.0, 1.0, 2 * radius + 1)
+    for b in range(batch):
+        taps = np.exp(-(offsets**2) / (2 * sigmas[b] ** 2))
+        kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+        padded = np.pad(image[b], ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
+        out[b] = sum(
+            kernel[i, j] * padded[:, i : i + height, j : j + width]
+            for i in range(2 * radius + 1)
+            for j in range(2 * radius + 1)
+        )
+    return np.clip(out, 0, 1)
+
+
+def reference_kuwahara(image: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means (4, B, 3, H, W) and grey variances (4, B, 1, H, W) of the four quadrants, in index order."""
+    _, _, height, width = image.shape
+    r = radius
+    grey = 0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]
+    planes = np.pad(np.concatenate([image, grey], 1), ((0, 0), (0, 0), (r, r), (r, r)), mode="reflect")
+    means, variances = [], []
+    # (column offset, row offset) of each quadrant's first pixel: x..x+r/y..y+r, x..x+r/y-r..y, x-r..x/y..y+r, ...
+    for col0, row0 in ((0, 0), (0, -r), (-r, 0), (-r, -r)):
+        window = np.stack(
+            [
+                planes[:, :, r + row0 + i : r + row0 + i + height, r + col0 + j : r + col0 + j + width]
+                for i in range(r + 1)
+                for j in range(r + 1)
+            ]
+        )
+        means.append(window[:, :, :3].mean(0))
+        variances.append(window[:, :, 3:].var(0))
+    return np.stack(means), np.stack(variances)
+
+
+class TestGaussianBlur:
+    @pytest.mark.parametrize("radius", [1, 3, 6, 20])
+    def test_reference(self, device, dtype, radius):
+        image = make_image()
+        sigmas = np.array([0.5, 2.0])
+        out = gaussian_blur(tensor(image, device, dtype), radius, torch.tensor(sigmas))
+        assert_close(out, reference_gaussian(image, radius, sigmas), tolerance(dtype))
+
+    def test_float_sigma(self, device):
+        image = make_image()
+        out = gaussian_blur(tensor(image, device), 3, 1.0)
+        assert_close(out, reference_gaussian(image, 3, np.array([1.0, 1.0])), 1e-12)
+
+    def test_radius_zero_is_identity(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        assert torch.equal(gaussian_blur(image, 0, 1.0), image)
+
+    def test_flat_image_stays_flat(self, device):
+        image = torch.full((1, 3, 9, 11), 0.7, dtype=torch.float64, device=device)
+        assert_close(gaussian_blur(image, 5, 2.0), np.full((1, 3, 9, 11), 0.7), 1e-12)
+
+    @pytest.mark.parametrize(("radius", "sigma"), [(31, 10.0), (31, 0.1), (1, 0.1), (15, 0.0)])
+    def test_extremes(self, device, radius, sigma):
+        image = tensor(make_image(), device, torch.float32)
+        assert_valid(gaussian_blur(image, radius, sigma), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        assert_batch_invariant(gaussian_blur, image, 4, torch.tensor([0.3, 1.0, 4.0]))
+        large = tensor(make_image(batch=2, height=96, width=131), dtype=torch.float32)
+        assert_batch_invariant(gaussian_blur, large, 3, torch.tensor([0.7, 2.0]))
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(gaussian_blur(image, 7, 1.0), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(gaussian_blur, 2, 1.0)
+
+    def test_invalid_arguments(self):
+        image = torch.rand(2, 3, 5, 5)
+        assert_rejects_bad_images(gaussian_blur, 1, 1.0)
+        with pytest.raises(ValueError, match="`radius`"):
+            gaussian_blur(image, -1, 1.0)
+        with pytest.raises(ValueError, match="`radius`"):
+            gaussian_blur(image, 1.5, 1.0)
+        with pytest.raises(ValueError, match="`sigma`"):
+            gaussian_blur(image, 1, torch.ones(3))
+
+
+class TestKuwaharaBlur:
+    @pytest.mark.parametrize("radius", [1, 2, 4, 15])
+    def test_reference(self, device, dtype, radius):
+        image = make_image()
+        out = kuwahara_blur(tensor(image, device, dtype), radius).cpu().double().numpy()
+        means, variances = reference_kuwahara(image, radius)
+        # Exact ties keep the lowest index in both; only near-ties closer than rounding may pick another quadrant.
+        slack = 1e-12 if dtype == torch.float64 else 1e-5
+        eligible = variances <= variances.min(0, keepdims=True) + slack
+        close = np.abs(means - out[None]).max(2, keepdims=True) <= tolerance(dtype)
+        assert (close & eligible).any(0).all()
+        chosen = np.argmin(variances, 0)[None].repeat(3, axis=2)
+        expected = np.take_along_axis(means, chosen, 0)[0]
+        assert np.mean(np.abs(out - expected) <= tolerance(dtype)) > 0.97
+
+    def test_radius_zero_is_identity(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        assert torch.equal(kuwahara_blur(image, 0), image)
+
+    def test_flat_image_stays_flat(self, device):
+        image = torch.full((1, 3, 9, 11), 0.3, dtype=torch.float64, device=device)
+        assert_close(kuwahara_blur(image, 3), np.full((1, 3, 9, 11), 0.3), 1e-12)
+
+    @pytest.mark.parametrize("radius", [1, 31])
+    def test_extremes(self, device, radius):
+        image = tensor(make_image(), device, torch.float32)
+        assert_valid(kuwahara_blur(image, radius), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        assert_batch_invariant(kuwahara_blur, image, 3)
+        large = tensor(make_image(batch=2, height=96, width=131), dtype=torch.float32)
+        assert_batch_invariant(kuwahara_blur, large, 2)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(kuwahara_blur(image, 4), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(kuwahara_blur, 2)
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(kuwahara_blur, 1)
+        with pytest.raises(ValueError, match="`radius`"):
+            kuwahara_blur(torch.rand(1, 3, 5, 5), -2)

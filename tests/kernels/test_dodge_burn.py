@@ -1,0 +1,121 @@
+"""Dodge and burn against a NumPy reference of Kiln's documented formulas, plus its guarantees."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.dodge_burn import DODGE_BURN_MODES, dodge_burn
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    tensor,
+)
+
+DODGES = ("dodge", "color_dodge", "linear_dodge")
+BURNS = ("burn", "color_burn", "linear_burn")
+
+
+def _divide_dodge(base: np.ndarray, mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+    """The reference's dodge base / (1 - m i), without its 1e-7 guard; +inf where m i = 1."""
+    with np.errstate(divide="ignore"):
+        return base / (1 - mask * intensity)
+
+
+def _step(x: np.ndarray, intensity: np.ndarray, step: str) -> np.ndarray:
+    luma = np.clip(0.2126 * x[:, 0:1] + 0.7152 * x[:, 1:2] + 0.0722 * x[:, 2:3], 0, 1)
+    out = {
+        "dodge": lambda: _divide_dodge(x, luma, intensity),
+        "burn": lambda: 1 - _divide_dodge(1 - x, 1 - luma, intensity),
+        "color_dodge": lambda: _divide_dodge(x, x, intensity),
+        "color_burn": lambda: 1 - _divide_dodge(1 - x, 1 - x, intensity),
+        "linear_dodge": lambda: x + x * intensity,
+        "linear_burn": lambda: x - x * intensity,
+    }[step]()
+    return np.clip(out, 0, 1)
+
+
+def reference_dodge_burn(image: np.ndarray, intensities, mode: str) -> np.ndarray:
+    intensity = np.asarray(intensities, dtype=np.float64)[:, None, None, None]
+    steps = {"dodge_and_burn": ("dodge", "burn"), "burn_and_dodge": ("burn", "dodge")}.get(mode, (mode,))
+    for step in steps:
+        image = _step(image, intensity, step)
+    return image
+
+
+class TestDodgeBurn:
+    def test_modes_are_fal_spellings(self):
+        singles = ("color_dodge", "color_burn", "linear_dodge", "linear_burn")
+        assert DODGE_BURN_MODES == ("dodge", "burn", "dodge_and_burn", "burn_and_dodge", *singles)
+
+    @pytest.mark.parametrize("mode", DODGE_BURN_MODES)
+    @pytest.mark.parametrize("intensities", [[0.5, 0.5], [1.0, 0.1], [0.8, 0.3]])
+    def test_reference(self, device, dtype, mode, intensities):
+        image = make_image()
+        out = dodge_burn(tensor(image, device, dtype), torch.tensor(intensities, dtype=torch.float64), mode)
+        assert_close(out, reference_dodge_burn(image, intensities, mode), 1e-9 if dtype == torch.float64 else 1e-5)
+
+    def test_zero_is_identity(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        for mode in DODGE_BURN_MODES:
+            assert torch.equal(dodge_burn(image, 0.0, mode), image), mode
+
+    @pytest.mark.parametrize("intensity", [0.1, 0.5, 1.0])
+    def test_dodges_never_darken_and_burns_never_brighten(self, device, dtype, intensity):
+        image = tensor(make_image(), device, dtype)
+        for mode in DODGES:
+            assert (dodge_burn(image, intensity, mode) >= image).all(), mode
+        for mode in BURNS:
+            assert (dodge_burn(image, intensity, mode) <= image).all(), mode
+
+    def test_composites_chain_the_single_modes(self, device):
+        image = tensor(make_image(), device)
+        dodged, burnt = dodge_burn(image, 0.6, "dodge"), dodge_burn(image, 0.6, "burn")
+        assert torch.equal(dodge_burn(image, 0.6, "dodge_and_burn"), dodge_burn(dodged, 0.6, "burn"))
+        assert torch.equal(dodge_burn(image, 0.6, "burn_and_dodge"), dodge_burn(burnt, 0.6, "dodge"))
+
+    def test_modes_are_distinct(self, device):
+        image = tensor(make_image(), device)
+        outputs = {mode: dodge_burn(image, 0.5, mode) for mode in DODGE_BURN_MODES}
+        for a, b in itertools.combinations(DODGE_BURN_MODES, 2):
+            assert (outputs[a] - outputs[b]).abs().max() > 1e-2, (a, b)
+
+    @pytest.mark.parametrize("mode", DODGE_BURN_MODES)
+    def test_extremes(self, device, mode):
+        for fill in (None, 0.0, 1.0):
+            image = tensor(make_image(), device, torch.float32)
+            if fill is not None:
+                image = torch.full_like(image, fill)
+            for intensity in (0.0, 1e-6, 1.0):
+                assert_valid(dodge_burn(image, intensity, mode), image)
+
+    def test_out_of_range_intensity_is_clamped(self, device):
+        image = tensor(make_image(), device)
+        assert torch.equal(dodge_burn(image, 3.0, "dodge"), dodge_burn(image, 1.0, "dodge"))
+        assert torch.equal(dodge_burn(image, -1.0, "burn"), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        for mode in DODGE_BURN_MODES:
+            assert_batch_invariant(dodge_burn, image, torch.tensor([0.2, 0.5, 1.0]), mode)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(dodge_burn(image, 0.5, "dodge_and_burn"), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(dodge_burn, 0.5, "color_burn")
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(dodge_burn, 0.5, "dodge")
+        with pytest.raises(ValueError, match="`mode`"):
+            dodge_burn(torch.rand(1, 3, 4, 4), 0.5, "dodge and burn")

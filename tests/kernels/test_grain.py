@@ -1,0 +1,215 @@
+"""Film grain against a NumPy reference fed the kernel's own random draws."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.grain import GRAIN_STYLES, _draw_gradient_words, add_film_grain
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    tensor,
+)
+
+# Kiln's presets as documented: blur sigma, colour share, amplitude (a0, a1, a2), gains, desaturate, contrast.
+MIDTONES = (0.5, 2.0, -2.0)
+STYLES = {
+    "modern": (0.0, 0.0, (1.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0.0, 1.0),
+    "analog": (1.0, 0.3, MIDTONES, (1.0, 1.0, 1.0), 0.0, 1.0),
+    "kodak": (0.7, 0.15, MIDTONES, (1.03, 1.0, 0.97), 0.0, 1.0),
+    "fuji": (0.6, 0.15, MIDTONES, (0.98, 1.02, 1.02), 0.0, 1.0),
+    "cinematic": (0.8, 0.0, (1.25, -0.75, 0.0), (1.0, 1.0, 1.0), 0.0, 1.0),
+    "newspaper": (1.5, 0.0, (1.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, 1.3),
+}
+GRADIENTS = np.array([(1, 1), (-1, 1), (1, -1), (-1, -1)])
+
+
+def unpack(words: np.ndarray) -> np.ndarray:
+    """(..., H, W) int32 words -> (..., 4 octaves, 4 corners, H, W) choices: octave o, corner c at bit 2 (4 o + c)."""
+    shifts = 2 * np.arange(16).reshape(4, 4, 1, 1)
+    return (words[..., None, None, :, :] >> shifts) & 3
+
+
+def reference_base_noise(choices: np.ndarray, scale: float) -> np.ndarray:
+    """The reference's FilmGrain noise for choices (F, 4, 4, H, W) -> (F, H, W) in [-1, 1]."""
+    height, width = choices.shape[-2:]
+    x, y = np.linspace(0, 1, width, endpoint=False), np.linspace(0, 1, height, endpoint=False)
+    total = np.zeros((choices.shape[0], height, width))
+    for octave in range(4):
+        cells = scale * 2**octave
+        grid_x, grid_y = np.meshgrid(x * cells, y * cells)
+        xf, yf = grid_x - np.floor(grid_x), grid_y - np.floor(grid_y)
+        u, v = xf * xf * (3 - 2 * xf), yf * yf * (3 - 2 * yf)
+        g = GRADIENTS[choices[:, octave]]  # (F, 4 corners, H, W, 2)
+        n00 = g[:, 0, ..., 0] * xf + g[:, 0, ..., 1] * yf
+        n01 = g[:, 1, ..., 0] * xf + g[:, 1, ..., 1] * (yf - 1)
+        n10 = g[:, 2, ..., 0] * (xf - 1) + g[:, 2, ..., 1] * yf
+        n11 = g[:, 3, ..., 0] * (xf - 1) + g[:, 3, ..., 1] * (yf - 1)
+        x1, x2 = n00 + u * (n10 - n00), n01 + u * (n11 - n01)
+        total += (x1 + v * (x2 - x1)) * 0.5**octave
+    total /= 1 - 0.5**4
+    low, high = total.min((1, 2), keepdims=True), total.max((1, 2), keepdims=True)
+    return 2 * (total - low) / (high - low) - 1
+
+
+def reference_blur(noise: np.ndarray, sigma: float) -> np.ndarray:
+    radius = math.ceil(3 * sigma)
+    taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
+    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    padded = np.pad(noise, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
+    height, width = noise.shape[-2:]
+    size = 2 * radius + 1
+    blurred = sum(kernel[i, j] * padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size))
+    mean, blurred_mean = noise.mean((1, 2), keepdims=True), blurred.mean((1, 2), keepdims=True)
+    return mean + (blurred - blurred_mean) * (noise.std((1, 2), keepdims=True) / blurred.std((1, 2), keepdims=True))
+
+
+def luma709(x: np.ndarray) -> np.ndarray:
+    return 0.2126 * x[0:1] + 0.7152 * x[1:2] + 0.0722 * x[2:3]
+
+
+def reference_grain(image: np.ndarray, intensities, scales, style: str, seeds) -> np.ndarray:
+    blur, color, (a0, a1, a2), gains, desaturate, contrast = STYLES[style]
+    fields = 4 if color > 0 else 1
+    words = _draw_gradient_words(seeds, fields, image.shape[2], image.shape[3], torch.device("cpu")).numpy()
+    out = np.empty_like(image)
+    for b, x in enumerate(image):
+        intensity = intensities[b]
+        look = min(intensity / 0.4, 1.0)
+        noise = reference_base_noise(unpack(words[b]), scales[b])
+        if blur > 0:
+            noise = reference_blur(noise, blur)
+        grain = noise if fields == 1 else math.sqrt(1 - color) * noise[:1] + math.sqrt(color) * noise[1:]
+        toned = x + look * desaturate * (luma709(x) - x)
+        toned = np.clip(toned + look * (contrast - 1) * (toned - 0.5), 0, 1)
+        y = luma709(toned)
+        grainy = toned + intensity * (a0 + a1 * y + a2 * y * y) * grain
+        cast = 1 + look * (np.array(gains) - 1)
+        out[b] = np.clip(grainy * cast[:, None, None], 0, 1)
+    return out
+
+
+class TestAddFilmGrain:
+    def test_styles_are_fal_spellings(self):
+        assert GRAIN_STYLES == ("modern", "analog", "kodak", "fuji", "cinematic", "newspaper")
+
+    @pytest.mark.parametrize("style", GRAIN_STYLES)
+    @pytest.mark.parametrize(("intensities", "scales"), [([0.4, 0.4], [10.0, 10.0]), ([1.0, 0.15], [3.7, 100.0])])
+    def test_reference(self, device, dtype, style, intensities, scales):
+        image, seeds = make_image(), [7, 123456789]
+        params = [torch.tensor(p, dtype=torch.float64) for p in (intensities, scales)]
+        out = add_film_grain(tensor(image, device, dtype), *params, style, seeds)
+        expected = reference_grain(image, intensities, scales, style, seeds)
+        assert_close(out, expected, 1e-9 if dtype == torch.float64 else 1e-4)
+
+    def test_modern_is_the_reference_grain(self, device):
+        """modern is clip(image + intensity * noise) with the reference's noise, unweighted, same on R, G, B."""
+        image, seeds = make_image(), [3, 4]
+        words = _draw_gradient_words(seeds, 1, 13, 17, torch.device("cpu")).numpy()
+        noise = np.stack([reference_base_noise(unpack(w), 10.0) for w in words])
+        expected = np.clip(image + 0.4 * noise, 0, 1)
+        assert_close(add_film_grain(tensor(image, device), 0.4, 10.0, "modern", seeds), expected, 1e-9)
+
+    def test_draws_are_one_word_per_pixel_and_field(self):
+        words = _draw_gradient_words([5, 6], 4, 3, 2, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(6)
+        expected = torch.randint(-(2**31), 2**31, (4, 3, 2), generator=generator, dtype=torch.int32)
+        assert words.shape == (2, 4, 3, 2) and words.dtype == torch.int32 and torch.equal(words[1], expected)
+        choices = unpack(_draw_gradient_words([1], 1, 64, 64, torch.device("cpu")).numpy())
+        assert set(np.unique(choices)) == {0, 1, 2, 3} and abs(choices.mean() - 1.5) < 0.02
+
+    def test_zero_is_identity(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        for style in GRAIN_STYLES:
+            assert torch.equal(add_film_grain(image, 0.0, 10.0, style, [1, 2]), image), style
+
+    def test_seeded(self, device):
+        image = tensor(make_image(), device)
+        first = add_film_grain(image, 0.4, 10.0, "analog", [1, 2])
+        assert torch.equal(first, add_film_grain(image, 0.4, 10.0, "analog", [1, 2]))
+        assert not torch.equal(first, add_film_grain(image, 0.4, 10.0, "analog", [1, 3]))
+
+    def test_statistics(self):
+        """On mid grey: the reference's noise std (about 0.26 per unit intensity) and white-noise grain for
+        modern; clumped grain for the blurred styles; colour grain only for the colour styles."""
+        grey = torch.full((1, 3, 128, 128), 0.5, dtype=torch.float64)
+
+        def grain_of(style):
+            return add_film_grain(grey, 0.2, 10.0, style, [11]) - 0.5
+
+        def lag1(plane):
+            return np.corrcoef(plane[:, :-1].ravel(), plane[:, 1:].ravel())[0, 1]
+
+        modern = grain_of("modern")[0].numpy()
+        assert 0.045 < modern.std() < 0.06 and abs(lag1(modern[0])) < 0.05
+        assert np.array_equal(modern[0], modern[1]) and np.array_equal(modern[1], modern[2])
+        for style in ("analog", "kodak", "fuji", "cinematic", "newspaper"):
+            assert lag1(grain_of(style)[0, 0].numpy()) > 0.3, style
+        analog = grain_of("analog")[0].numpy()
+        assert 0.5 < np.corrcoef(analog[0].ravel(), analog[2].ravel())[0, 1] < 0.9
+
+    def test_casts(self):
+        grey = torch.full((1, 3, 256, 256), 0.5, dtype=torch.float64)
+        kodak = add_film_grain(grey, 0.4, 10.0, "kodak", [0]).mean((0, 2, 3))
+        fuji = add_film_grain(grey, 0.4, 10.0, "fuji", [0]).mean((0, 2, 3))
+        assert kodak[0] > kodak[1] > kodak[2] and fuji[1] > fuji[0] and fuji[2] > fuji[0]
+
+    @pytest.mark.parametrize("style", GRAIN_STYLES)
+    def test_extremes(self, device, style):
+        for fill in (None, 0.0, 1.0):
+            image = tensor(make_image(), device, torch.float32)
+            if fill is not None:
+                image = torch.full_like(image, fill)
+            for intensity, scale in ((1.0, 100.0), (1.0, 1.0), (0.01, 100.0)):
+                assert_valid(add_film_grain(image, intensity, scale, style, [0, 2**63 - 1]), image)
+
+    @pytest.mark.parametrize("style", GRAIN_STYLES)
+    def test_batch_invariance(self, style):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        params = (torch.tensor([0.1, 0.4, 1.0]), torch.tensor([1.0, 10.0, 55.5]))
+        assert_batch_invariant(add_film_grain, image, *params, style, [9, 8, 7])
+
+    def test_batch_invariance_large(self):
+        image = tensor(make_image(batch=2, height=150, width=131), dtype=torch.float32)
+        params = (torch.tensor([0.3, 0.8]), torch.tensor([10.0, 20.0]))
+        for style in ("modern", "analog"):
+            assert_batch_invariant(add_film_grain, image, *params, style, [1, 2])
+
+    @pytest.mark.gpu
+    def test_same_grain_on_cpu_and_cuda(self):
+        if not torch.cuda.is_available():
+            pytest.skip("CUDA is not available")
+        image = tensor(make_image())
+        cpu = add_film_grain(image, 0.4, 10.0, "kodak", [5, 6])
+        cuda = add_film_grain(image.cuda(), 0.4, 10.0, "kodak", [5, 6])
+        assert (cuda.cpu() - cpu).abs().max() < 1e-9
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        for style in GRAIN_STYLES:
+            assert_valid(add_film_grain(image, 0.4, 10.0, style, list(range(shape[0]))), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(add_film_grain, 0.1, 10.0, "fuji", [1, 2])
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(add_film_grain, 0.4, 10.0, "modern", [1, 2])
+        image = torch.rand(2, 3, 4, 4)
+        with pytest.raises(ValueError, match="`style`"):
+            add_film_grain(image, 0.4, 10.0, "polaroid", [1, 2])
+        with pytest.raises(ValueError, match="`seeds`"):
+            add_film_grain(image, 0.4, 10.0, "modern", [1])
+        with pytest.raises(ValueError, match="`seeds`"):
+            add_film_grain(image, 0.4, 10.0, "modern", [1, 2.0])
+        with pytest.raises(ValueError, match="`scale`"):
+            add_film_grain(image, 0.4, torch.ones(3), "modern", [1, 2])

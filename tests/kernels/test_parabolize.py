@@ -1,0 +1,69 @@
+"""Parabolize against a NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.parabolize import parabolize
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    tensor,
+    tolerance,
+)
+
+
+def reference_parabolize(image: np.ndarray, *params) -> np.ndarray:
+    coeff, vertex_x, vertex_y = (np.asarray(p, dtype=np.float64).reshape(-1, 1, 1, 1) for p in params)
+    return np.clip(coeff * (image - vertex_x) ** 2 + vertex_y, 0, 1)
+
+
+# (coeff, vertex_x, vertex_y), one value per sample.
+CASES = [
+    ([1.0, 1.0], [0.5, 0.5], [0.5, 0.5]),
+    ([-3.0, 10.0], [0.2, 0.9], [0.8, 0.0]),
+    ([-10.0, 2.5], [1.0, 0.0], [1.0, 0.3]),
+]
+
+
+class TestParabolize:
+    @pytest.mark.parametrize("params", CASES)
+    def test_reference(self, device, dtype, params):
+        image = make_image()
+        out = parabolize(tensor(image, device, dtype), *(torch.tensor(p, dtype=torch.float64) for p in params))
+        assert_close(out, reference_parabolize(image, *params), tolerance(dtype))
+
+    def test_zero_coeff_is_constant(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        out = parabolize(image, 0.0, 0.3, torch.tensor([0.25, 0.75]))
+        assert (out[0] == torch.tensor(0.25, dtype=dtype)).all() and (out[1] == torch.tensor(0.75, dtype=dtype)).all()
+
+    @pytest.mark.parametrize(("coeff", "vertex_x", "vertex_y"), [(-10.0, 0.0, 0.0), (10.0, 1.0, 1.0), (10.0, 0.0, 0.0)])
+    def test_extremes(self, device, coeff, vertex_x, vertex_y):
+        image = tensor(make_image(), device, torch.float32)
+        assert_valid(parabolize(image, coeff, vertex_x, vertex_y), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        params = [torch.tensor([1.0, -2.0, 7.0]), torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.5, 0.9, 0.0])]
+        assert_batch_invariant(parabolize, image, *params)
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(parabolize(image, 1.0, 0.5, 0.5), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(parabolize, 2.0, 0.4, 0.3)
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(parabolize, 1.0, 0.5, 0.5)
+        with pytest.raises(ValueError, match="`vertex_x`"):
+            parabolize(torch.rand(2, 3, 4, 4), 1.0, torch.ones(3), 0.5)

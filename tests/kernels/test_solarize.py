@@ -1,0 +1,63 @@
+"""Solarize against a NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.solarize import solarize
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    rounded,
+    tensor,
+)
+
+
+def reference_solarize(image: np.ndarray, thresholds) -> np.ndarray:
+    threshold = np.asarray(thresholds, dtype=np.float64)[:, None, None, None]
+    return np.where(image > threshold, 1 - image, image)
+
+
+class TestSolarize:
+    @pytest.mark.parametrize("thresholds", [[0.5, 0.5], [0.0, 1.0], [0.25, 0.9]])
+    def test_reference(self, device, dtype, thresholds):
+        image = rounded(make_image(), dtype)
+        out = solarize(tensor(image, device, dtype), torch.tensor(thresholds, dtype=dtype))
+        expected = reference_solarize(image, rounded(np.array(thresholds), dtype))
+        assert_close(out, expected, 0.0 if dtype == torch.float64 else 1e-7)
+
+    def test_strict_threshold(self, device):
+        """Values equal to the threshold are kept: black stays black at 0 and white stays white at 1."""
+        image = torch.tensor([0.0, 0.5, 1.0], device=device).view(1, 1, 1, 3).expand(1, 3, 2, 3).contiguous()
+        assert torch.equal(solarize(image, 0.5)[0, 0, 0], torch.tensor([0.0, 0.5, 0.0], device=device))
+        assert torch.equal(solarize(image, 0.0)[0, 0, 0], torch.tensor([0.0, 0.5, 0.0], device=device))
+        assert torch.equal(solarize(image, 1.0), image)
+
+    @pytest.mark.parametrize("threshold", [0.0, 1.0])
+    def test_extremes(self, device, threshold):
+        image = tensor(make_image(), device, torch.float32)
+        assert_valid(solarize(image, threshold), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        assert_batch_invariant(solarize, image, torch.tensor([0.1, 0.5, 0.95]))
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(solarize(image, 0.5), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(solarize, 0.6)
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(solarize, 0.5)
+        with pytest.raises(ValueError, match="`threshold`"):
+            solarize(torch.rand(2, 3, 4, 4), [0.5, 0.5])

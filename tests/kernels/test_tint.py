@@ -1,0 +1,76 @@
+"""Colour tint against a NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.tint import TINT_MODES, tint
+from tests.kernels.conftest import (
+    SHAPES,
+    assert_batch_invariant,
+    assert_close,
+    assert_low_precision_works,
+    assert_rejects_bad_images,
+    assert_valid,
+    make_image,
+    tensor,
+    tolerance,
+)
+
+# The research note's table (section 8), restated so that an edit to the kernel's table shows up here.
+FACTORS = {
+    "sepia": (1.0, 0.8, 0.6), "red": (1.0, 0.6, 0.6), "green": (0.6, 1.0, 0.6), "blue": (0.6, 0.8, 1.0),
+    "cyan": (0.6, 1.0, 1.0), "magenta": (1.0, 0.6, 1.0), "yellow": (1.0, 1.0, 0.6), "purple": (0.8, 0.6, 1.0),
+    "orange": (1.0, 0.7, 0.3), "warm": (1.0, 0.9, 0.7), "cool": (0.7, 0.9, 1.0), "lime": (0.7, 1.0, 0.3),
+    "navy": (0.3, 0.4, 0.7), "vintage": (0.9, 0.85, 0.7), "rose": (1.0, 0.8, 0.9), "teal": (0.3, 0.8, 0.8),
+    "maroon": (0.7, 0.3, 0.5), "peach": (1.0, 0.8, 0.6), "lavender": (0.8, 0.6, 1.0), "olive": (0.6, 0.7, 0.4),
+}  # fmt: skip
+
+
+def reference_tint(image: np.ndarray, strengths, mode: str) -> np.ndarray:
+    strength = np.asarray(strengths, dtype=np.float64)[:, None, None, None]
+    grey = 0.2989 * image[:, 0:1] + 0.5870 * image[:, 1:2] + 0.1140 * image[:, 2:3]
+    tinted = grey * np.array(FACTORS[mode])[None, :, None, None]
+    return np.clip(strength * tinted + (1 - strength) * image, 0, 1)
+
+
+class TestTint:
+    def test_modes_are_fal_spellings(self):
+        assert TINT_MODES == tuple(FACTORS)
+
+    @pytest.mark.parametrize("mode", TINT_MODES)
+    def test_reference(self, device, dtype, mode):
+        image = make_image()
+        strengths = [1.0, 0.35]
+        out = tint(tensor(image, device, dtype), torch.tensor(strengths, dtype=torch.float64), mode)
+        assert_close(out, reference_tint(image, strengths, mode), tolerance(dtype))
+
+    def test_zero_is_identity(self, device, dtype):
+        image = tensor(make_image(), device, dtype)
+        for mode in TINT_MODES:
+            assert torch.equal(tint(image, 0.0, mode), image)
+
+    @pytest.mark.parametrize("strength", [0.1, 1.0])
+    def test_extremes(self, device, strength):
+        image = tensor(make_image(), device, torch.float32)
+        for mode in TINT_MODES:
+            assert_valid(tint(image, strength, mode), image)
+
+    def test_batch_invariance(self):
+        image = tensor(make_image(batch=3), dtype=torch.float32)
+        assert_batch_invariant(tint, image, torch.tensor([0.1, 0.6, 1.0]), "teal")
+
+    @pytest.mark.parametrize("shape", SHAPES)
+    def test_cardinality(self, shape):
+        image = torch.rand(shape[0], 3, *shape[1:])
+        assert_valid(tint(image, 0.7, "vintage"), image)
+
+    def test_low_precision(self):
+        assert_low_precision_works(tint, 0.8, "cool")
+
+    def test_invalid_arguments(self):
+        assert_rejects_bad_images(tint, 1.0, "sepia")
+        with pytest.raises(ValueError, match="`mode`"):
+            tint(torch.rand(1, 3, 4, 4), 1.0, "Sepia")
