@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, or a list like cuda:0,cuda:1")
     serve.add_argument(
+        "--cpu-threads", type=int, default=1, help="PyTorch threads for work on the CPU (default: %(default)s)"
+    )
+    serve.add_argument(
         "--pipeline", action="append", default=[], metavar="MODULE:CLASS", help="serve an extra pipeline class"
     )
     serve.add_argument("--max-batch-size", type=int, default=8, help="most requests one device call runs together")
@@ -74,6 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         device=args.device,
+        cpu_threads=args.cpu_threads,
         extra_pipelines=tuple(args.pipeline),
         max_batch_size=args.max_batch_size,
         retention_seconds=args.retention_hours * 3600,

@@ -38,6 +38,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     device: str = "auto"
+    # torch intra-op threads for work on the CPU; small tensors get slower, not faster, with more
+    cpu_threads: int = 1
     extra_pipelines: tuple[str, ...] = ()
 
     retention_seconds: float = 7 * 24 * 3600

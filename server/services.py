@@ -6,6 +6,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+import torch
+
 from server.auth import KeyRing
 from server.config import Settings
 from server.context import MediaIO
@@ -39,6 +41,7 @@ class Services:
     @classmethod
     def start(cls, settings: Settings, registry: Registry) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(settings.cpu_threads)
         store = SqliteJobStore(
             settings.database_path, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
         )

@@ -152,14 +152,12 @@ class Worker(threading.Thread):
                 request.raise_if_cancelled()
                 return pipeline.decode(request.inputs, request)
 
-        decoded = [self._host_threads.submit(decode, job, request) for job, request in zip(jobs, requests)]
         groups: dict[Any, list[tuple[RequestContext, Any]]] = {}
-        for request, future in zip(requests, decoded):
-            try:
-                item = future.result()
-            except Exception as error:
-                self._fail(request, error)
+        for request, outcome in zip(requests, self._on_host(decode, list(zip(jobs, requests)))):
+            if isinstance(outcome, BaseException):
+                self._fail(request, outcome)
                 continue
+            item = outcome
             key = pipeline.batch_key(item)
             groups.setdefault(("batch", key) if key is not None else ("alone", request.request_id), []).append(
                 (request, item)
@@ -199,12 +197,24 @@ class Worker(threading.Thread):
         for request in requests:
             request.timings["predict"] = elapsed
             request.provenance["batch_size"] = len(requests)
-        finished = [
-            self._host_threads.submit(self._encode_and_complete, pipeline, request, prediction)
-            for request, prediction in zip(requests, predictions)
-        ]
-        for future in finished:
-            future.result()
+        self._on_host(
+            lambda request, prediction: self._encode_and_complete(pipeline, request, prediction),
+            list(zip(requests, predictions)),
+        )
+
+    def _on_host(self, fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
+        """`fn(*args)` for each call, in parallel host threads when there are several; an exception
+        is returned in place of its result."""
+
+        def guarded(args: tuple) -> Any:
+            try:
+                return fn(*args)
+            except Exception as error:
+                return error
+
+        if len(calls) == 1:
+            return [guarded(calls[0])]
+        return list(self._host_threads.map(guarded, calls))
 
     def _encode_and_complete(self, pipeline: Any, request: RequestContext, prediction: Any) -> None:
         try:

@@ -1,10 +1,12 @@
 """The embedded queue: one SQLite database in WAL mode in the data dir.
 
-Every commit is fsynced (`synchronous=FULL`), so an accepted request survives a kill -9 or a power
-cut. One process owns a data dir (an exclusive lock file enforces it), which is what lets `open`
-requeue every job left IN_PROGRESS at once: its worker is certainly gone. Writes go through one
-connection under a lock; reads use a connection per thread so status polling never waits on an
-fsync.
+Accepting, completing and cancelling a request are fsynced before they are answered, so they
+survive a kill -9 or a power cut. Logs, claims and lease renewals are committed without an fsync:
+a process crash cannot lose them (they are in the WAL), a power cut loses at most the latest ones
+(a lost claim only means the job runs again), and the next fsynced commit makes them durable too.
+One process owns a data dir (an exclusive lock file enforces it), which is what lets `open` requeue
+every job left IN_PROGRESS at once: its worker is certainly gone. Writes are serialised under one
+lock; reads use a connection per thread so status polling never waits on an fsync.
 """
 
 from __future__ import annotations
@@ -110,16 +112,17 @@ class SqliteJobStore(JobStore):
         self._clock = clock
         self._lock_file = _lock_exclusively(path.with_suffix(".lock"))
         self._write_lock = threading.Lock()
-        self._writer = self._connect()
+        self._durable_writer = self._connect(synchronous="FULL")
+        self._writer = self._connect(synchronous="NORMAL")
         self._writer.executescript(SCHEMA)
         self._readers = threading.local()
         self.changes = ChangeFeed()
         self._requeue_orphans()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, synchronous: str = "NORMAL") -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute(f"PRAGMA synchronous={synchronous}")
         return connection
 
     @property
@@ -129,10 +132,11 @@ class SqliteJobStore(JobStore):
             connection = self._readers.connection = self._connect()
         return connection
 
-    def _write(self, fn):
-        """Runs `fn(connection)` in one IMMEDIATE transaction and returns its result."""
+    def _write(self, fn, *, durable: bool = False):
+        """Runs `fn(connection)` in one IMMEDIATE transaction and returns its result; a durable
+        transaction is on disk (fsynced) when this returns."""
         with self._write_lock:
-            connection = self._writer
+            connection = self._durable_writer if durable else self._writer
             connection.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(connection)
@@ -185,7 +189,7 @@ class SqliteJobStore(JobStore):
             ).fetchone()
             return ahead
 
-        position = self._write(insert)
+        position = self._write(insert, durable=True)
         self.changes.publish_work()
         return position
 
@@ -288,7 +292,7 @@ class SqliteJobStore(JobStore):
             self.changes.publish(request_id)
 
     def complete(self, request_id: str, result: JobResult) -> bool:
-        done = self._write(lambda db: _complete(db, request_id, result, self._clock()))
+        done = self._write(lambda db: _complete(db, request_id, result, self._clock()), durable=True)
         if done:
             self.changes.publish(request_id)
         return done
@@ -307,7 +311,7 @@ class SqliteJobStore(JobStore):
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE request_id = ?", (request_id,))
             return CancelOutcome.CANCELLATION_REQUESTED
 
-        outcome = self._write(cancel)
+        outcome = self._write(cancel, durable=True)
         self.changes.publish(request_id)
         return outcome
 
@@ -366,7 +370,7 @@ class SqliteJobStore(JobStore):
                 )
                 return "requeued"
 
-            outcome = self._write(expire)
+            outcome = self._write(expire, durable=True)
             if outcome == "failed":
                 failed.append(request_id)
             self.changes.publish(request_id)
@@ -412,6 +416,7 @@ class SqliteJobStore(JobStore):
 
     def close(self) -> None:
         self._writer.close()
+        self._durable_writer.close()
         self._lock_file.close()
 
 

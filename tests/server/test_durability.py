@@ -54,7 +54,7 @@ def test_sigkill_mid_way_then_restart_completes_all_50(kiln_process):
 def test_request_that_kills_its_worker_is_failed_after_max_attempts(kiln_process):
     server = kiln_process()
     healthy = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"steps": 1, "tag": "healthy"}).json()
-    poison = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"fail_with": "crash"}).json()
+    poison = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"fail_with": "crash", "step_seconds": 0.3}).json()
     server.process.wait(60)
     for _ in range(2):  # each start claims the poisoned request again and dies
         assert KilnProcess(server.data_dir).spawn().process.wait(60) == 9
