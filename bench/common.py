@@ -1,0 +1,57 @@
+"""What every benchmark records beside its numbers: where, when and on which commit it ran."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {cpu}",
+        "cpu": cpu,
+        "cpu_count": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "kiln": server.__version__,
+    }
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS) -> Path:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    record = {"benchmark": name, "date": now.isoformat(timespec="seconds"), "commit": commit(), **machine(), **numbers}
+    folder.mkdir(parents=True, exist_ok=True)
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    path = folder / f"{name}-{device}-{now:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
