@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,18 +17,7 @@ from tests.kernels.conftest import (
     rounded,
     tensor,
 )
-
-
-def reference_shift(image: np.ndarray, moves) -> np.ndarray:
-    """Horizontal +s: out[y, x] = in[y, x - s]; vertical +s: out[y, x] = in[y + s, x]; indices clamped."""
-    _, _, height, width = image.shape
-    out = np.empty_like(image)
-    for c, (shift, direction) in enumerate(moves):
-        if direction == "horizontal":
-            out[:, c] = image[:, c][:, :, np.clip(np.arange(width) - shift, 0, width - 1)]
-        else:
-            out[:, c] = image[:, c][:, np.clip(np.arange(height) + shift, 0, height - 1), :]
-    return out
+from tests.kernels.reference import reference_shift
 
 
 def call(image, moves):

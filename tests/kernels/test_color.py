@@ -20,26 +20,7 @@ from tests.kernels.conftest import (
     make_image,
     tensor,
 )
-
-
-def reference_color(image: np.ndarray, temperature, brightness, contrast, saturation, gamma) -> np.ndarray:
-    """Per-sample parameters as sequences; saturation through a real HLS round trip (colorsys)."""
-    out = np.empty_like(image)
-    for b in range(image.shape[0]):
-        x = np.clip(image[b] * (1 + brightness[b] / 100), 0, 1)
-        mean = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).mean()
-        x = np.clip(mean + (1 + contrast[b] / 100) * (x - mean), 0, 1)
-        t = temperature[b] / 100
-        gains = (1 + t, 1 + 0.4 * t, 1.0) if t > 0 else (1.0, 1.0, 1 - t)
-        x = np.clip(x * np.array(gains)[:, None, None], 0, 1)
-        x = np.clip(x**gamma[b], 0, 1)
-        factor = 1 + saturation[b] / 100
-        for i, j in itertools.product(range(x.shape[1]), range(x.shape[2])):
-            hue, lightness, sat = colorsys.rgb_to_hls(*x[:, i, j])
-            x[:, i, j] = colorsys.hls_to_rgb(hue, lightness, min(max(sat * factor, 0.0), 1.0))
-        out[b] = np.clip(x, 0, 1)
-    return out
-
+from tests.kernels.reference import hls_to_rgb, reference_color, rgb_to_hls
 
 CASES = {
     "mixed": ([30, -40], [20, -10], [25, -60], [40, -50], [0.7, 1.6]),
@@ -50,6 +31,17 @@ CASES = {
     "gamma": ([0, 0], [0, 0], [0, 0], [0, 0], [0.2, 2.2]),
     "half_saturation": ([10, 0], [-20, 5], [10, 5], [50, -30], [1.1, 0.9]),
 }
+
+
+def test_reference_hls_is_colorsys():
+    """The reference's vectorised HLS round trip is colorsys's, pixel by pixel."""
+    image = make_image(batch=1)[0]
+    hue, lightness, saturation = rgb_to_hls(image)
+    boosted = hls_to_rgb(hue, lightness, np.clip(saturation * 1.7, 0, 1))
+    for i, j in itertools.product(range(image.shape[1]), range(image.shape[2])):
+        expected = colorsys.rgb_to_hls(*image[:, i, j])
+        assert np.allclose((hue[i, j], lightness[i, j], saturation[i, j]), expected, atol=1e-12)
+        assert np.allclose(boosted[:, i, j], colorsys.hls_to_rgb(*expected[:2], min(expected[2] * 1.7, 1)), atol=1e-12)
 
 
 class TestCorrectColor:

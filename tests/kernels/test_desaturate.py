@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,22 +17,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-
-def reference_grey(image: np.ndarray, method: str) -> np.ndarray:
-    r, g, b = image[:, 0:1], image[:, 1:2], image[:, 2:3]
-    if method == "luminance (Rec.709)":
-        return 0.2126 * r + 0.7152 * g + 0.0722 * b
-    if method == "luminance (Rec.601)":
-        return 0.299 * r + 0.587 * g + 0.114 * b
-    if method == "average":
-        return image.mean(1, keepdims=True)
-    return (image.max(1, keepdims=True) + image.min(1, keepdims=True)) / 2
-
-
-def reference_desaturate(image: np.ndarray, factors, method: str) -> np.ndarray:
-    factor = np.asarray(factors, dtype=np.float64)[:, None, None, None]
-    return np.clip((1 - factor) * image + factor * reference_grey(image, method), 0, 1)
+from tests.kernels.reference import reference_desaturate
 
 
 class TestDesaturate:

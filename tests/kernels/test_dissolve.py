@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,30 +17,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-
-def reference_dissolve(image: np.ndarray, other: np.ndarray, factors) -> np.ndarray:
-    factor = np.asarray(factors, dtype=np.float64)[:, None, None, None]
-    return np.clip((1 - factor) * image + factor * other, 0, 1)
-
-
-def _triangle_weights(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) weights of antialiased linear resampling, half-pixel centres (PIL's bilinear filter)."""
-    scale = in_size / out_size
-    support = max(scale, 1.0)
-    weights = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        centre = (i + 0.5) * scale
-        for j in range(in_size):
-            weights[i, j] = max(0.0, 1 - abs((j + 0.5 - centre) / support))
-        weights[i] /= weights[i].sum()
-    return weights
-
-
-def reference_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    rows = _triangle_weights(image.shape[2], size[0])
-    cols = _triangle_weights(image.shape[3], size[1])
-    return np.clip(np.einsum("yh,bchw,xw->bcyx", rows, image, cols), 0, 1)
+from tests.kernels.reference import reference_dissolve, reference_resize
 
 
 class TestDissolve:

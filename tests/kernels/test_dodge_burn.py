@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,36 +18,10 @@ from tests.kernels.conftest import (
     make_image,
     tensor,
 )
+from tests.kernels.reference import reference_dodge_burn
 
 DODGES = ("dodge", "color_dodge", "linear_dodge")
 BURNS = ("burn", "color_burn", "linear_burn")
-
-
-def _divide_dodge(base: np.ndarray, mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
-    """The reference's dodge base / (1 - m i), without its 1e-7 guard; +inf where m i = 1."""
-    with np.errstate(divide="ignore"):
-        return base / (1 - mask * intensity)
-
-
-def _step(x: np.ndarray, intensity: np.ndarray, step: str) -> np.ndarray:
-    luma = np.clip(0.2126 * x[:, 0:1] + 0.7152 * x[:, 1:2] + 0.0722 * x[:, 2:3], 0, 1)
-    out = {
-        "dodge": lambda: _divide_dodge(x, luma, intensity),
-        "burn": lambda: 1 - _divide_dodge(1 - x, 1 - luma, intensity),
-        "color_dodge": lambda: _divide_dodge(x, x, intensity),
-        "color_burn": lambda: 1 - _divide_dodge(1 - x, 1 - x, intensity),
-        "linear_dodge": lambda: x + x * intensity,
-        "linear_burn": lambda: x - x * intensity,
-    }[step]()
-    return np.clip(out, 0, 1)
-
-
-def reference_dodge_burn(image: np.ndarray, intensities, mode: str) -> np.ndarray:
-    intensity = np.asarray(intensities, dtype=np.float64)[:, None, None, None]
-    steps = {"dodge_and_burn": ("dodge", "burn"), "burn_and_dodge": ("burn", "dodge")}.get(mode, (mode,))
-    for step in steps:
-        image = _step(image, intensity, step)
-    return image
 
 
 class TestDodgeBurn:

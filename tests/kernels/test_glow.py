@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,19 +17,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-
-def reference_glow(image: np.ndarray, intensities, radius: int) -> np.ndarray:
-    """2-D kernel on normalised offsets linspace(-1, 1, 2r+1) with sigma r/3, mirrored borders."""
-    _, _, height, width = image.shape
-    offsets = np.linspace(-1.0, 1.0, 2 * radius + 1)
-    taps = np.exp(-(offsets**2) / (2 * (radius / 3) ** 2))
-    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
-    padded = np.pad(image, ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="reflect")
-    size = 2 * radius + 1
-    blur = sum(kernel[i, j] * padded[..., i : i + height, j : j + width] for i in range(size) for j in range(size))
-    intensity = np.asarray(intensities, dtype=np.float64)[:, None, None, None]
-    return np.clip(image + intensity * blur, 0, 1)
+from tests.kernels.reference import reference_glow
 
 
 class TestGlow:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -19,83 +17,7 @@ from tests.kernels.conftest import (
     make_image,
     tensor,
 )
-
-# Kiln's presets as documented: blur sigma, colour share, amplitude (a0, a1, a2), gains, desaturate, contrast.
-MIDTONES = (0.5, 2.0, -2.0)
-STYLES = {
-    "modern": (0.0, 0.0, (1.0, 0.0, 0.0), (1.0, 1.0, 1.0), 0.0, 1.0),
-    "analog": (1.0, 0.3, MIDTONES, (1.0, 1.0, 1.0), 0.0, 1.0),
-    "kodak": (0.7, 0.15, MIDTONES, (1.03, 1.0, 0.97), 0.0, 1.0),
-    "fuji": (0.6, 0.15, MIDTONES, (0.98, 1.02, 1.02), 0.0, 1.0),
-    "cinematic": (0.8, 0.0, (1.25, -0.75, 0.0), (1.0, 1.0, 1.0), 0.0, 1.0),
-    "newspaper": (1.5, 0.0, (1.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0, 1.3),
-}
-GRADIENTS = np.array([(1, 1), (-1, 1), (1, -1), (-1, -1)])
-
-
-def unpack(words: np.ndarray) -> np.ndarray:
-    """(..., H, W) int32 words -> (..., 4 octaves, 4 corners, H, W) choices: octave o, corner c at bit 2 (4 o + c)."""
-    shifts = 2 * np.arange(16).reshape(4, 4, 1, 1)
-    return (words[..., None, None, :, :] >> shifts) & 3
-
-
-def reference_base_noise(choices: np.ndarray, scale: float) -> np.ndarray:
-    """The reference's FilmGrain noise for choices (F, 4, 4, H, W) -> (F, H, W) in [-1, 1]."""
-    height, width = choices.shape[-2:]
-    x, y = np.linspace(0, 1, width, endpoint=False), np.linspace(0, 1, height, endpoint=False)
-    total = np.zeros((choices.shape[0], height, width))
-    for octave in range(4):
-        cells = scale * 2**octave
-        grid_x, grid_y = np.meshgrid(x * cells, y * cells)
-        xf, yf = grid_x - np.floor(grid_x), grid_y - np.floor(grid_y)
-        u, v = xf * xf * (3 - 2 * xf), yf * yf * (3 - 2 * yf)
-        g = GRADIENTS[choices[:, octave]]  # (F, 4 corners, H, W, 2)
-        n00 = g[:, 0, ..., 0] * xf + g[:, 0, ..., 1] * yf
-        n01 = g[:, 1, ..., 0] * xf + g[:, 1, ..., 1] * (yf - 1)
-        n10 = g[:, 2, ..., 0] * (xf - 1) + g[:, 2, ..., 1] * yf
-        n11 = g[:, 3, ..., 0] * (xf - 1) + g[:, 3, ..., 1] * (yf - 1)
-        x1, x2 = n00 + u * (n10 - n00), n01 + u * (n11 - n01)
-        total += (x1 + v * (x2 - x1)) * 0.5**octave
-    total /= 1 - 0.5**4
-    low, high = total.min((1, 2), keepdims=True), total.max((1, 2), keepdims=True)
-    return 2 * (total - low) / (high - low) - 1
-
-
-def reference_blur(noise: np.ndarray, sigma: float) -> np.ndarray:
-    radius = math.ceil(3 * sigma)
-    taps = np.exp(-(np.arange(-radius, radius + 1) ** 2) / (2 * sigma**2))
-    kernel = np.outer(taps, taps) / np.outer(taps, taps).sum()
-    padded = np.pad(noise, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
-    height, width = noise.shape[-2:]
-    size = 2 * radius + 1
-    blurred = sum(kernel[i, j] * padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size))
-    mean, blurred_mean = noise.mean((1, 2), keepdims=True), blurred.mean((1, 2), keepdims=True)
-    return mean + (blurred - blurred_mean) * (noise.std((1, 2), keepdims=True) / blurred.std((1, 2), keepdims=True))
-
-
-def luma709(x: np.ndarray) -> np.ndarray:
-    return 0.2126 * x[0:1] + 0.7152 * x[1:2] + 0.0722 * x[2:3]
-
-
-def reference_grain(image: np.ndarray, intensities, scales, style: str, seeds) -> np.ndarray:
-    blur, color, (a0, a1, a2), gains, desaturate, contrast = STYLES[style]
-    fields = 4 if color > 0 else 1
-    words = _draw_gradient_words(seeds, fields, image.shape[2], image.shape[3], torch.device("cpu")).numpy()
-    out = np.empty_like(image)
-    for b, x in enumerate(image):
-        intensity = intensities[b]
-        look = min(intensity / 0.4, 1.0)
-        noise = reference_base_noise(unpack(words[b]), scales[b])
-        if blur > 0:
-            noise = reference_blur(noise, blur)
-        grain = noise if fields == 1 else math.sqrt(1 - color) * noise[:1] + math.sqrt(color) * noise[1:]
-        toned = x + look * desaturate * (luma709(x) - x)
-        toned = np.clip(toned + look * (contrast - 1) * (toned - 0.5), 0, 1)
-        y = luma709(toned)
-        grainy = toned + intensity * (a0 + a1 * y + a2 * y * y) * grain
-        cast = 1 + look * (np.array(gains) - 1)
-        out[b] = np.clip(grainy * cast[:, None, None], 0, 1)
-    return out
+from tests.kernels.reference import reference_base_noise, reference_grain, unpack
 
 
 class TestAddFilmGrain:

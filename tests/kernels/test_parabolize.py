@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,12 +17,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-
-def reference_parabolize(image: np.ndarray, *params) -> np.ndarray:
-    coeff, vertex_x, vertex_y = (np.asarray(p, dtype=np.float64).reshape(-1, 1, 1, 1) for p in params)
-    return np.clip(coeff * (image - vertex_x) ** 2 + vertex_y, 0, 1)
-
+from tests.kernels.reference import reference_parabolize
 
 # (coeff, vertex_x, vertex_y), one value per sample.
 CASES = [

@@ -18,83 +18,7 @@ from tests.kernels.conftest import (
     make_image,
     tensor,
 )
-
-
-def _correlate2d(padded: np.ndarray, kernel: np.ndarray, height: int, width: int) -> np.ndarray:
-    rows, cols = kernel.shape
-    return sum(
-        kernel[i, j] * padded[..., i : i + height, j : j + width] for i in range(rows) for j in range(cols)
-    )
-
-
-def reference_basic(image: np.ndarray, radius: int, alphas) -> np.ndarray:
-    """The reference's kernel (-alpha everywhere) with its centre raised so that it sums to 1."""
-    _, _, height, width = image.shape
-    size = 2 * radius + 1
-    padded = np.pad(image, ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="reflect")
-    out = np.empty_like(image)
-    for b, alpha in enumerate(alphas):
-        kernel = np.full((size, size), -alpha)
-        kernel[radius, radius] = 1 + alpha * (size * size - 1)
-        out[b] = _correlate2d(padded[b], kernel, height, width)
-    return np.clip(out, 0, 1)
-
-
-def reference_bilateral(image: np.ndarray, diameter: int, sigma_color: float) -> np.ndarray:
-    """cv2.bilateralFilter for one float RGB image (3, H, W): disc window, L1 colour distance, reflect-101."""
-    _, height, width = image.shape
-    radius = max(diameter // 2, 1)
-    sigma_space = 0.3 * ((diameter - 1) * 0.5 - 1) + 0.8
-    padded = np.pad(image, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
-    numerator, denominator = np.zeros_like(image), np.zeros((1, height, width))
-    for i in range(-radius, radius + 1):
-        for j in range(-radius, radius + 1):
-            if np.sqrt(i * i + j * j) > radius:
-                continue
-            neighbour = padded[:, radius + i : radius + i + height, radius + j : radius + j + width]
-            distance = np.abs(neighbour - image).sum(0, keepdims=True)
-            weight = np.exp(-(i * i + j * j) / (2 * sigma_space**2)) * np.exp(-(distance**2) / (2 * sigma_color**2))
-            numerator += weight * neighbour
-            denominator += weight
-    return numerator / denominator
-
-
-def reference_sharpness(image: np.ndarray, factor: float) -> np.ndarray:
-    """PIL/kornia sharpness of one image (3, H, W)."""
-    _, height, width = image.shape
-    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]]) / 13
-    degenerate = image.copy()
-    if height > 2 and width > 2:
-        degenerate[:, 1:-1, 1:-1] = np.clip(_correlate2d(image, kernel, height - 2, width - 2), 0, 1)
-    return np.clip(degenerate + factor * (image - degenerate), 0, 1)
-
-
-def reference_smart(image: np.ndarray, noise_radius: int, preserve_edges, strengths, ratios) -> np.ndarray:
-    out = np.empty_like(image)
-    for b in range(image.shape[0]):
-        pe = preserve_edges[b]
-        sigma_color = max(1 - pe, 0.05) if pe > 0 else 1.0
-        blurred = reference_bilateral(image[b], noise_radius, sigma_color) if noise_radius > 1 else image[b]
-        sharpened = reference_sharpness(image[b], strengths[b]) if strengths[b] > 0 else image[b]
-        out[b] = np.clip(ratios[b] * sharpened + (1 - ratios[b]) * blurred, 0, 1)
-    return out
-
-
-def reference_cas(image: np.ndarray, amounts) -> np.ndarray:
-    _, _, height, width = image.shape
-    padded = np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1)))
-
-    def at(dy, dx):
-        return padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-
-    a, b, c, d, e, f, g, h, i = (at(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    cross, corners = np.stack([b, d, e, f, h]), np.stack([a, c, g, i])
-    low = np.maximum(cross.min(0), 0) + np.maximum(corners.min(0), 0)
-    high = np.minimum(cross.max(0), 1) + np.minimum(corners.max(0), 1)
-    amp = np.sqrt(np.minimum(low, 2 - high) / (high + 1e-5))
-    amount = np.asarray(amounts, dtype=np.float64)[:, None, None, None]
-    weight = -amp * (1 / 8 + amount * (1 / 5 - 1 / 8))
-    return np.clip((weight * (b + d + f + h) + e) / (1 + 4 * weight), 0, 1)
+from tests.kernels.reference import correlate2d, reference_basic, reference_cas, reference_smart
 
 
 class TestSharpenBasic:
@@ -111,7 +35,7 @@ class TestSharpenBasic:
         padded = np.pad(image, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
         kernel = np.full((3, 3), -1.0)
         kernel[1, 1] = 9
-        expected = np.clip(_correlate2d(padded, kernel, 13, 17), 0, 1)
+        expected = np.clip(correlate2d(padded, kernel, 13, 17), 0, 1)
         assert_close(sharpen_basic(tensor(image, device), 1, 1.0), expected, 1e-9)
 
     def test_radius_zero_is_identity(self, device, dtype):

@@ -18,11 +18,7 @@ from tests.kernels.conftest import (
     rounded,
     tensor,
 )
-
-
-def reference_solarize(image: np.ndarray, thresholds) -> np.ndarray:
-    threshold = np.asarray(thresholds, dtype=np.float64)[:, None, None, None]
-    return np.where(image > threshold, 1 - image, image)
+from tests.kernels.reference import reference_solarize
 
 
 class TestSolarize:

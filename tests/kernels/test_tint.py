@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,22 +17,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-# The research note's table (section 8), restated so that an edit to the kernel's table shows up here.
-FACTORS = {
-    "sepia": (1.0, 0.8, 0.6), "red": (1.0, 0.6, 0.6), "green": (0.6, 1.0, 0.6), "blue": (0.6, 0.8, 1.0),
-    "cyan": (0.6, 1.0, 1.0), "magenta": (1.0, 0.6, 1.0), "yellow": (1.0, 1.0, 0.6), "purple": (0.8, 0.6, 1.0),
-    "orange": (1.0, 0.7, 0.3), "warm": (1.0, 0.9, 0.7), "cool": (0.7, 0.9, 1.0), "lime": (0.7, 1.0, 0.3),
-    "navy": (0.3, 0.4, 0.7), "vintage": (0.9, 0.85, 0.7), "rose": (1.0, 0.8, 0.9), "teal": (0.3, 0.8, 0.8),
-    "maroon": (0.7, 0.3, 0.5), "peach": (1.0, 0.8, 0.6), "lavender": (0.8, 0.6, 1.0), "olive": (0.6, 0.7, 0.4),
-}  # fmt: skip
-
-
-def reference_tint(image: np.ndarray, strengths, mode: str) -> np.ndarray:
-    strength = np.asarray(strengths, dtype=np.float64)[:, None, None, None]
-    grey = 0.2989 * image[:, 0:1] + 0.5870 * image[:, 1:2] + 0.1140 * image[:, 2:3]
-    tinted = grey * np.array(FACTORS[mode])[None, :, None, None]
-    return np.clip(strength * tinted + (1 - strength) * image, 0, 1)
+from tests.kernels.reference import FACTORS, reference_tint
 
 
 class TestTint:

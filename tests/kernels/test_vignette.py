@@ -18,14 +18,7 @@ from tests.kernels.conftest import (
     tensor,
     tolerance,
 )
-
-
-def reference_vignette(image: np.ndarray, strengths: np.ndarray) -> np.ndarray:
-    _, _, height, width = image.shape
-    u, v = np.linspace(-1, 1, width), np.linspace(-1, 1, height)
-    rho = np.sqrt(u[None, :] ** 2 + v[:, None] ** 2) / np.sqrt(2)
-    falloff = np.clip(1 - strengths[:, None, None, None] * rho, 0, 1)
-    return np.clip(image * falloff, 0, 1)
+from tests.kernels.reference import reference_vignette
 
 
 class TestApplyVignette:
