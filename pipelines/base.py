@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel
 
 from server.context import RequestContext
+from server.weights import WeightsStore
 
 InputT = TypeVar("InputT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -28,13 +29,17 @@ class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
     Output: ClassVar[type[BaseModel]]
     # how many compatible requests `predict` may take at once; the server caps it with --max-batch-size
     max_batch_size: ClassVar[int] = 1
+    # the weights.lock models `setup` loads; the endpoint is unavailable until they are installed
+    models: ClassVar[tuple[str, ...]] = ()
 
     device: torch.device
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """Why this endpoint cannot run on this machine (e.g. weights not installed), or None."""
-        return None
+    def unavailable_reason(cls, weights: WeightsStore) -> str | None:
+        """Why this endpoint cannot run on this machine (e.g. weights not installed), or None.
+        Cheap: it runs on every submit."""
+        reason = weights.problem(cls.models)
+        return f"{cls.endpoint_id} cannot run: {reason}" if reason else None
 
     @classmethod
     def prepare(cls, inputs: InputT) -> InputT:
@@ -42,8 +47,9 @@ class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
         so a retried request runs exactly as the first try. Raises FieldError."""
         return inputs
 
-    def setup(self, device: torch.device) -> None:
-        """Loads models onto `device`; runs once per worker before the first request."""
+    def setup(self, device: torch.device, weights: WeightsStore) -> None:
+        """Loads models onto `device`, each from `weights.verified_folder(name)`; runs once per
+        worker before the first request."""
         self.device = device
 
     @abc.abstractmethod

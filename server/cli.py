@@ -8,21 +8,69 @@ import os
 import sys
 from pathlib import Path
 
-from server.config import LOOPBACK_HOST, Settings, default_data_dir, is_loopback_host
+from server.config import LOOPBACK_HOST, Settings, default_data_dir, default_weights_lock, is_loopback_host
+from server.weights import (
+    MISMATCH,
+    OK,
+    WRONG_SIZE,
+    FileCheck,
+    WeightsLock,
+    WeightsLockError,
+    WeightsStore,
+    WeightsUnavailable,
+    lock_from_hub,
+)
 
 logger = logging.getLogger("kiln")
+
+
+def storage_options() -> argparse.ArgumentParser:
+    """--data-dir and the weights options, shared by `serve` and every `weights` command."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--data-dir", type=Path, default=default_data_dir(), help="queue, results and keys (default: %(default)s)"
+    )
+    options.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=os.environ.get("KILN_WEIGHTS_DIR"),
+        help="model weights store; also KILN_WEIGHTS_DIR (default: DATA_DIR/weights)",
+    )
+    options.add_argument(
+        "--weights-lock",
+        type=Path,
+        default=os.environ.get("KILN_WEIGHTS_LOCK") or default_weights_lock(),
+        help="the lock naming every model file and its sha256; also KILN_WEIGHTS_LOCK (default: %(default)s)",
+    )
+    return options
+
+
+def add_weights_commands(commands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    weights = commands.add_parser("weights", help="install and verify model weights against weights.lock")
+    actions = weights.add_subparsers(dest="weights_command", required=True)
+    actions.add_parser("list", parents=parents, help="the locked models and whether each is installed")
+    pull = actions.add_parser("pull", parents=parents, help="download a model's pinned revision, then verify it")
+    pull.add_argument("name")
+    verify = actions.add_parser("verify", parents=parents, help="rehash every installed file (all models by default)")
+    verify.add_argument("names", nargs="*", metavar="NAME")
+    import_ = actions.add_parser("import", parents=parents, help="verify a folder you already have and link it in")
+    import_.add_argument("name")
+    import_.add_argument("path", type=Path, help="a folder in the model repository's layout")
+    import_.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    lock = actions.add_parser(
+        "lock", parents=parents, help="pin a model's revision and fill its missing sizes and sha256s from the hub"
+    )
+    lock.add_argument("name")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description="Kiln: fal.ai's image endpoints on your own GPUs")
     commands = parser.add_subparsers(dest="command", required=True)
+    storage = storage_options()
 
-    serve = commands.add_parser("serve", help="start the server")
+    serve = commands.add_parser("serve", parents=[storage], help="start the server")
     serve.add_argument("--host", default=LOOPBACK_HOST, help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
-    serve.add_argument(
-        "--data-dir", type=Path, default=default_data_dir(), help="queue, results and keys (default: %(default)s)"
-    )
     serve.add_argument("--public-url", help="base URL clients reach this server at (default: from --host/--port)")
     serve.add_argument(
         "--api-key",
@@ -49,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-hours", type=float, default=7 * 24, help="how long results and files are kept (default: 168)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_weights_commands(commands, [storage])
     return parser
 
 
@@ -81,6 +130,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         extra_pipelines=tuple(args.pipeline),
         max_batch_size=args.max_batch_size,
         retention_seconds=args.retention_hours * 3600,
+        weights_dir=args.weights_dir,
+        weights_lock=args.weights_lock,
     )
 
 
@@ -103,15 +154,74 @@ def serve(args: argparse.Namespace) -> None:
     )
 
 
+def weights(args: argparse.Namespace) -> int:
+    """`kiln weights ...`; returns the exit status (1 when a file does not match the lock)."""
+    lock = WeightsLock.load(args.weights_lock)
+    store = WeightsStore(args.weights_dir or args.data_dir / "weights", lock)
+    if args.weights_command == "list":
+        for name, model in lock.models.items():
+            print(f"{name}\t{model.repo}@{model.revision[:12]}\t{model.license}{' (gated)' if model.gated else ''}")
+            print(f"\t{describe(store, name)}\t{', '.join(model.endpoints)}")
+        return 0
+    if args.weights_command == "lock":
+        lock = WeightsLock(lock.path, {**lock.models, args.name: lock_from_hub(lock.get(args.name))})
+        lock.save()
+        print(f"{args.name}: pinned {lock.get(args.name).revision} in {lock.path}")
+        return 0
+    if args.weights_command == "pull":
+        return report(args.name, store.pull(args.name, on_file=announce))
+    if args.weights_command == "import":
+        return report(args.name, store.import_folder(args.name, args.path, copy=args.copy, on_file=announce))
+    status = 0
+    for name in args.names or [n for n in lock.models if store.folder(n).exists()]:
+        unpinned = store.unpinned_reason(name)
+        if unpinned:
+            print(f"{name}: {unpinned}")
+            status = 1
+            continue
+        status |= report(name, store.verify(name, rehash=True, on_file=announce))
+    return status
+
+
+def announce(path: str) -> None:
+    print(f"hashing {path}", file=sys.stderr)
+
+
+def describe(store: WeightsStore, name: str) -> str:
+    problem = store.problem([name])
+    if problem:
+        return problem
+    checks = store.check(name)
+    return "installed, verified" if all(c.state == OK for c in checks) else "installed, not verified since changed"
+
+
+def report(name: str, checks: list[FileCheck]) -> int:
+    failed = [check for check in checks if check.state != OK]
+    for check in failed:
+        found = f" (found sha256 {check.found_sha256})" if check.state == MISMATCH else ""
+        print(f"{name}: {check.path}: {check.state}{found}")
+    if failed:
+        corrupt = any(check.state in (MISMATCH, WRONG_SIZE) for check in failed)
+        print(f"{name}: {len(failed)} of {len(checks)} files {'do not match weights.lock' if corrupt else 'missing'}")
+        return 1
+    print(f"{name}: all {len(checks)} files match weights.lock")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        level=getattr(logging, getattr(args, "log_level", "info").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "serve":
         serve(args)
+    elif args.command == "weights":
+        try:
+            sys.exit(weights(args))
+        except (WeightsLockError, WeightsUnavailable) as error:
+            raise SystemExit(f"kiln weights: {error}") from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ def default_data_dir() -> Path:
     return Path(base) / "kiln"
 
 
+def default_weights_lock() -> Path:
+    """The weights.lock shipped with Kiln: beside the source tree, else in the working directory
+    (where the container image puts it)."""
+    shipped = Path(__file__).resolve().parent.parent / "weights.lock"
+    return shipped if shipped.exists() else Path.cwd() / "weights.lock"
+
+
 def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
@@ -41,6 +48,9 @@ class Settings:
     # torch intra-op threads for work on the CPU; small tensors get slower, not faster, with more
     cpu_threads: int = 1
     extra_pipelines: tuple[str, ...] = ()
+    # model weights are kept under data_dir unless given a folder of their own
+    weights_dir: Path | None = None
+    weights_lock: Path = field(default_factory=default_weights_lock)
 
     retention_seconds: float = 7 * 24 * 3600
     lease_seconds: float = 30.0
@@ -81,3 +91,7 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    @property
+    def weights_store_dir(self) -> Path:
+        return self.weights_dir or self.data_dir / "weights"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pipelines import PIPELINES
 from pipelines.base import Pipeline
 from server.endpoints import owner_segment
+from server.weights import WeightsStore
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,10 @@ class Endpoint:
     pipeline: type[Pipeline] | None
     import_error: str | None = None
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, weights: WeightsStore) -> str | None:
         if self.pipeline is None:
             return f"Endpoint {self.endpoint_id} cannot run on this server: {self.import_error}"
-        return self.pipeline.unavailable_reason()
+        return self.pipeline.unavailable_reason(weights)
 
 
 def import_pipeline(spec: str) -> type[Pipeline]:

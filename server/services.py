@@ -19,6 +19,7 @@ from server.registry import Registry
 from server.store import JobStore
 from server.store.sqlite import SqliteJobStore
 from server.webhooks import WebhookDispatcher, WebhookSigner
+from server.weights import WeightsLock, WeightsStore
 from server.worker import WorkerPool, resolve_devices
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 class Services:
     settings: Settings
     registry: Registry
+    weights: WeightsStore
     store: JobStore
     files: FileStore
     fetcher: UrlFetcher
@@ -54,12 +56,14 @@ class Services:
             )
         )
         webhook_signer = WebhookSigner(load_webhook_key(settings.data_dir))
+        weights = WeightsStore(settings.weights_store_dir, WeightsLock.load(settings.weights_lock))
         devices = resolve_devices(settings.device)
         pool = WorkerPool(
             devices,
             instance_id=uuid.uuid4().hex[:12],
             store=store,
             registry=registry,
+            weights=weights,
             media=MediaIO(fetcher=fetcher, files=files, max_image_pixels=settings.max_image_pixels),
             max_batch_size=settings.max_batch_size,
             heartbeat_seconds=settings.heartbeat_seconds,
@@ -67,6 +71,7 @@ class Services:
         services = cls(
             settings=settings,
             registry=registry,
+            weights=weights,
             store=store,
             files=files,
             fetcher=fetcher,

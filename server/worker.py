@@ -29,6 +29,7 @@ from server.context import Interrupted, MediaIO, RequestContext
 from server.errors import Cancelled, EndpointUnavailable, FieldError, KilnError
 from server.registry import Registry
 from server.store import Job, JobResult, JobStore
+from server.weights import WeightsStore
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Worker(threading.Thread):
         worker_id: str,
         store: JobStore,
         registry: Registry,
+        weights: WeightsStore,
         media: MediaIO,
         max_batch_size: int,
         on_fatal_error: Callable[[], None],
@@ -81,6 +83,7 @@ class Worker(threading.Thread):
         self.state = "starting"
         self._store = store
         self._registry = registry
+        self._weights = weights
         self._media = media
         self._batch_limits = {
             endpoint.endpoint_id: min(max_batch_size, endpoint.pipeline.max_batch_size)
@@ -265,13 +268,13 @@ class Worker(threading.Thread):
         if endpoint_id in self._loaded:
             self._loaded.move_to_end(endpoint_id)
             return self._loaded[endpoint_id]
-        reason = pipeline_class.unavailable_reason()
+        reason = pipeline_class.unavailable_reason(self._weights)
         if reason:
             raise EndpointUnavailable(reason)
         while True:
             pipeline = pipeline_class()
             try:
-                pipeline.setup(self.device)
+                pipeline.setup(self.device, self._weights)
                 break
             except torch.OutOfMemoryError:
                 del pipeline
@@ -316,6 +319,7 @@ class WorkerPool:
         instance_id: str,
         store: JobStore,
         registry: Registry,
+        weights: WeightsStore,
         media: MediaIO,
         max_batch_size: int,
         heartbeat_seconds: float,
@@ -330,6 +334,7 @@ class WorkerPool:
                 worker_id=f"{instance_id}/{device}",
                 store=store,
                 registry=registry,
+                weights=weights,
                 media=media,
                 max_batch_size=max_batch_size,
                 on_fatal_error=on_fatal_error,

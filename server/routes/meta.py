@@ -22,7 +22,8 @@ def health(services: ServicesDep) -> JSONResponse:
     """200 once every worker is up; 503 if one has stopped."""
     workers = services.pool.states()
     endpoints = {
-        endpoint.endpoint_id: endpoint.unavailable_reason() or "available" for endpoint in services.registry
+        endpoint.endpoint_id: endpoint.unavailable_reason(services.weights) or "available"
+        for endpoint in services.registry
     }
     healthy = all(state in ("ready", "busy") for state in workers.values())
     body = Health(

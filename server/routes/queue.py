@@ -65,7 +65,7 @@ def accept(
     max_queue_length: int | None = None,
 ) -> tuple[str, int]:
     """Validates what the schema cannot and enqueues the request; returns its id and queue position."""
-    reason = endpoint.unavailable_reason()
+    reason = endpoint.unavailable_reason(services.weights)
     if reason:
         raise EndpointUnavailable(reason)
     inputs = endpoint.pipeline.prepare(inputs)

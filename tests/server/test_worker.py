@@ -17,6 +17,7 @@ from server.files import FileStore
 from server.registry import Endpoint, Registry
 from server.store import JobStatus, NewJob
 from server.store.sqlite import SqliteJobStore
+from server.weights import WeightsLock, WeightsStore
 from server.worker import Worker
 
 CAPACITY = 2
@@ -39,8 +40,8 @@ class SizedPipeline(Pipeline):
     size: ClassVar[int]
     max_batch_size = 4
 
-    def setup(self, device):
-        super().setup(device)
+    def setup(self, device, weights):
+        super().setup(device, weights)
         if memory["used"] + self.size > CAPACITY:
             raise torch.OutOfMemoryError("simulated: device full")
         memory["used"] += self.size
@@ -115,6 +116,7 @@ def harness(tmp_path):
         worker_id="test-worker",
         store=store,
         registry=Registry(Endpoint(p.endpoint_id, p) for p in pipelines),
+        weights=WeightsStore(tmp_path / "weights", WeightsLock(tmp_path / "weights.lock")),
         media=MediaIO(fetcher=UrlFetcher(FetchPolicy()), files=FileStore(tmp_path / "files", "http://k"), max_image_pixels=10**6),
         max_batch_size=8,
         on_fatal_error=fatal.set,
