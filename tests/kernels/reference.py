@@ -240,7 +240,7 @@ def _triangle_weights(in_size: int, out_size: int) -> np.ndarray:
 def reference_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = _triangle_weights(image.shape[2], size[0])
     cols = _triangle_weights(image.shape[3], size[1])
-    return np.clip(np.einsum("yh,bchw,xw->bcyx", rows, image, cols), 0, 1)
+    return np.clip(np.einsum("yh,bchw,xw->bcyx", rows, image, cols, optimize=True), 0, 1)
 
 
 def _divide_dodge(base: np.ndarray, mask: np.ndarray, intensity: np.ndarray) -> np.ndarray:
