@@ -8,4 +8,5 @@ instead of stopping the server.
 PIPELINES: dict[str, str] = {
     "fal-ai/post-processing": "pipelines.post_processing:PostProcessingPipeline",
     "fal-ai/post-processing/sharpen": "pipelines.post_processing_sharpen:SharpenPipeline",
+    "fal-ai/pixart-sigma": "pipelines.pixart_sigma:PixArtSigmaPipeline",
 }

@@ -101,7 +101,7 @@ class LockedModel:
     def digest(self) -> str:
         """One sha256 naming exactly these weights: repo, revision and every file's path, size and hash."""
         canonical = json.dumps(
-            {"repo": self.repo, "revision": self.revision, "files": sorted(f.to_json().items() for f in self.files)},
+            {"repo": self.repo, "revision": self.revision, "files": sorted((f.path, f.size, f.sha256) for f in self.files)},
             sort_keys=True,
             separators=(",", ":"),
         )
