@@ -231,7 +231,9 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
         self.pipe.set_progress_bar_config(disable=True)
         self.safety_checker = SafetyChecker(weights.verified_folder(SAFETY_CHECKER), device, self.dtype)
         self.applied_speedups = self.speedups.apply(self.pipe.transformer)
-        self.text_embeddings = TextEmbeddingCache(TEXT_EMBEDDING_CACHE_SIZE if self.speedups.cache_text_embeddings else 0)
+        self.text_embeddings = TextEmbeddingCache(
+            TEXT_EMBEDDING_CACHE_SIZE if self.speedups.cache_text_embeddings else 0
+        )
         self.setup_provenance = {
             "weights": {name: weights.provenance(name) for name in self.models},
             "dtype": str(self.dtype).removeprefix("torch."),

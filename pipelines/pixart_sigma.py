@@ -19,7 +19,7 @@ the styled prompt and negative prompt are in the result's provenance.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -38,10 +38,14 @@ MAX_IMAGE_SIDE = 14142  # fal's ImageSize bound
 STYLES: dict[str, tuple[str, str]] = {
     "(No style)": ("{prompt}", ""),
     "Cinematic": (
-        "cinematic still {prompt} . emotional, harmonious, vignette, highly detailed, high budget, bokeh, "
-        "cinemascope, moody, epic, gorgeous, film grain, grainy",
-        "anime, cartoon, graphic, text, painting, crayon, graphite, abstract, glitch, deformed, mutated, ugly, "
-        "disfigured",
+        (
+            "cinematic still {prompt} . emotional, harmonious, vignette, highly detailed, high budget, bokeh, "
+            "cinemascope, moody, epic, gorgeous, film grain, grainy"
+        ),
+        (
+            "anime, cartoon, graphic, text, painting, crayon, graphite, abstract, glitch, deformed, mutated, ugly, "
+            "disfigured"
+        ),
     ),
     "Photographic": (
         "cinematic photo {prompt} . 35mm photograph, film, bokeh, professional, 4k, highly detailed",
@@ -64,16 +68,22 @@ STYLES: dict[str, tuple[str, str]] = {
         "sloppy, messy, blurry, noisy, highly detailed, ultra textured, photo, realistic",
     ),
     "Fantasy art": (
-        "ethereal fantasy concept art of  {prompt} . magnificent, celestial, ethereal, painterly, epic, majestic, "
-        "magical, fantasy art, cover art, dreamy",
-        "photographic, realistic, realism, 35mm film, dslr, cropped, frame, text, deformed, glitch, noise, noisy, "
-        "off-center, deformed, cross-eyed, closed eyes, bad anatomy, ugly, disfigured, sloppy, duplicate, mutated, "
-        "black and white",
+        (
+            "ethereal fantasy concept art of  {prompt} . magnificent, celestial, ethereal, painterly, epic, majestic, "
+            "magical, fantasy art, cover art, dreamy"
+        ),
+        (
+            "photographic, realistic, realism, 35mm film, dslr, cropped, frame, text, deformed, glitch, noise, noisy, "
+            "off-center, deformed, cross-eyed, closed eyes, bad anatomy, ugly, disfigured, sloppy, duplicate, mutated, "
+            "black and white"
+        ),
     ),
     "Neonpunk": (
-        "neonpunk style {prompt} . cyberpunk, vaporwave, neon, vibes, vibrant, stunningly beautiful, crisp, detailed, "
-        "sleek, ultramodern, magenta highlights, dark purple shadows, high contrast, cinematic, ultra detailed, "
-        "intricate, professional",
+        (
+            "neonpunk style {prompt} . cyberpunk, vaporwave, neon, vibes, vibrant, stunningly beautiful, crisp, detailed, "
+            "sleek, ultramodern, magenta highlights, dark purple shadows, high contrast, cinematic, ultra detailed, "
+            "intricate, professional"
+        ),
         "painting, drawing, illustration, glitch, deformed, mutated, cross-eyed, ugly, disfigured",
     ),
     "3D Model": (
@@ -101,6 +111,17 @@ def apply_style(style: str, prompt: str, negative_prompt: str) -> tuple[str, str
     """The app's `apply_style`: the template around the prompt, the style's negative text in front."""
     template, style_negative = STYLES[style]
     return template.replace("{prompt}", prompt), style_negative + negative_prompt
+
+
+def make_scheduler(name: str, config: Mapping[str, Any]) -> Any:
+    """A fresh scheduler for one request: DPM-Solver with the repository's configuration, or SA-Solver
+    on the same noise schedule with its own defaults, which are the PixArt app's settings."""
+    import diffusers
+
+    if name == "SA-SOLVER":
+        # the repository's config names DPM-Solver's algorithm, which SA-Solver does not implement
+        return diffusers.SASolverScheduler.from_config({**config, "algorithm_type": "data_prediction"})
+    return diffusers.DPMSolverMultistepScheduler.from_config(config)
 
 
 class ImageSize(BaseModel):
@@ -220,10 +241,7 @@ class PixArtSigmaPipeline(DiffusionPipeline[PixArtGeneration]):
     def generate(
         self, generation: PixArtGeneration, generators: list[torch.Generator], requests: Sequence[RequestContext]
     ) -> torch.Tensor:
-        import diffusers
-
-        scheduler_class = getattr(diffusers, SCHEDULER_CLASSES[generation.scheduler])
-        self.pipe.scheduler = scheduler_class.from_config(self.scheduler_config)
+        self.pipe.scheduler = make_scheduler(generation.scheduler, self.scheduler_config)
         prompt_embeds, prompt_mask = self.encode_text(generation.styled_prompt)
         negative_embeds, negative_mask = self.encode_text(generation.negative_prompt)
         result = self.pipe(

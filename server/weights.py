@@ -101,7 +101,11 @@ class LockedModel:
     def digest(self) -> str:
         """One sha256 naming exactly these weights: repo, revision and every file's path, size and hash."""
         canonical = json.dumps(
-            {"repo": self.repo, "revision": self.revision, "files": sorted((f.path, f.size, f.sha256) for f in self.files)},
+            {
+                "repo": self.repo,
+                "revision": self.revision,
+                "files": sorted((f.path, f.size, f.sha256) for f in self.files),
+            },
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -168,7 +172,7 @@ class WeightsLock:
         except (OSError, json.JSONDecodeError) as error:
             raise WeightsLockError(f"cannot read {path}: {error}") from None
         if not isinstance(document, dict) or document.get("version") != LOCK_VERSION:
-            raise WeightsLockError(f"{path}: expected a JSON object with \"version\": {LOCK_VERSION}")
+            raise WeightsLockError(f'{path}: expected a JSON object with "version": {LOCK_VERSION}')
         models = document.get("models", {})
         return cls(path, {name: LockedModel.from_json(name, entry) for name, entry in models.items()})
 
@@ -214,14 +218,13 @@ class VerificationRecords:
         self._path = path
         self._lock = threading.Lock()
 
-    def digest(self, key: str, stat: FileStat) -> str | None:
-        """The remembered sha256 of the file if it cannot have changed since it was hashed."""
+    def lookup(self, key: str, stat: FileStat) -> tuple[str, bool] | None:
+        """The sha256 remembered for the file as it stands, and whether it is settled: false when the
+        file was modified so close to its hashing that a later write could hide in the same tick."""
         record = self._read().get(key)
         if record is None or FileStat(record["size"], record["mtime_ns"], record["inode"]) != stat:
             return None
-        if stat.mtime_ns >= record["hashed_at_ns"] - TIMESTAMP_SLACK_NS:
-            return None
-        return record["sha256"]
+        return record["sha256"], stat.mtime_ns < record["hashed_at_ns"] - TIMESTAMP_SLACK_NS
 
     def remember(self, key: str, stat: FileStat, sha256: str, hashed_at_ns: int) -> None:
         with self._lock:
@@ -300,7 +303,9 @@ class WeightsStore:
 
     # -- verification -----------------------------------------------------------------------------
 
-    def verify(self, name: str, *, rehash: bool = False, on_file: Callable[[str], None] | None = None) -> list[FileCheck]:
+    def verify(
+        self, name: str, *, rehash: bool = False, on_file: Callable[[str], None] | None = None
+    ) -> list[FileCheck]:
         """Hashes every present file of `name` that has no trusted record (every one with `rehash`)."""
         model = self.lock.get(name)
         with self._verifying.setdefault(name, threading.Lock()):
@@ -440,15 +445,20 @@ class WeightsStore:
             return FileCheck(file.path, MISSING)
         if file.size is not None and stat.size != file.size:
             return FileCheck(file.path, WRONG_SIZE)
-        found = None if hash_now else self._records.digest(self._key(model, file), stat)
-        if found is None:
-            if not hash_now:
+        if not hash_now:
+            remembered = self._records.lookup(self._key(model, file), stat)
+            if remembered is None:
                 return FileCheck(file.path, UNVERIFIED)
-            hashed_at = time.time_ns()
-            found = sha256_file(path)
-            self._records.remember(self._key(model, file), stat, found, hashed_at)
-            if FileStat.of(path) != stat:  # written to while being hashed: the digest proves nothing
-                return FileCheck(file.path, UNVERIFIED)
+            found, settled = remembered
+            # an unsettled record may not vouch for a file, but may still refuse it
+            if found != file.sha256:
+                return FileCheck(file.path, MISMATCH, found)
+            return FileCheck(file.path, OK if settled else UNVERIFIED, found)
+        hashed_at = time.time_ns()
+        found = sha256_file(path)
+        self._records.remember(self._key(model, file), stat, found, hashed_at)
+        if FileStat.of(path) != stat:  # written to while being hashed: the digest proves nothing
+            return FileCheck(file.path, UNVERIFIED)
         return FileCheck(file.path, OK if found == file.sha256 else MISMATCH, found)
 
     def unpinned_reason(self, name: str) -> str | None:
