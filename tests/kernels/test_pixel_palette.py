@@ -1,0 +1,97 @@
+"""Unique colours, nearest-palette mapping, Wu's quantiser and the colour-count estimate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.pixel_palette import estimate_color_count, map_to_palette, unique_colors, wu_palette
+
+
+def rgba(rgb: np.ndarray, opaque: np.ndarray | None = None) -> torch.Tensor:
+    """``(B, H, W, 3)`` colours (+ optional bool mask) -> binary-alpha ``(B, 4, H, W)`` uint8 tensor."""
+    opaque = np.ones(rgb.shape[:-1], bool) if opaque is None else opaque
+    image = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255)], -1) * opaque[..., None]
+    return torch.from_numpy(image.astype(np.uint8)).permute(0, 3, 1, 2).contiguous()
+
+
+def noisy_image(seed: int, batch: int = 2, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 256, (5, 3))
+    rgb = np.clip(centres[rng.integers(0, 5, (batch, size, size))] + rng.integers(-12, 13, (batch, size, size, 3)),
+                  0, 255)
+    return rgb, rng.random((batch, size, size)) < 0.8
+
+
+class TestUniqueColors:
+    def test_matches_numpy(self, device):
+        rgb, opaque = noisy_image(0)
+        colours = unique_colors(rgba(rgb, opaque).to(device))
+        for sample, found in enumerate(colours):
+            expected = np.unique(rgb[sample][opaque[sample]], axis=0)
+            order = np.lexsort(expected.T[::-1])
+            np.testing.assert_array_equal(found.cpu().numpy(), expected[order])
+
+    def test_transparent_image_has_none(self):
+        assert unique_colors(rgba(np.zeros((1, 3, 3, 3)), np.zeros((1, 3, 3), bool)))[0].shape == (0, 3)
+
+
+class TestMapToPalette:
+    def test_matches_brute_force_with_first_index_ties(self, device):
+        rgb, opaque = noisy_image(1)
+        palette = np.array([[10, 10, 10], [200, 40, 90], [10, 10, 10], [128, 128, 128], [0, 255, 0]])
+        out = map_to_palette(rgba(rgb, opaque).to(device), torch.tensor(palette, dtype=torch.uint8)).cpu().numpy()
+        distance = ((rgb[..., None, :].astype(int) - palette) ** 2).sum(-1)
+        expected = palette[distance.argmin(-1)] * opaque[..., None]
+        np.testing.assert_array_equal(out[:, :3].transpose(0, 2, 3, 1), expected)
+        np.testing.assert_array_equal(out[:, 3], opaque * 255)
+
+    def test_equidistant_colour_takes_the_earlier_entry(self):
+        image = rgba(np.array([[[[100, 100, 100]]]]))
+        palette = torch.tensor([[110, 100, 100], [90, 100, 100]], dtype=torch.uint8)
+        assert map_to_palette(image, palette)[0, :3, 0, 0].tolist() == [110, 100, 100]
+
+    def test_rejects_bad_palette(self):
+        with pytest.raises(ValueError, match="`palette`"):
+            map_to_palette(rgba(np.zeros((1, 2, 2, 3))), torch.zeros(0, 3, dtype=torch.uint8))
+
+
+class TestWuPalette:
+    def test_few_separated_colours_come_back_exactly(self, device):
+        colours = np.array([[0, 0, 0], [255, 0, 0], [16, 200, 64], [255, 255, 255]])
+        rgb = colours[np.random.default_rng(2).integers(0, 4, (1, 10, 10))]
+        palette = wu_palette(rgba(rgb).to(device), 8)[0].cpu().numpy()
+        assert sorted(map(tuple, palette)) == sorted(map(tuple, colours))
+
+    @pytest.mark.parametrize("colours", [1, 2, 5, 16])
+    def test_at_most_max_colors_and_error_falls_with_more(self, colours):
+        rgb, opaque = noisy_image(3, batch=1)
+        image = rgba(rgb, opaque)
+        palette = wu_palette(image, colours)[0]
+        assert 1 <= palette.shape[0] <= colours
+        assert len(set(map(tuple, palette.tolist()))) == palette.shape[0]
+
+        def error(entries: torch.Tensor) -> float:
+            mapped = map_to_palette(image, entries)[0, :3].permute(1, 2, 0).numpy().astype(int)
+            return float(((mapped - rgb[0]) ** 2)[opaque[0]].sum())
+
+        if colours > 1:
+            assert error(palette) < error(wu_palette(image, colours // 2)[0])
+
+    def test_deterministic_and_empty_when_transparent(self):
+        rgb, opaque = noisy_image(4)
+        image = rgba(rgb, opaque)
+        assert all(torch.equal(a, b) for a, b in zip(wu_palette(image, 7), wu_palette(image, 7)))
+        assert wu_palette(rgba(rgb[:1], np.zeros_like(opaque[:1])), 4)[0].shape == (0, 3)
+
+
+class TestEstimateColorCount:
+    def test_flat_regions_and_bounds(self):
+        colours = np.array([[0, 0, 0], [255, 0, 0], [0, 0, 255], [255, 255, 255]])
+        four_bands = colours[np.arange(4).repeat(32)][None, None].repeat(128, 1)
+        two_bands = colours[np.arange(2).repeat(64)][None, None].repeat(128, 1)
+        four, two = estimate_color_count(rgba(np.concatenate([four_bands, two_bands])))
+        assert 2 <= two < four and four >= 4  # each band, plus the blends the blur makes at their borders
+        assert estimate_color_count(rgba(four_bands), max_count=3) == [3]
+        assert estimate_color_count(rgba(np.zeros((1, 40, 40, 3)))) == [2]

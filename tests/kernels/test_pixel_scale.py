@@ -1,0 +1,141 @@
+"""Pixel-grid detection: boundary and edge profiles, periodicity, offsets, runs and edge detectors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from kernels.pixel_scale import (
+    Grid,
+    boundary_profiles,
+    detect_grid_edges,
+    detect_grid_runs,
+    edge_profiles,
+    grid_offsets,
+    periodicity,
+)
+
+
+def random_art(cells: int, seed: int, colours: int = 6) -> np.ndarray:
+    """``(cells, cells, 4)`` uint8 opaque art: i.i.d. cells from a palette of well-separated colours."""
+    rng = np.random.default_rng(seed)
+    palette = rng.permutation(np.stack(np.meshgrid([0, 128, 255], [0, 255], [40, 200]), -1).reshape(-1, 3))[:colours]
+    art = palette[rng.integers(0, colours, (cells, cells))]
+    return np.concatenate([art, np.full((cells, cells, 1), 255)], -1).astype(np.uint8)
+
+
+def upscale(art: np.ndarray, scale: int, start: int = 0, end: int = 0) -> np.ndarray:
+    big = art.repeat(scale, 0).repeat(scale, 1)
+    return np.ascontiguousarray(big[start : big.shape[0] - end, start : big.shape[1] - end])
+
+
+def as_batch(*images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in images]).to(device)
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., :3]).save(buffer, "JPEG", quality=quality)
+    rgb = np.asarray(Image.open(buffer).convert("RGB"))
+    return np.concatenate([rgb, image[..., 3:]], -1)
+
+
+class TestBoundaryProfiles:
+    def test_marks_exact_changes(self, device):
+        image = torch.zeros(2, 4, 3, 7, dtype=torch.uint8, device=device)
+        image[0, 1, 1, 4] = 1  # one channel, one pixel: boundaries on both of its sides
+        image[1, 3, :, 2:] = 9
+        columns, rows = boundary_profiles(image)
+        assert columns.shape == (2, 7) and rows.shape == (2, 3)
+        assert columns[0].nonzero().flatten().tolist() == [4, 5]
+        assert rows[0].nonzero().flatten().tolist() == [1, 2]
+        assert columns[1].nonzero().flatten().tolist() == [2] and not rows[1].any()
+
+    def test_rejects_non_images(self):
+        with pytest.raises(ValueError, match="`image`"):
+            boundary_profiles(torch.zeros(3, 4, 4))
+
+
+class TestEdgeProfiles:
+    def test_step_counts_at_its_boundary(self, device):
+        image = torch.zeros(1, 3, 5, 12, device=device)
+        image[..., 7:] = 1.0
+        columns, rows = edge_profiles(image)
+        assert columns[0].nonzero().flatten().tolist() == [7]
+        assert columns[0, 7].item() == pytest.approx(5 * 3.0**2)
+        assert not rows.any()
+
+    def test_blurred_step_still_peaks_on_the_boundary(self):
+        step = np.zeros((8, 40, 3), np.uint8)
+        step[:, 20:] = 255
+        blurred = np.asarray(Image.fromarray(step).filter(ImageFilter.GaussianBlur(1.5)))
+        columns, _ = edge_profiles(torch.from_numpy(blurred).permute(2, 0, 1)[None])
+        assert columns[0].nonzero().flatten().tolist() == [20]
+
+
+class TestPeriodicity:
+    def test_comb_is_coherent_at_its_period_and_harmonics(self, device):
+        comb = torch.zeros(1, 96, device=device)
+        comb[0, 5::12] = 1.0
+        scores = periodicity(comb, torch.tensor([12.0, 6.0, 4.0, 24.0, 7.0]))[0].tolist()
+        assert scores[:3] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+        assert scores[3] < 1e-4  # alternate teeth cancel at twice the period
+        assert scores[4] < 0.2
+
+    def test_all_zero_profile_scores_zero(self):
+        assert periodicity(torch.zeros(2, 10), torch.tensor([2.0, 3.0])).abs().max() == 0
+
+
+class TestGridOffsets:
+    @pytest.mark.parametrize("scale", [2, 5, 9])
+    def test_every_offset_of_a_comb(self, scale):
+        for offset in range(scale):
+            columns = torch.zeros(1, 10 * scale)
+            columns[0, offset :: scale] = 1.0
+            rows = torch.zeros(1, 7 * scale)
+            rows[0, (offset + 1) % scale :: scale] = 2.0
+            offset_y, offset_x = grid_offsets(columns, rows, scale)
+            assert (offset_y.item(), offset_x.item()) == ((offset + 1) % scale, offset)
+
+
+class TestDetectGridRuns:
+    @pytest.mark.parametrize("scale", range(2, 17))
+    def test_exact_at_every_scale_and_offset(self, scale):
+        art = random_art(8, seed=scale)
+        for start in range(scale):
+            image = upscale(art, scale, start, (start * 3) % scale)
+            assert detect_grid_runs(as_batch(image)) == [Grid(scale, (scale - start) % scale, (scale - start) % scale)]
+
+    def test_batch_of_different_grids(self, device):
+        first = upscale(random_art(10, 1), 4, 1)[:30, :30]
+        second = upscale(random_art(5, 2), 6)
+        grids = detect_grid_runs(as_batch(first, second, device=device))
+        assert grids == [Grid(4, 3, 3), Grid(6, 0, 0)]
+
+    def test_none_where_not_a_clean_upscale(self):
+        art = random_art(12, 3)
+        assert detect_grid_runs(as_batch(art)) == [None]
+        assert detect_grid_runs(as_batch(jpeg(upscale(art, 6), 90))) == [None]
+        assert detect_grid_runs(as_batch(np.zeros((20, 20, 4), np.uint8))) == [None]
+
+
+class TestDetectGridEdges:
+    @pytest.mark.parametrize("scale", [2, 3, 7, 16])
+    def test_clean_upscale(self, scale):
+        image = upscale(random_art(12, scale), scale, 1)
+        assert detect_grid_edges(as_batch(image)) == [Grid(scale, scale - 1, scale - 1)]
+
+    @pytest.mark.parametrize("scale", [4, 9, 13])
+    def test_jpeg_upscale(self, scale):
+        image = jpeg(upscale(random_art(12, scale), scale, 2), 70)
+        assert detect_grid_edges(as_batch(image))[0].scale == scale
+
+    def test_native_art_is_scale_one(self):
+        assert detect_grid_edges(as_batch(random_art(64, 0))) == [Grid(1)]
+
+    def test_image_too_small_for_three_cells(self):
+        assert detect_grid_edges(as_batch(random_art(5, 0))) == [Grid(1)]
