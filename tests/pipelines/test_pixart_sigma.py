@@ -385,3 +385,12 @@ def test_weights_verified_by_the_cli_load_and_a_changed_byte_is_refused(tmp_path
     with pytest.raises(SystemExit) as reverified:
         kiln(arguments)
     assert reverified.value.code == 1
+
+
+def test_the_gpu_benchmark_says_it_needs_cuda_and_measures_nothing_on_a_cpu(capsys, monkeypatch, tmp_path):
+    from bench import diffusion
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert diffusion.main(["--work-dir", str(tmp_path)]) == 0
+    assert "needs CUDA" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
