@@ -33,6 +33,8 @@ import inspect
 import logging
 import os
 import secrets
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ SPEEDUPS_SWITCH = "KILN_DIFFUSION_SPEEDUPS"
 # exact attention kernels, fastest first; the first one the machine has is used
 CUDA_ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn")
 TEXT_EMBEDDING_CACHE_SIZE = 64
+COMPILE_MODE = "max-autotune-no-cudagraphs"
 SEED_RANGE = 2**32  # drawn seeds stay in 32 bits, as fal's are
 
 
@@ -99,7 +102,7 @@ class Speedups:
             applied["attention_backend"] = backend
             break
         if self.compile:
-            denoiser.compile(fullgraph=True, mode="max-autotune-no-cudagraphs")
+            denoiser.compile(fullgraph=True, mode=COMPILE_MODE)
             applied["compiled"] = True
         return applied
 
@@ -192,6 +195,45 @@ def progress_arguments(pipe: Any, requests: Sequence[RequestContext], planned_st
     return {"callback": lambda step_index, timestep, latents: report(step_index), "callback_steps": 1}
 
 
+@dataclass(eq=False)
+class LoadedPipeline:
+    """A diffusers pipeline on one device with its speed-ups applied. Endpoints that run the same
+    model share it (the editing endpoints all run FLUX.1 Kontext [dev]): it stays loaded while one of
+    them is warm and is freed once the worker has evicted them all."""
+
+    pipe: Any
+    applied_speedups: dict[str, Any]
+
+
+_LOADED: weakref.WeakValueDictionary[Hashable, LoadedPipeline] = weakref.WeakValueDictionary()
+_LOADING = threading.Lock()
+
+
+def _load_shared(
+    diffusers_class: str,
+    model: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    speedups: Speedups,
+    weights: WeightsStore,
+) -> LoadedPipeline:
+    import diffusers
+
+    # verified on every setup, so a store that changed refuses even while another endpoint holds the model
+    folder = weights.verified_folder(model)
+    key = (diffusers_class, str(folder), str(device), dtype, speedups)
+    with _LOADING:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            pipeline_class = getattr(diffusers, diffusers_class)
+            pipe = pipeline_class.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
+            pipe = pipe.to(device)
+            pipe.set_progress_bar_config(disable=True)
+            loaded = LoadedPipeline(pipe, speedups.apply(pipe.transformer))
+            _LOADED[key] = loaded
+        return loaded
+
+
 class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
     """The shared part of Kiln's diffusers endpoints; see the module docstring."""
 
@@ -219,18 +261,12 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
     # -- setup -------------------------------------------------------------------------------------
 
     def setup(self, device: torch.device, weights: WeightsStore) -> None:
-        import diffusers
-
         super().setup(device, weights)
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.speedups = Speedups.for_device(device)
-        pipeline_class = getattr(diffusers, self.diffusers_class)
-        self.pipe = pipeline_class.from_pretrained(
-            weights.verified_folder(self.model), dtype=self.dtype, use_safetensors=True, local_files_only=True
-        ).to(device)
-        self.pipe.set_progress_bar_config(disable=True)
+        self.loaded = _load_shared(self.diffusers_class, self.model, device, self.dtype, self.speedups, weights)
+        self.pipe, self.applied_speedups = self.loaded.pipe, self.loaded.applied_speedups
         self.safety_checker = SafetyChecker(weights.verified_folder(SAFETY_CHECKER), device, self.dtype)
-        self.applied_speedups = self.speedups.apply(self.pipe.transformer)
         self.text_embeddings = TextEmbeddingCache(
             TEXT_EMBEDDING_CACHE_SIZE if self.speedups.cache_text_embeddings else 0
         )
