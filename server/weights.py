@@ -217,6 +217,8 @@ class VerificationRecords:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
+        # the parsed file and the stat it was read at: every save replaces the file (a new inode)
+        self._parsed: tuple[FileStat | None, dict[str, dict[str, Any]]] = (None, {})
 
     def lookup(self, key: str, stat: FileStat) -> tuple[str, bool] | None:
         """The sha256 remembered for the file as it stands, and whether it is settled: false when the
@@ -239,10 +241,16 @@ class VerificationRecords:
             _write_atomically(self._path, json.dumps(records, indent=1, sort_keys=True))
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            return json.loads(self._path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        """The records, parsed again only when the file was replaced (submit-time checks read it often)."""
+        stat = FileStat.of(self._path)
+        parsed_at, records = self._parsed
+        if stat is None or stat != parsed_at:
+            try:
+                records = json.loads(self._path.read_text()) if stat else {}
+            except (FileNotFoundError, json.JSONDecodeError):
+                records = {}
+            self._parsed = (stat, records)
+        return dict(records)
 
 
 def sha256_file(path: Path) -> str:
