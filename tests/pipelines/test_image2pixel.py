@@ -1,0 +1,367 @@
+"""fal-ai/image2pixel: the acceptance fixtures of the research note (section 9), generated here, and the API.
+
+Synthetic pixel art is upscaled by every scale from 2 to 16 at every grid offset, then degraded (JPEG, blur,
+non-integer resampling); the tests check the detected scale, the recovered cells and the palette against the
+art that made the image. Most fixtures call `pixelate` (the endpoint's whole computation) directly; the API
+tests drive `/run/fal-ai/image2pixel` for the schema, the output, the limits and byte-identical reruns.
+The generators are shared with `bench/image2pixel.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from kernels.pixel_downscale import DOWNSCALE_METHODS
+from pipelines.image2pixel import Image2PixelInput, Image2PixelPipeline, pixelate
+from tests.conftest import data_uri, png_bytes
+from tests.kernels.test_pixel_cleanup import background_fixture, reference_fill
+
+ENDPOINT = "fal-ai/image2pixel"
+
+# -- generated art -------------------------------------------------------------------------------------------
+
+
+def make_palette(count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random colours at least 64 apart on some channel, ``(count, 3)`` uint8."""
+    colours: list[np.ndarray] = []
+    while len(colours) < count:
+        colour = rng.integers(0, 256, 3)
+        if all(np.abs(colour - other).max() >= 64 for other in colours):
+            colours.append(colour)
+    return np.array(colours, dtype=np.uint8)
+
+
+def random_art(cells: int, seed: int, colours: int = 6) -> np.ndarray:
+    """``(cells, cells, 3)``: every cell an independent pick from a small palette."""
+    rng = np.random.default_rng(seed)
+    return make_palette(colours, rng)[rng.integers(0, colours, (cells, cells))]
+
+
+def blobby_art(cells: int, seed: int, colours: int = 6) -> np.ndarray:
+    """``(cells, cells, 3)``: smooth random blobs, so colours come in regions with cell-precise outlines."""
+    rng = np.random.default_rng(seed)
+    palette = make_palette(colours, rng)
+    coarse = (rng.random((cells // 3 + 2, cells // 3 + 2)) * 255).astype(np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((cells, cells), Image.BICUBIC), dtype=float)
+    return palette[np.digitize(field, np.quantile(field, np.linspace(0, 1, colours + 1)[1:-1]))]
+
+
+def textured_blobs(cells: int, seed: int, period: int = 4) -> np.ndarray:
+    """Blobby art under a regular texture: a darker one-cell stripe every ``period`` cells in both axes, the
+    pattern that makes peak-spacing detectors report ``period`` times the scale."""
+    art = blobby_art(cells, seed).astype(np.int16)
+    stripe = np.arange(cells) % period == 0
+    on_stripe = stripe[:, None] | stripe[None, :]
+    art[on_stripe] = art[on_stripe] * 3 // 5
+    return art.astype(np.uint8)
+
+
+def upscale(art: np.ndarray, scale: int, start: tuple[int, int] = (0, 0), end: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Nearest-neighbour upscale, less ``start`` pixels at the top/left and ``end`` at the bottom/right."""
+    big = art.repeat(scale, 0).repeat(scale, 1)
+    return np.ascontiguousarray(big[start[0] : big.shape[0] - end[0], start[1] : big.shape[1] - end[1]])
+
+
+def complete_cells(art: np.ndarray, scale: int, start: tuple[int, int], end: tuple[int, int]) -> np.ndarray:
+    """The cells of ``art`` that survive whole in ``upscale(art, scale, start, end)``."""
+    rows = slice(1 if start[0] else 0, art.shape[0] - (1 if end[0] else 0))
+    columns = slice(1 if start[1] else 0, art.shape[1] - (1 if end[1] else 0))
+    return art[rows, columns]
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((round(width * factor), round(height * factor)), Image.BILINEAR))
+
+
+DEGRADATIONS = {
+    "jpeg q60": lambda image: jpeg(image, 60),
+    "jpeg q75": lambda image: jpeg(image, 75),
+    "jpeg q90": lambda image: jpeg(image, 90),
+    "blur 0.6": lambda image: blur(image, 0.6),
+    "blur 1.0": lambda image: blur(image, 1.0),
+    "resample x1.02": lambda image: resample(image, 1.02),
+    "resample x0.98": lambda image: resample(image, 0.98),
+}
+
+
+def correct_cells(result: np.ndarray, truth: np.ndarray, palette: np.ndarray) -> int:
+    """How many cells of ``truth`` the ``result`` shows as the right palette colour (the nearest palette colour
+    of the result's cell), at the best alignment within one cell either way."""
+
+    def labels(colours: np.ndarray) -> np.ndarray:
+        return ((colours[..., None, :].astype(int) - palette.astype(int)) ** 2).sum(-1).argmin(-1)
+
+    want, got = labels(truth), labels(result[..., :3])
+    best = 0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
+            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
+            shifted = got[rows.start - dy : rows.stop - dy, columns.start - dx : columns.stop - dx]
+            best = max(best, int((want[rows, columns] == shifted).sum()))
+    return best
+
+
+def run_pixelate(image: np.ndarray, **fields) -> tuple[int, np.ndarray]:
+    """``(pixel_scale, native RGBA (h, w, 4))`` of the endpoint's computation on an RGB or RGBA array."""
+    if image.shape[-1] == 3:
+        image = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    result = pixelate(tensor, Image2PixelInput(image_url="unused", **fields))
+    return result.grid.scale, result.native.permute(1, 2, 0).numpy()
+
+
+def hex_palette(colours: np.ndarray) -> list[str]:
+    return sorted({f"#{r:02x}{g:02x}{b:02x}" for r, g, b in colours.reshape(-1, 3).tolist()})
+
+
+# -- acceptance: clean, degraded, texture --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", range(2, 17))
+def test_clean_upscales_at_every_offset_are_exact(scale):
+    art = (random_art if scale % 2 else blobby_art)(10, seed=scale)
+    for offset in range(scale):
+        start, end = (offset, (offset + 1) % scale), ((offset * 3) % scale, (offset * 5) % scale)
+        image = upscale(art, scale, start, end)
+        detected, native = run_pixelate(image)
+        truth = complete_cells(art, scale, start, end)
+        assert detected == scale, f"offset {offset}"
+        np.testing.assert_array_equal(native[..., :3], truth, err_msg=f"offset {offset}")
+        assert (native[..., 3] == 255).all()
+
+
+@pytest.mark.parametrize("scale", range(2, 17))
+def test_degraded_upscales(scale):
+    """Scale exact from 4 up and at least 98 % of cells right per degradation over the set (95 % per image)."""
+    for art_kind, make in (("random", random_art), ("blobby", blobby_art)):
+        art = make(12, seed=100 + scale)
+        palette = np.unique(art.reshape(-1, 3), axis=0)
+        offset = (scale * 7 + (art_kind == "blobby")) % scale
+        clean = upscale(art, scale, (offset, offset))
+        truth = complete_cells(art, scale, (offset, offset), (0, 0))
+        # every scale meets two of the degradations, so all of them are covered at small and large scales
+        names = list(DEGRADATIONS)
+        for name in (names[scale % len(names)], names[(scale + 3 + (art_kind == "blobby")) % len(names)]):
+            detected, native = run_pixelate(DEGRADATIONS[name](clean))
+            if scale < 4:
+                continue  # too few pixels per cell to promise anything under JPEG or blur
+            label = f"{art_kind} {name}"
+            assert detected == scale, label
+            assert correct_cells(native, truth, palette) >= 0.95 * truth[..., 0].size, label
+
+
+def test_degraded_set_cell_accuracy_per_degradation():
+    correct = dict.fromkeys(DEGRADATIONS, 0)
+    total = dict.fromkeys(DEGRADATIONS, 0)
+    for scale in (4, 5, 6, 8, 11, 16):
+        art = random_art(12, seed=scale)
+        palette = np.unique(art.reshape(-1, 3), axis=0)
+        offset = (scale // 2, scale - 1)
+        clean = upscale(art, scale, offset)
+        truth = complete_cells(art, scale, offset, (0, 0))
+        for name, degrade in DEGRADATIONS.items():
+            _, native = run_pixelate(degrade(clean))
+            correct[name] += correct_cells(native, truth, palette)
+            total[name] += truth[..., 0].size
+    accuracy = {name: correct[name] / total[name] for name in DEGRADATIONS}
+    assert min(accuracy.values()) >= 0.98, accuracy
+
+
+@pytest.mark.parametrize("scale", [4, 6, 8])
+def test_texture_multiples_give_the_base_scale(scale):
+    clean = upscale(textured_blobs(24, seed=scale), scale, (1, 2))
+    for image in (clean, jpeg(clean, 75), blur(clean, 0.8)):
+        assert run_pixelate(image)[0] == scale
+
+
+def test_native_art_is_scale_one_and_unchanged():
+    art = random_art(48, seed=5)
+    scale, native = run_pixelate(art)
+    assert scale == 1
+    np.testing.assert_array_equal(native[..., :3], art)
+
+
+# -- acceptance: colours -------------------------------------------------------------------------------------
+
+
+def noisy_upscale(seed: int = 0) -> np.ndarray:
+    """A JPEG of upscaled art: thousands of distinct colours."""
+    return jpeg(upscale(random_art(10, seed, colours=12), 6), 70)
+
+
+@pytest.mark.parametrize("method", DOWNSCALE_METHODS)
+@pytest.mark.parametrize("max_colors", [2, 5, 8])
+def test_num_colors_never_exceeds_max_colors(method, max_colors):
+    _, native = run_pixelate(noisy_upscale(), max_colors=max_colors, downscale_method=method)
+    assert 1 <= len(hex_palette(native[..., :3])) <= max_colors
+
+
+@pytest.mark.parametrize("method", DOWNSCALE_METHODS)
+def test_fixed_palette_is_always_honoured(method):
+    palette = ["#000000", "#FFFFFF", "#ff0000"]
+    allowed = {entry.lower() for entry in palette}
+    few_colours = upscale(random_art(8, 1, colours=3), 4)  # fewer colours than max_colors: the reference ignores it
+    for image in (few_colours, noisy_upscale(2)):
+        _, native = run_pixelate(image, fixed_palette=palette, downscale_method=method)
+        assert set(hex_palette(native[..., :3])) <= allowed
+
+
+def test_unlimited_colours_skip_quantisation_and_auto_detect_caps():
+    image = noisy_upscale(3)
+    _, unlimited = run_pixelate(image, max_colors=None, downscale_method="mean")
+    assert len(hex_palette(unlimited[..., :3])) > 32
+    _, estimated = run_pixelate(image, max_colors=4, auto_color_detect=True)
+    assert len(hex_palette(estimated[..., :3])) <= 4
+
+
+def test_dominant_threshold_is_exact():
+    """A 2 px cell (all four pixels vote) whose top colour holds exactly half of the votes."""
+    image = np.zeros((2, 2, 4), np.uint8)
+    image[..., 3] = 255
+    image[..., 0] = [[10, 10], [50, 90]]  # 10 holds half the votes
+    _, above = run_pixelate(image, scale=2, dominant_color_threshold=0.5, max_colors=None)
+    _, below = run_pixelate(image, scale=2, dominant_color_threshold=0.51, max_colors=None)
+    assert above[0, 0, 0] == 10 and below[0, 0, 0] == (10 + 10 + 50 + 90) // 4
+
+
+# -- acceptance: alpha and background ------------------------------------------------------------------------
+
+
+def test_alpha_threshold_and_half_transparent_cells():
+    image = np.full((4, 8, 4), 200, np.uint8)
+    image[:, :, 3] = [[127, 128, 255, 255, 0, 0, 0, 255]] * 4
+    image[:2, 4:8, 3] = 255  # cell (0, 2) half opaque, cell (0, 3) three quarters
+    _, native = run_pixelate(image, scale=2, max_colors=None, snap_grid=False)
+    assert native[..., 3].tolist() == [[255, 255, 255, 255], [255, 255, 0, 255]]
+    assert (native[native[..., 3] == 0] == 0).all()
+    _, strict = run_pixelate(image, scale=2, alpha_threshold=255, max_colors=None, snap_grid=False)
+    assert strict[0, 0, 3] == 0 and strict[0, 1, 3] == 255
+
+
+@pytest.mark.parametrize("mode", ["edges", "corners", "midpoints"])
+@pytest.mark.parametrize("tolerance", [0, 2])
+def test_background_modes_give_the_reference_masks(mode, tolerance):
+    rgb = background_fixture().astype(np.uint8)
+    _, native = run_pixelate(
+        upscale(rgb, 4), transparent_background=True, background_mode=mode, background_tolerance=tolerance,
+        max_colors=None,
+    )
+    expected = reference_fill(rgb, np.ones(rgb.shape[:2], bool), mode, tolerance)
+    np.testing.assert_array_equal(native[..., 3] == 255, expected)
+
+
+def test_trim_borders_after_background_removal():
+    rgb = np.full((10, 12, 3), 255, np.uint8)
+    rgb[3:6, 4:9] = (30, 90, 200)
+    _, native = run_pixelate(upscale(rgb, 3), transparent_background=True, trim_borders=True)
+    assert native.shape == (3, 5, 4) and (native[..., 3] == 255).all()
+
+
+def test_jaggy_cleanup_runs_after_background_removal():
+    rgb = np.full((8, 8, 3), 255, np.uint8)
+    rgb[2:5, 2:5] = (200, 0, 0)
+    rgb[5, 5] = (0, 0, 200)  # touches the sprite only diagonally
+    _, native = run_pixelate(upscale(rgb, 2), transparent_background=True, cleanup_jaggy=True)
+    assert native[5, 5, 3] == 0 and (native[2:5, 2:5, 3] == 255).all()
+
+
+def test_snap_grid_off_cuts_cells_from_the_corner():
+    art = random_art(8, 9)
+    image = upscale(art, 5, (2, 2))
+    snapped_scale, snapped = run_pixelate(image)
+    _, corner = run_pixelate(image, snap_grid=False)
+    np.testing.assert_array_equal(snapped[..., :3], art[1:, 1:])
+    assert snapped_scale == 5 and corner.shape[:2] == (7, 7)
+    assert not np.array_equal(corner[..., :3], art[1:, 1:])
+
+
+# -- the HTTP API --------------------------------------------------------------------------------------------
+
+
+def decode_data_uri(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def post(client, **body):
+    return client.post(f"/run/{ENDPOINT}", json={"sync_mode": True, **body})
+
+
+def test_output_matches_the_seed_schema(client):
+    art = blobby_art(12, seed=7)
+    response = post(client, image_url=data_uri(png_bytes(upscale(art, 5, (3, 1)))))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) - {"provenance"} == {"pixel_scale", "palette", "num_colors", "images"}
+    assert body["pixel_scale"] == 5
+    assert body["palette"] == hex_palette(art) and body["num_colors"] == len(body["palette"])
+    full, native = (decode_data_uri(image["url"]) for image in body["images"])
+    np.testing.assert_array_equal(native[..., :3], art[1:, 1:])
+    np.testing.assert_array_equal(full, native.repeat(5, 0).repeat(5, 1))
+    assert [(image["width"], image["height"]) for image in body["images"]] == [(55, 55), (11, 11)]
+    assert all(image["content_type"] == "image/png" for image in body["images"])
+
+
+def test_defaults_are_the_seeds(client):
+    defaults = Image2PixelInput(image_url="x")
+    assert (defaults.max_colors, defaults.detect_method, defaults.downscale_method) == (32, "auto", "dominant")
+    assert (defaults.snap_grid, defaults.alpha_threshold, defaults.dominant_color_threshold) == (True, 128, 0.05)
+    assert defaults.background_mode == "corners" and defaults.background_tolerance == 0 and defaults.scale is None
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Image2PixelInput"]["properties"]
+    assert schema["detect_method"]["enum"] == ["auto", "runs", "edge"]
+
+
+def test_identical_requests_give_identical_bytes(client):
+    # every 2x2 cell holds two colours twice each: ties everywhere
+    rng = np.random.default_rng(0)
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[0::2] = rng.integers(0, 256, (8, 16, 3))
+    image[1::2] = image[0::2][:, ::-1]
+    body = {"image_url": data_uri(png_bytes(image)), "scale": 2, "downscale_method": "mode"}
+    first, second = post(client, **body).json(), post(client, **body).json()
+    assert [image["url"] for image in first["images"]] == [image["url"] for image in second["images"]]
+    assert first["palette"] == second["palette"]
+
+
+def test_scale_one_gives_two_images_of_the_same_size(client):
+    body = post(client, image_url=data_uri(png_bytes(random_art(20, 4))), scale=1).json()
+    assert body["pixel_scale"] == 1
+    assert [(image["width"], image["height"]) for image in body["images"]] == [(20, 20), (20, 20)]
+
+
+def test_palette_alias_and_bad_palettes(client):
+    image_url = data_uri(png_bytes(upscale(random_art(8, 2), 3)))
+    ok = post(client, image_url=image_url, palette=["#000000", "#ffffff80"])
+    assert ok.status_code == 200 and set(ok.json()["palette"]) <= {"#000000", "#ffffff"}
+    bad = post(client, image_url=image_url, fixed_palette=["#fff"])
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][:2] == ["body", "fixed_palette"]
+
+
+def test_oversized_images_and_scales_are_422(client, monkeypatch):
+    monkeypatch.setattr(Image2PixelPipeline, "max_side", 40)
+    monkeypatch.setattr(Image2PixelPipeline, "max_pixels", 30 * 30)
+    for size in ((41, 10), (31, 31)):
+        response = post(client, image_url=data_uri(png_bytes(np.zeros(size + (3,), np.uint8))))
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "image_url"]
+    too_big_scale = post(client, image_url=data_uri(png_bytes(np.zeros((20, 30, 3), np.uint8))), scale=21)
+    assert too_big_scale.status_code == 422 and too_big_scale.json()["detail"][0]["loc"] == ["body", "scale"]
+    assert post(client, image_url="x", detect_method="fft").status_code == 422
