@@ -1,4 +1,4 @@
-"""Diffusion speed on a GPU: Kiln's fal-ai/pixart-sigma vs stock diffusers, full-size, random weights.
+"""Diffusion speed on a GPU: Kiln's diffusion endpoints vs stock diffusers, full-size, random weights.
 
 The PixArt-Sigma XL 1024 architecture (transformer, T5 v1.1 XXL encoder, SDXL VAE) and fal's safety
 checker (ViT-base) are built at full size with random weights: speed does not depend on the values.
@@ -14,17 +14,30 @@ reached in the denoising loop (transformer FLOPs per step counted with torch's F
 the measured step time). Every prompt differs, so Kiln's text-embedding cache saves only what it
 would in service: the repeated negative prompt.
 
-    python -m bench.diffusion [--repeats 3] [--work-dir DIR]
+FLUX (`--model flux`): the FLUX.1 [dev] architecture (12B transformer, CLIP-L, T5 v1.1 XXL, the
+16-channel VAE), saved once and locked under both the FLUX.1 [dev] and Kontext [dev] names (same
+architecture). fal-ai/flux/dev/image-to-image runs at fal's defaults (1024x1024 input, 40 steps at
+strength 0.95, i.e. 38 transformer passes, guidance 3.5) at each `acceleration` level, against stock
+`FluxImg2ImgPipeline` with the same arguments; Kontext runs through fal-ai/step1x-edit (one 1024x1024
+reference, 28 steps, guidance 3.5) against stock `FluxKontextPipeline`. Steps per second come from
+40 vs 10 steps (38 vs 9 passes) and 28 vs 7. With the first-block cache (`high`) some passes are
+skipped, so its share of the bf16 peak is an effective figure against the nominal passes.
 
-Needs a CUDA GPU, about 25 GB of disk and 25 GB of GPU memory; on a machine without CUDA it says so
-and exits without measuring anything.
+    python -m bench.diffusion [--model pixart|flux|all] [--repeats 3] [--work-dir DIR]
+
+Needs a CUDA GPU; PixArt needs about 25 GB of disk and GPU memory, FLUX about 35 GB of disk and 70 GB
+of GPU memory (the bf16 transformer plus the FP8 copies `regular` and `high` keep warm). On a machine
+without CUDA it says so and exits without measuring anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -54,17 +67,19 @@ def bf16_peak(device_name: str) -> float | None:
     return next((flops for name, flops in BF16_PEAK_FLOPS if name in device_name), None)
 
 
+def save_random_checker(store: Path) -> None:
+    """fal's safety checker architecture (ViT-base, normal/nsfw) with random weights, bf16."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    checker = ViTForImageClassification(ViTConfig(id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1}))
+    checker.to(torch.bfloat16).save_pretrained(store / SAFETY_CHECKER, safe_serialization=True)
+    ViTImageProcessor().save_pretrained(store / SAFETY_CHECKER)
+
+
 def build_store(root: Path) -> tuple[Path, Path]:
     """Random full-size PixArt-Sigma XL 1024 and safety checker in diffusers layout, bf16, with a lock."""
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
-    from transformers import (
-        T5Config,
-        T5EncoderModel,
-        T5Tokenizer,
-        ViTConfig,
-        ViTForImageClassification,
-        ViTImageProcessor,
-    )
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     store = root / "weights"
     folder = store / PIXART
@@ -117,9 +132,6 @@ def build_store(root: Path) -> tuple[Path, Path]:
                 ),
                 scheduler=DPMSolverMultistepScheduler(),
             )
-            checker = ViTForImageClassification(
-                ViTConfig(id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
-            )
         finally:
             torch.set_default_dtype(torch.float32)
     pipeline.save_pretrained(folder, safe_serialization=True)
@@ -127,9 +139,8 @@ def build_store(root: Path) -> tuple[Path, Path]:
         path.unlink()
     for name, data in tokenizer_files.items():
         (folder / "tokenizer" / name).write_bytes(data)
-    checker.save_pretrained(store / SAFETY_CHECKER, safe_serialization=True)
-    ViTImageProcessor().save_pretrained(store / SAFETY_CHECKER)
-    del pipeline, checker
+    save_random_checker(store)
+    del pipeline
     lock = root / "weights.lock"
     write_lock(
         lock,
@@ -224,47 +235,346 @@ def transformer_flops_per_step(pipe) -> float:
     return float(counter.get_total_flops())
 
 
-def summary(full: list[float], few: list[float], peak_bytes: int) -> dict[str, float]:
+def summary(
+    full: list[float], few: list[float], peak_bytes: int, step_difference: int = STEPS - FEW_STEPS
+) -> dict[str, float]:
+    """`step_difference`: how many more transformer passes a `full` run makes than a `few` one."""
     seconds = statistics.median(full)
     return {
         "seconds_per_image": round(seconds, 4),
-        "seconds_per_step": round((seconds - statistics.median(few)) / (STEPS - FEW_STEPS), 5),
+        "seconds_per_step": round((seconds - statistics.median(few)) / step_difference, 5),
         "peak_memory_gb": round(peak_bytes / 1e9, 2),
         "runs": [round(value, 4) for value in full],
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="measured requests per setting (default: %(default)s)")
-    parser.add_argument("--work-dir", type=Path, help="where to write the random weights (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    if not torch.cuda.is_available():
-        print(
-            "bench.diffusion measures GPU speed and needs CUDA; none is available here, nothing was measured.",
-            file=sys.stderr,
-        )
-        return 0
+# -- FLUX.1 [dev] image-to-image and FLUX.1 Kontext [dev] ------------------------------------------
 
-    with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
-        root = Path(work)
+FLUX_ENDPOINT = "fal-ai/flux/dev/image-to-image"
+# Kontext [dev] with one reference, as the editing endpoints run it; this one takes a step count
+KONTEXT_ENDPOINT = "fal-ai/step1x-edit"
+FLUX_STEPS, FLUX_FEW_STEPS, FLUX_STRENGTH = 40, 10, 0.95  # fal's defaults; 38 and 9 transformer passes
+KONTEXT_STEPS, KONTEXT_FEW_STEPS, KONTEXT_GUIDANCE = 28, 7, 3.5
+ACCELERATION_LEVELS = ("none", "regular", "high")
+
+
+def build_flux_store(root: Path) -> tuple[Path, Path]:
+    """Random full-size FLUX.1 [dev] (12B transformer, CLIP-L, T5 v1.1 XXL, the 16-channel VAE) in the
+    diffusers layout, bf16, under both lock names: the Kontext [dev] architecture is the same, so its
+    folder hard-links the same files and only model_index.json names the other pipeline."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
+
+    from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT, SCHEDULER_CONFIG, clip_tokenizer
+
+    store = root / "weights"
+    folder = store / FLUX_DEV
+    train_t5_tokenizer(folder / "tokenizer_2")
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            pipeline = FluxPipeline(
+                scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+                vae=AutoencoderKL(
+                    block_out_channels=(128, 256, 512, 512),
+                    down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4,
+                    latent_channels=16,
+                    layers_per_block=2,
+                    sample_size=1024,
+                    use_quant_conv=False,
+                    use_post_quant_conv=False,
+                    shift_factor=0.1159,
+                    scaling_factor=0.3611,
+                ),
+                text_encoder=CLIPTextModel(
+                    CLIPTextConfig(
+                        vocab_size=49408,
+                        hidden_size=768,
+                        intermediate_size=3072,
+                        projection_dim=768,
+                        num_hidden_layers=12,
+                        num_attention_heads=12,
+                        max_position_embeddings=77,
+                        hidden_act="quick_gelu",
+                    )
+                ),
+                tokenizer=clip_tokenizer(),
+                text_encoder_2=T5EncoderModel(
+                    T5Config(
+                        vocab_size=32128,
+                        d_model=4096,
+                        d_ff=10240,
+                        d_kv=64,
+                        num_heads=64,
+                        num_layers=24,
+                        feed_forward_proj="gated-gelu",
+                        relative_attention_num_buckets=32,
+                    )
+                ),
+                tokenizer_2=T5Tokenizer.from_pretrained(folder / "tokenizer_2"),
+                transformer=FluxTransformer2DModel(
+                    patch_size=1,
+                    in_channels=64,
+                    num_layers=19,
+                    num_single_layers=38,
+                    attention_head_dim=128,
+                    num_attention_heads=24,
+                    joint_attention_dim=4096,
+                    pooled_projection_dim=768,
+                    guidance_embeds=True,
+                    axes_dims_rope=(16, 56, 56),
+                ),
+            )
+        finally:
+            torch.set_default_dtype(torch.float32)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    del pipeline
+    kontext = store / FLUX_KONTEXT
+    for path in folder.rglob("*"):
+        if path.is_file() and path.name != "model_index.json":
+            (kontext / path.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, kontext / path.relative_to(folder))
+    index = json.loads((folder / "model_index.json").read_text())
+    (kontext / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxKontextPipeline"}, indent=2))
+    save_random_checker(store)
+    endpoints = [FLUX_ENDPOINT, KONTEXT_ENDPOINT]
+    lock = root / "weights.lock"
+    write_lock(
+        lock,
+        {
+            FLUX_DEV: lock_entry(folder, repo="bench/random-flux-1-dev", endpoints=[FLUX_ENDPOINT]),
+            FLUX_KONTEXT: lock_entry(kontext, repo="bench/random-flux-1-kontext-dev", endpoints=[KONTEXT_ENDPOINT]),
+            SAFETY_CHECKER: lock_entry(store / SAFETY_CHECKER, repo="bench/random-nsfw-vit", endpoints=endpoints),
+        },
+    )
+    return store, lock
+
+
+def random_image_uri(size: int = SIZE) -> str:
+    """A noise PNG as a data URI (the input's content does not change the work)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def kiln_predict_seconds(client, endpoint: str, body: dict) -> float:
+    """One request through the HTTP API and the worker pool; the worker's `predict` time."""
+    from tests.server.conftest import wait_completed
+
+    queued = client.post(f"/queue/{endpoint}", json=body).json()
+    status = wait_completed(client, queued["status_url"], timeout=3600)
+    if status.get("error"):
+        raise RuntimeError(f"Kiln failed on {endpoint}: {status['error']}")
+    return client.get(queued["response_url"]).json()["provenance"]["timings"]["predict"]
+
+
+def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> dict[str, dict]:
+    """Kiln's image-to-image at each acceleration level and Kontext editing, fal's defaults, 1024²."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.config import Settings
+    from server.registry import Registry
+
+    settings = Settings(data_dir=data_dir, weights_dir=store, weights_lock=lock, device="cuda")
+    prompts = iter(PROMPTS * (len(ACCELERATION_LEVELS) + 1) * (2 * repeats + 2))
+    image = random_image_uri()
+    results = {}
+    few_passes = int(FLUX_FEW_STEPS * FLUX_STRENGTH)
+    full_passes = int(FLUX_STEPS * FLUX_STRENGTH)
+    with TestClient(create_app(settings, Registry.load())) as client:
+
+        def img2img(level: str, steps: int) -> float:
+            body = {"image_url": image, "prompt": next(prompts), "num_inference_steps": steps, "seed": 0}
+            return kiln_predict_seconds(client, FLUX_ENDPOINT, {**body, "acceleration": level})
+
+        for level in ACCELERATION_LEVELS:
+            start = time.perf_counter()
+            img2img(level, FLUX_STEPS)  # set-up, the level's transformer, compilation
+            logger.info("Kiln image-to-image %s warm after %.1fs", level, time.perf_counter() - start)
+            img2img(level, FLUX_FEW_STEPS)
+            torch.cuda.reset_peak_memory_stats()
+            full = [img2img(level, FLUX_STEPS) for _ in range(repeats)]
+            peak = torch.cuda.max_memory_allocated()
+            few = [img2img(level, FLUX_FEW_STEPS) for _ in range(repeats)]
+            results[f"image_to_image_{level}"] = summary(full, few, peak, full_passes - few_passes)
+
+    # a fresh server, so FLUX.1 [dev] and its accelerated copies are not in memory beside Kontext
+    with TestClient(create_app(settings, Registry.load())) as client:
+
+        def kontext(steps: int) -> float:
+            body = {"image_url": image, "prompt": next(prompts), "num_inference_steps": steps, "seed": 0}
+            return kiln_predict_seconds(client, KONTEXT_ENDPOINT, {**body, "guidance_scale": KONTEXT_GUIDANCE})
+
         start = time.perf_counter()
-        store, lock = build_store(root)
-        logger.info("random full-size weights written in %.0fs", time.perf_counter() - start)
-        kiln = measure_kiln(store, lock, root / "data", args.repeats)
+        kontext(KONTEXT_STEPS)
+        logger.info("Kiln Kontext warm after %.1fs", time.perf_counter() - start)
+        kontext(KONTEXT_FEW_STEPS)
+        torch.cuda.reset_peak_memory_stats()
+        full = [kontext(KONTEXT_STEPS) for _ in range(repeats)]
+        peak = torch.cuda.max_memory_allocated()
+        few = [kontext(KONTEXT_FEW_STEPS) for _ in range(repeats)]
+        results["kontext"] = summary(full, few, peak, KONTEXT_STEPS - KONTEXT_FEW_STEPS)
+    return results
+
+
+def measure_stock_flux(store: Path, repeats: int) -> tuple[dict[str, dict], dict[str, float]]:
+    """diffusers' FluxImg2ImgPipeline and FluxKontextPipeline as they ship, bf16 on the GPU, called with
+    the same request arguments; also the transformer's FLOPs per step for each."""
+    from diffusers import FluxImg2ImgPipeline, FluxKontextPipeline
+    from PIL import Image
+
+    from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT
+
+    image = Image.new("RGB", (SIZE, SIZE), (128, 96, 64))
+    prompts = iter(PROMPTS * (4 * repeats + 4))
+    results, flops = {}, {}
+    few_passes, full_passes = int(FLUX_FEW_STEPS * FLUX_STRENGTH), int(FLUX_STEPS * FLUX_STRENGTH)
+    runs = (
+        (
+            FluxImg2ImgPipeline,
+            FLUX_DEV,
+            "image_to_image",
+            {"strength": FLUX_STRENGTH, "height": SIZE, "width": SIZE},
+            (FLUX_STEPS, FLUX_FEW_STEPS),
+            full_passes - few_passes,
+            1,
+        ),
+        (
+            FluxKontextPipeline,
+            FLUX_KONTEXT,
+            "kontext",
+            {},
+            (KONTEXT_STEPS, KONTEXT_FEW_STEPS),
+            KONTEXT_STEPS - KONTEXT_FEW_STEPS,
+            2,
+        ),
+    )
+    for pipeline_class, model, name, arguments, (steps, few_steps), difference, image_sequences in runs:
+        pipe = pipeline_class.from_pretrained(store / model, dtype=torch.bfloat16, use_safetensors=True).to("cuda")
+        pipe.set_progress_bar_config(disable=True)
+
+        call = functools.partial(timed_call, pipe, image=image, **arguments)
+        call(prompt=next(prompts), num_inference_steps=steps)
+        call(prompt=next(prompts), num_inference_steps=few_steps)
+        torch.cuda.reset_peak_memory_stats()
+        full = [call(prompt=next(prompts), num_inference_steps=steps) for _ in range(repeats)]
+        peak = torch.cuda.max_memory_allocated()
+        few = [call(prompt=next(prompts), num_inference_steps=few_steps) for _ in range(repeats)]
+        results[name] = summary(full, few, peak, difference)
+        flops[name] = flux_flops_per_step(pipe.transformer, image_sequences)
+        pipe = None  # freed before the next pipeline loads
         gc.collect()
         torch.cuda.empty_cache()
-        stock, flops_per_step = measure_stock(store, args.repeats)
+    return results, flops
 
-    device_name = torch.cuda.get_device_name(0)
-    peak = bf16_peak(device_name)
+
+def timed_call(pipe, **arguments) -> float:
+    """Seconds of one stock pipeline call at guidance 3.5, from prompt to image tensor."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    pipe(guidance_scale=3.5, generator=torch.Generator().manual_seed(0), output_type="pt", **arguments)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def flux_flops_per_step(transformer, image_sequences: int) -> float:
+    """FLOPs of one FLUX transformer pass at 1024x1024: 4096 image tokens per image sequence (the one
+    generated, plus Kontext's reference), 512 T5 tokens, batch 1 (guidance is distilled: one pass)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens = (SIZE // 16) ** 2 * image_sequences
+    options = {"device": "cuda", "dtype": torch.bfloat16}
+    image_ids = torch.zeros(tokens, 3, **options)
+    inputs = {
+        "hidden_states": torch.randn(1, tokens, 64, **options),
+        "encoder_hidden_states": torch.randn(1, 512, 4096, **options),
+        "pooled_projections": torch.randn(1, 768, **options),
+        "timestep": torch.tensor([1.0], **options),
+        "guidance": torch.tensor([3.5], **options),
+        "txt_ids": torch.zeros(512, 3, **options),
+        "img_ids": image_ids,
+    }
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        transformer(**inputs, return_dict=False)
+    return float(counter.get_total_flops())
+
+
+def share_of_peak(flops_per_step: float, result: dict, peak: float | None) -> float | None:
+    """Transformer FLOPs per nominal step over the measured step time, as a share of the bf16 peak.
+    With the first-block cache some passes are skipped, so the share it shows is an effective one."""
+    if not peak or result["seconds_per_step"] <= 0:
+        return None
+    return round(flops_per_step / result["seconds_per_step"] / peak, 3)
+
+
+def bench_flux(root: Path, repeats: int) -> list[Path]:
+    start = time.perf_counter()
+    store, lock = build_flux_store(root)
+    logger.info("random full-size FLUX weights written in %.0fs", time.perf_counter() - start)
+    kiln = measure_kiln_flux(store, lock, root / "data", repeats)
+    gc.collect()
+    torch.cuda.empty_cache()
+    stock, flops = measure_stock_flux(store, repeats)
+    peak = bf16_peak(torch.cuda.get_device_name(0))
+    image_to_image = {
+        "model": "FLUX.1 [dev] architecture, random weights",
+        "settings": {"size": f"{SIZE}x{SIZE}", "steps": FLUX_STEPS, "strength": FLUX_STRENGTH, "guidance_scale": 3.5},
+        "stock_diffusers": {
+            **stock["image_to_image"],
+            "share_of_bf16_peak_in_loop": share_of_peak(flops["image_to_image"], stock["image_to_image"], peak),
+        },
+        "transformer_tflop_per_step": round(flops["image_to_image"] / 1e12, 2),
+        "bf16_peak_tflops_assumed": peak and peak / 1e12,
+    }
+    for level in ACCELERATION_LEVELS:
+        result = kiln[f"image_to_image_{level}"]
+        image_to_image[f"kiln_{level}"] = {
+            **result,
+            "share_of_bf16_peak_in_loop": share_of_peak(flops["image_to_image"], result, peak),
+            "speedup_over_stock": round(stock["image_to_image"]["seconds_per_image"] / result["seconds_per_image"], 3),
+        }
+    kontext = {
+        "model": "FLUX.1 Kontext [dev] architecture, random weights",
+        "settings": {
+            "size": f"{SIZE}x{SIZE} plus a {SIZE}x{SIZE} reference",
+            "steps": KONTEXT_STEPS,
+            "guidance_scale": KONTEXT_GUIDANCE,
+        },
+        "kiln": {
+            **kiln["kontext"],
+            "share_of_bf16_peak_in_loop": share_of_peak(flops["kontext"], kiln["kontext"], peak),
+        },
+        "stock_diffusers": {
+            **stock["kontext"],
+            "share_of_bf16_peak_in_loop": share_of_peak(flops["kontext"], stock["kontext"], peak),
+        },
+        "speedup_over_stock": round(stock["kontext"]["seconds_per_image"] / kiln["kontext"]["seconds_per_image"], 3),
+        "transformer_tflop_per_step": round(flops["kontext"] / 1e12, 2),
+        "bf16_peak_tflops_assumed": peak and peak / 1e12,
+    }
+    return [write_result("diffusion-flux-image-to-image", image_to_image), write_result("diffusion-kontext", kontext)]
+
+
+def bench_pixart(root: Path, repeats: int) -> list[Path]:
+    start = time.perf_counter()
+    store, lock = build_store(root)
+    logger.info("random full-size weights written in %.0fs", time.perf_counter() - start)
+    kiln = measure_kiln(store, lock, root / "data", repeats)
+    gc.collect()
+    torch.cuda.empty_cache()
+    stock, flops_per_step = measure_stock(store, repeats)
+
+    peak = bf16_peak(torch.cuda.get_device_name(0))
     for result in (kiln, stock):
-        result["share_of_bf16_peak_in_loop"] = (
-            round(flops_per_step / result["seconds_per_step"] / peak, 3)
-            if peak and result["seconds_per_step"] > 0
-            else None
-        )
+        result["share_of_bf16_peak_in_loop"] = share_of_peak(flops_per_step, result, peak)
     numbers = {
         "model": "PixArt-Sigma XL 1024 architecture, random weights",
         "settings": {"size": f"{SIZE}x{SIZE}", "steps": STEPS, "scheduler": "DPM-SOLVER", "guidance_scale": 4.5},
@@ -274,8 +584,33 @@ def main(argv: list[str] | None = None) -> int:
         "transformer_tflop_per_step": round(flops_per_step / 1e12, 2),
         "bf16_peak_tflops_assumed": peak and peak / 1e12,
     }
-    path = write_result("diffusion", numbers)
-    print(path.read_text())
+    return [write_result("diffusion", numbers)]
+
+
+BENCHES = {"pixart": bench_pixart, "flux": bench_flux}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="measured requests per setting (default: %(default)s)")
+    parser.add_argument("--work-dir", type=Path, help="where to write the random weights (default: a temporary folder)")
+    parser.add_argument(
+        "--model", choices=[*BENCHES, "all"], default="all", help="which models to measure (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if not torch.cuda.is_available():
+        print(
+            "bench.diffusion measures GPU speed and needs CUDA; none is available here, nothing was measured.",
+            file=sys.stderr,
+        )
+        return 0
+
+    for name in BENCHES if args.model == "all" else [args.model]:
+        # one model's random weights on disk at a time
+        with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+            for path in BENCHES[name](Path(work), args.repeats):
+                print(path.read_text())
     return 0
 
 
