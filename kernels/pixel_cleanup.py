@@ -32,8 +32,9 @@ def _check_rgba(image: Tensor) -> None:
     if not isinstance(image, Tensor):
         raise ValueError(f"`image` must be a torch.Tensor, got {type(image).__name__}")
     if image.ndim != 4 or image.shape[1] != 4 or image.dtype != torch.uint8 or image.numel() == 0:
-        raise ValueError(f"`image` must be a non-empty uint8 (B, 4, H, W) tensor, got {image.dtype} "
-                         f"{tuple(image.shape)}")
+        raise ValueError(
+            f"`image` must be a non-empty uint8 (B, 4, H, W) tensor, got {image.dtype} {tuple(image.shape)}"
+        )
 
 
 def _with_opacity(image: Tensor, opaque: Tensor) -> Tensor:
@@ -206,8 +207,9 @@ def flood_fill(allowed: Tensor, seeds: Tensor) -> Tensor:
         [[[1, 1, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]]]
     """
     if allowed.shape != seeds.shape or allowed.ndim != 3:
-        raise ValueError(f"`allowed` and `seeds` must both be (B, H, W), got {tuple(allowed.shape)} and "
-                         f"{tuple(seeds.shape)}")
+        raise ValueError(
+            f"`allowed` and `seeds` must both be (B, H, W), got {tuple(allowed.shape)} and {tuple(seeds.shape)}"
+        )
     row_labels, row_count = _segment_labels(allowed)
     column_labels, column_count = _segment_labels(allowed.transpose(1, 2).contiguous())
     reached = seeds & allowed

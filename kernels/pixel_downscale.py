@@ -266,9 +266,7 @@ def _lab_to_srgb(lab: Tensor) -> Tensor:
     return torch.where(linear > 0.0031308, 1.055 * linear.clamp_min(1e-12) ** (1 / 2.4) - 0.055, 12.92 * linear)
 
 
-def downscale_content_adaptive(
-    image: Tensor, scale: int, iterations: int = 5, colour_sigma: float = 10.0
-) -> Tensor:
+def downscale_content_adaptive(image: Tensor, scale: int, iterations: int = 5, colour_sigma: float = 10.0) -> Tensor:
     r"""Content-adaptive downscaling (Kopf, Shamir & Peers 2013): each cell is a gaussian kernel fitted by EM.
 
     Every output pixel is a kernel with a centre, a 2x2 covariance and a colour. Each iteration weighs the
@@ -343,9 +341,7 @@ def downscale_content_adaptive(
         mean = torch.einsum("bwk,wi->bki", responsibility, offsets) / total.unsqueeze(-1)
         colour = torch.einsum("bwk,bcwk->bck", responsibility, pixel_lab) / total.unsqueeze(1)
         delta = offsets.view(1, -1, 1, 2) - mean.unsqueeze(1)
-        covariance = torch.einsum("bwk,bwki,bwkj->bkij", responsibility, delta, delta) / total.view(
-            batch, -1, 1, 1
-        )
+        covariance = torch.einsum("bwk,bwki,bwkj->bkij", responsibility, delta, delta) / total.view(batch, -1, 1, 1)
         covariance = _clamp_eigenvalues(covariance, 0.05, 0.1)
     rgb = _lab_to_srgb(colour.view(batch, 3, rows, cols))
     return _finish(torch.round(rgb * 255), cell_opaque)
@@ -375,4 +371,3 @@ def downscale_cells(image: Tensor, scale: int, method: str, dominant_threshold: 
     if method == "mean":
         return downscale_mean(image, scale)
     return downscale_content_adaptive(image, scale)
-

@@ -101,10 +101,7 @@ def map_to_palette(image: Tensor, palette: Tensor) -> Tensor:
     colours = torch.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], 1).int()
     entries = palette.to(image.device).int()
     nearest = torch.cat(
-        [
-            ((chunk.unsqueeze(1) - entries.unsqueeze(0)) ** 2).sum(-1).argmin(1)
-            for chunk in colours.split(_MAP_CHUNK)
-        ]
+        [((chunk.unsqueeze(1) - entries.unsqueeze(0)) ** 2).sum(-1).argmin(1) for chunk in colours.split(_MAP_CHUNK)]
     )
     rgb = entries[nearest[inverse]].permute(0, 3, 1, 2).to(torch.uint8)
     alpha = (opaque * 255).to(torch.uint8).unsqueeze(1)
@@ -165,8 +162,14 @@ def _box_sum(moments: Tensor, box: tuple[int, ...]) -> Tensor:
     r0, r1, g0, g1, b0, b1 = box
     m = moments
     return (
-        m[:, r1, g1, b1] - m[:, r1, g1, b0] - m[:, r1, g0, b1] + m[:, r1, g0, b0]
-        - m[:, r0, g1, b1] + m[:, r0, g1, b0] + m[:, r0, g0, b1] - m[:, r0, g0, b0]
+        m[:, r1, g1, b1]
+        - m[:, r1, g1, b0]
+        - m[:, r1, g0, b1]
+        + m[:, r1, g0, b0]
+        - m[:, r0, g1, b1]
+        + m[:, r0, g1, b0]
+        + m[:, r0, g0, b1]
+        - m[:, r0, g0, b0]
     )
 
 
@@ -272,8 +275,10 @@ def estimate_color_count(image: Tensor, max_count: int = 32) -> list[int]:
     check_int(max_count, "max_count", 2)
     height, width = image.shape[-2:]
     size = (max(1, int(64 * height / width)), 64)
-    small = F.interpolate(image.float(), size=size, mode="area") if width >= 64 else F.interpolate(
-        image.float(), size=size, mode="bilinear", align_corners=False
+    small = (
+        F.interpolate(image.float(), size=size, mode="area")
+        if width >= 64
+        else F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False)
     )
     padded = F.pad(small, (2, 2, 2, 2), mode="replicate")
     median = padded.unfold(2, 5, 1).unfold(3, 5, 1).flatten(-2).median(-1).values
@@ -292,4 +297,3 @@ def estimate_color_count(image: Tensor, max_count: int = 32) -> list[int]:
             found = int((buckets >= max(3, int(0.015 * total), int(0.02 * total))).sum())
         counts.append(min(max(found, 2), max_count))
     return counts
-

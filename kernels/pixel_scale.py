@@ -11,6 +11,7 @@ means the first complete cell starts at pixel ``o``; offsets are in ``[0, s)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import reduce
@@ -43,17 +44,25 @@ _MIN_COHERENCE = 0.2
 _MIN_CELLS = 3
 # Share of a strong edge (99th percentile difference) below which a step is noise, see `edge_profiles`.
 _EDGE_FLOOR = 0.2
+# A fractional period is rounded to whole pixels unless the whole-pixel lattice scores clearly lower: exact
+# upscales under JPEG or blur keep an exact integer grid, a resampled one gets cells of its measured size.
+_WHOLE_PIXELS = 0.97
 # Runs detection needs this many boundary positions over both axes before it trusts a gcd.
 _MIN_BOUNDARIES = 4
 
 
 @dataclass(frozen=True)
 class Grid:
-    """A detected pixel grid: cell size and the offset (rows, columns) of the first complete cell."""
+    """A detected pixel grid: cell size and the offset (rows, columns) of the first complete cell.
+
+    ``period`` is set when the lattice is measurably not whole pixels (a resampled upscale): cells are then
+    ``period`` pixels wide, offsets are fractional, and ``scale`` is the period rounded.
+    """
 
     scale: int
-    offset_y: int = 0
-    offset_x: int = 0
+    offset_y: float = 0
+    offset_x: float = 0
+    period: float | None = None
 
 
 def _check_image(image: Tensor) -> None:
@@ -181,14 +190,15 @@ def grid_offsets(columns: Tensor, rows: Tensor, scale: int) -> tuple[Tensor, Ten
         [2]
     """
     check_int(scale, "scale", 1)
+    return tuple(torch.round(_phase(profile, scale)).long().remainder(scale) for profile in (rows, columns))
 
-    def offset(profile: Tensor) -> Tensor:
-        weights = profile.double()
-        phase = 2 * math.pi * torch.arange(weights.shape[-1], device=weights.device, dtype=torch.float64) / scale
-        angle = torch.atan2(weights @ torch.sin(phase), weights @ torch.cos(phase))
-        return torch.round(angle * scale / (2 * math.pi)).long().remainder(scale)
 
-    return offset(rows), offset(columns)
+def _phase(profile: Tensor, period: float) -> Tensor:
+    """Where the lattice of ``period`` best fitting a ``(B, L)`` profile starts, in ``[0, period)``, float64."""
+    weights = profile.double()
+    phase = 2 * math.pi * torch.arange(weights.shape[-1], device=weights.device, dtype=torch.float64) / period
+    angle = torch.atan2(weights @ torch.sin(phase), weights @ torch.cos(phase))
+    return (angle * period / (2 * math.pi)).remainder(period)
 
 
 def detect_grid_runs(image: Tensor) -> list[Grid | None]:
@@ -222,7 +232,7 @@ def detect_grid_runs(image: Tensor) -> list[Grid | None]:
         if len(xs) + len(ys) < _MIN_BOUNDARIES:
             grids.append(None)
             continue
-        gaps = [b - a for a, b in zip(xs, xs[1:])] + [b - a for a, b in zip(ys, ys[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(xs)] + [b - a for a, b in itertools.pairwise(ys)]
         scale = reduce(math.gcd, gaps, 0)
         if scale <= 1:
             grids.append(None)
@@ -236,9 +246,11 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
 
     The sharpened column and row profiles (`edge_profiles`) are scored by `periodicity` at every period from 2
     to a third of the shorter side, on a fractional grid so that a slightly resampled lattice still peaks. The
-    scale is the largest local peak reaching 90 % of the best score, rounded: harmonics (s/2, s/3) score as
-    high as ``s`` on sharp art and lose to it, while multiples (texture at 2s or 4s) score clearly lower as
-    long as cell-sized detail exists anywhere in the image. Below a coherence of 0.2 the image is native.
+    period is the largest local peak reaching 90 % of the best score: harmonics (s/2, s/3) score as high as
+    ``s`` on sharp art and lose to it, while multiples (texture at 2s or 4s) score clearly lower as long as
+    cell-sized detail exists anywhere in the image. Below a coherence of 0.2 the image is native. The period is
+    refined between grid steps and kept fractional (`Grid.period`) only when the whole-pixel lattice scores
+    under 97 % of it, as on a resampled upscale; the offsets are the lattice's phase.
 
     Args:
         image: image of shape :math:`(B, C, H, W)`, float or integer.
@@ -252,7 +264,7 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
         >>> art = torch.rand(1, 3, 12, 12)
         >>> image = art.repeat_interleave(6, 2).repeat_interleave(6, 3)[..., 2:, 2:]
         >>> detect_grid_edges(image)[0]
-        Grid(scale=6, offset_y=4, offset_x=4)
+        Grid(scale=6, offset_y=4, offset_x=4, period=None)
     """
     columns, rows = edge_profiles(image)
     height, width = image.shape[-2:]
@@ -268,21 +280,37 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     ).clamp_min(1e-12)
     grids = []
     for sample, sample_score in enumerate(score.cpu()):
-        scale = _fundamental(sample_score, periods)
-        if scale <= 1:
+        period = _fundamental(sample_score, periods)
+        if period is None:
             grids.append(Grid(1))
             continue
-        offset_y, offset_x = grid_offsets(columns[sample : sample + 1], rows[sample : sample + 1], scale)
-        grids.append(Grid(scale, int(offset_y), int(offset_x)))
+        column_profile, row_profile = columns[sample : sample + 1], rows[sample : sample + 1]
+        scale = round(period)
+        whole = torch.tensor([float(scale)], dtype=torch.float64)
+        whole_score = float(
+            (periodicity(column_profile, whole) * total_x[sample] + periodicity(row_profile, whole) * total_y[sample])
+            / (total_x[sample] + total_y[sample]).clamp_min(1e-12)
+        )
+        if scale >= 2 and whole_score >= _WHOLE_PIXELS * float(sample_score.max()):
+            offset_y, offset_x = grid_offsets(column_profile, row_profile, scale)
+            grids.append(Grid(scale, int(offset_y), int(offset_x)))
+        else:
+            offset_y, offset_x = (float(_phase(profile, period)) for profile in (row_profile, column_profile))
+            grids.append(Grid(max(scale, 2), offset_y, offset_x, period))
     return grids
 
 
-def _fundamental(score: Tensor, periods: Tensor) -> int:
-    """The cell size read from one sample's coherence curve (see `detect_grid_edges`)."""
+def _fundamental(score: Tensor, periods: Tensor) -> float | None:
+    """The cell size read from one sample's coherence curve (see `detect_grid_edges`), to a fraction of a pixel;
+    None without periodic structure."""
     best = float(score.max())
     if best < _MIN_COHERENCE:
-        return 1
+        return None
     padded = torch.cat([score.new_zeros(1), score, score.new_zeros(1)])
     is_peak = (score >= padded[:-2]) & (score > padded[2:]) & (score >= _NEAR_BEST * best)
-    candidates = periods[is_peak]
-    return int(round(float(candidates.max())))
+    at = int(is_peak.nonzero().max())
+    # The top of the parabola through the peak and its neighbours, within half a step of the sampled peak.
+    left, centre, right = float(padded[at]), float(padded[at + 1]), float(padded[at + 2])
+    curvature = left - 2 * centre + right
+    shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+    return float(periods[at]) + max(-0.5, min(0.5, shift)) * _PERIOD_STEP

@@ -18,7 +18,9 @@ with better detectors and deterministic output:
 4. `cleanup_morph`: an opening then a closing of the alpha mask with a 2x2 square.
 5. Colours are reduced to the working palette: the fixed `palette`, else Wu's quantiser at `max_colors` (or the
    estimate of `auto_color_detect`) when the image has more colours, else the image's own colours.
-6. One pixel per cell by `downscale_method`, then every colour is mapped onto the working palette.
+6. One pixel per cell by `downscale_method`, then every colour is mapped onto the working palette. Cells of
+   3 px and more vote with their interior: blur, JPEG ringing and chroma subsampling blend neighbours into the
+   cell's one-pixel border ring, and on a clean upscale the interior has the cell's colour anyway.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -84,8 +86,8 @@ from server.errors import FieldError
 from server.media import RawImage
 from server.schemas import Image
 
-MAX_SIDE = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_SIDE", 8192))
-MAX_PIXELS = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_PIXELS", 16 * 1024 * 1024))
+MAX_SIDE = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_SIDE", "8192"))
+MAX_PIXELS = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_PIXELS", str(16 * 1024 * 1024)))
 # The estimate's cap when `max_colors` is null, the reference's.
 AUTO_COLOR_CAP = 32
 
@@ -288,8 +290,9 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
             )
         if inputs.scale and inputs.scale > min(width, height):
             raise FieldError(
-                "scale", f"`scale` is {inputs.scale}, larger than the image ({width}x{height}); use at most "
-                f"{min(width, height)}, or 0 to detect it"
+                "scale",
+                f"`scale` is {inputs.scale}, larger than the image ({width}x{height}); use at most "
+                f"{min(width, height)}, or 0 to detect it",
             )
         return Item(inputs, to_rgba8(raw))
 
@@ -305,8 +308,10 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
                     "palette_source": result.palette_source,
                 }
             )
-            request.log(f"pixel scale {grid.scale} ({result.detected_by}), grid offset ({grid.offset_y}, "
-                        f"{grid.offset_x}), palette from {result.palette_source}")
+            request.log(
+                f"pixel scale {grid.scale} ({result.detected_by}), grid offset ({grid.offset_y}, "
+                f"{grid.offset_x}), palette from {result.palette_source}"
+            )
             results.append(result)
         return results
 
@@ -317,7 +322,9 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
         full = native.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         palette = prediction.palette
         images = [
-            request.image_output(np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy()), sync_mode=inputs.sync_mode)
+            request.image_output(
+                np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy()), sync_mode=inputs.sync_mode
+            )
             for pixels in (full, native)
         ]
         return Image2PixelOutput(pixel_scale=scale, palette=palette, num_colors=len(palette), images=images)

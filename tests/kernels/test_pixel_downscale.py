@@ -116,7 +116,7 @@ class TestSharedRules:
     def test_clean_upscale_gives_the_art_back(self, method):
         art = noisy_cells(2, 5, 6, 1, seed=4)
         art[:, 3] = np.where(art[:, 3:] > 0, 255, 0)[:, 0]
-        art[:, :3] *= (art[:, 3:] > 0)
+        art[:, :3] *= art[:, 3:] > 0
         image = torch.from_numpy(art.repeat(6, 2).repeat(6, 3))
         np.testing.assert_array_equal(downscale_cells(image, 6, method).numpy(), art)
 

@@ -19,8 +19,9 @@ def rgba(rgb: np.ndarray, opaque: np.ndarray | None = None) -> torch.Tensor:
 def noisy_image(seed: int, batch: int = 2, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.integers(0, 256, (5, 3))
-    rgb = np.clip(centres[rng.integers(0, 5, (batch, size, size))] + rng.integers(-12, 13, (batch, size, size, 3)),
-                  0, 255)
+    rgb = np.clip(
+        centres[rng.integers(0, 5, (batch, size, size))] + rng.integers(-12, 13, (batch, size, size, 3)), 0, 255
+    )
     return rgb, rng.random((batch, size, size)) < 0.8
 
 

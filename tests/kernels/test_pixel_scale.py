@@ -95,7 +95,7 @@ class TestGridOffsets:
     def test_every_offset_of_a_comb(self, scale):
         for offset in range(scale):
             columns = torch.zeros(1, 10 * scale)
-            columns[0, offset :: scale] = 1.0
+            columns[0, offset::scale] = 1.0
             rows = torch.zeros(1, 7 * scale)
             rows[0, (offset + 1) % scale :: scale] = 2.0
             offset_y, offset_x = grid_offsets(columns, rows, scale)

@@ -261,7 +261,10 @@ def test_alpha_threshold_and_half_transparent_cells():
 def test_background_modes_give_the_reference_masks(mode, tolerance):
     rgb = background_fixture().astype(np.uint8)
     _, native = run_pixelate(
-        upscale(rgb, 4), transparent_background=True, background_mode=mode, background_tolerance=tolerance,
+        upscale(rgb, 4),
+        transparent_background=True,
+        background_mode=mode,
+        background_tolerance=tolerance,
         max_colors=None,
     )
     expected = reference_fill(rgb, np.ones(rgb.shape[:2], bool), mode, tolerance)
