@@ -8,7 +8,7 @@ Both run with fal's defaults (max 32 colours, auto detection, dominant downscale
 - degraded: the offset upscales under JPEG (q60, q75, q90), gaussian blur (0.6, 1.0) and bilinear resampling
   (x1.02, x0.98), the acceptance fixtures of the tests;
 - timing: 1024x1024 JPEG upscales (scales 8 and 16), the time of the whole computation per image (no file
-  decoding or encoding on either side).
+  decoding or encoding on either side). Kiln runs with the server's CPU thread count (default 1).
 
 Scale accuracy is the share of images whose detected scale is the true one (resampled images: the true cell
 size rounded); cell accuracy the share of ground-truth cells shown as the right palette colour (see
@@ -35,6 +35,7 @@ from PIL import Image
 
 from bench.common import write_result
 from pipelines.image2pixel import Image2PixelInput, pixelate
+from server.config import Settings
 from tests.pipelines.test_image2pixel import (
     DEGRADATIONS,
     blobby_art,
@@ -156,7 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few scales only (a smoke run)")
     parser.add_argument("--cells", type=int, default=16, help="art size in cells for the accuracy sets")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=Settings().cpu_threads, help="torch threads, as `kiln serve --cpu-threads`"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.cpu_threads)
 
     cases = accuracy_cases(args.cells, args.quick) + timing_cases(args.quick)
     reference, reference_name = reference_runner()
