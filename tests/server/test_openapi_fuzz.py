@@ -1,7 +1,9 @@
 """Schemathesis against the whole `/openapi.json`: no generated request may produce a 5xx.
 
 Runs on the built-in endpoints only (the test pipelines fail and crash on purpose), with DNS
-answered locally so generated http URLs fail fast instead of waiting on a resolver.
+answered locally so generated http URLs fail fast instead of waiting on a resolver. No model weights
+are installed here, so a valid request to a diffusion endpoint gets the documented 503 naming the
+`kiln weights` command; that one answer is allowed, every other 5xx fails.
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ def offline_dns():
     socket.getaddrinfo = _real_getaddrinfo
 
 
+def not_a_server_error_except_missing_weights(ctx, response, case):
+    if response.status_code == 503 and response.json().get("error_type") == "endpoint_unavailable":
+        assert "kiln weights" in response.json()["detail"]
+        return None
+    return not_a_server_error(ctx, response, case)
+
+
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case):
-    case.call_and_validate(checks=[not_a_server_error])
+    case.call_and_validate(checks=[not_a_server_error_except_missing_weights])
