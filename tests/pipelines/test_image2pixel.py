@@ -19,10 +19,21 @@ from PIL import Image, ImageFilter
 
 from kernels.pixel_downscale import DOWNSCALE_METHODS
 from pipelines.image2pixel import Image2PixelInput, Image2PixelPipeline, pixelate
+from server.config import Settings
 from tests.conftest import data_uri, png_bytes
 from tests.kernels.test_pixel_cleanup import background_fixture, reference_fill
 
 ENDPOINT = "fal-ai/image2pixel"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def server_thread_count():
+    """Run `pixelate` on the server's CPU thread count: on a busy machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(Settings().cpu_threads)
+    yield
+    torch.set_num_threads(previous)
+
 
 # -- generated art -------------------------------------------------------------------------------------------
 
