@@ -33,6 +33,7 @@ without CUDA it says so and exits without measuring anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -47,7 +48,22 @@ from pathlib import Path
 import torch
 
 from bench.common import write_result
-from tests.fixtures.tiny_diffusion import PIXART, SAFETY_CHECKER, lock_entry, train_t5_tokenizer, write_lock
+from tests.fixtures.architectures import (
+    clip_text_encoder,
+    flux_transformer,
+    flux_vae,
+    pixart_sigma_transformer,
+    sdxl_vae,
+    t5_encoder,
+)
+from tests.fixtures.tiny_diffusion import (
+    PIXART,
+    SAFETY_CHECKER,
+    lock_entry,
+    save_pipeline_keeping_tokenizer,
+    train_t5_tokenizer,
+    write_lock,
+)
 
 logger = logging.getLogger("bench.diffusion")
 
@@ -76,69 +92,34 @@ def save_random_checker(store: Path) -> None:
     ViTImageProcessor().save_pretrained(store / SAFETY_CHECKER)
 
 
+@contextlib.contextmanager
+def bf16_on_gpu():
+    """New modules are made in bf16 on the GPU: full-size models are never materialised in fp32 on the CPU."""
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+
 def build_store(root: Path) -> tuple[Path, Path]:
     """Random full-size PixArt-Sigma XL 1024 and safety checker in diffusers layout, bf16, with a lock."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from transformers import T5Tokenizer
 
     store = root / "weights"
     folder = store / PIXART
     train_t5_tokenizer(folder / "tokenizer")
-    tokenizer_files = {path.name: path.read_bytes() for path in (folder / "tokenizer").iterdir()}
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            pipeline = PixArtSigmaPipeline(
-                tokenizer=T5Tokenizer.from_pretrained(folder / "tokenizer"),
-                text_encoder=T5EncoderModel(
-                    T5Config(
-                        vocab_size=32128,
-                        d_model=4096,
-                        d_ff=10240,
-                        d_kv=64,
-                        num_heads=64,
-                        num_layers=24,
-                        feed_forward_proj="gated-gelu",
-                        relative_attention_num_buckets=32,
-                    )
-                ),
-                vae=AutoencoderKL(
-                    block_out_channels=(128, 256, 512, 512),
-                    down_block_types=("DownEncoderBlock2D",) * 4,
-                    up_block_types=("UpDecoderBlock2D",) * 4,
-                    latent_channels=4,
-                    layers_per_block=2,
-                    sample_size=1024,
-                    scaling_factor=0.13025,
-                ),
-                transformer=PixArtTransformer2DModel(
-                    sample_size=128,
-                    num_layers=28,
-                    patch_size=2,
-                    attention_head_dim=72,
-                    num_attention_heads=16,
-                    caption_channels=4096,
-                    cross_attention_dim=1152,
-                    in_channels=4,
-                    out_channels=8,
-                    attention_bias=True,
-                    activation_fn="gelu-approximate",
-                    num_embeds_ada_norm=1000,
-                    norm_type="ada_norm_single",
-                    norm_elementwise_affine=False,
-                    norm_eps=1e-6,
-                    interpolation_scale=2,
-                    use_additional_conditions=False,
-                ),
-                scheduler=DPMSolverMultistepScheduler(),
-            )
-        finally:
-            torch.set_default_dtype(torch.float32)
-    pipeline.save_pretrained(folder, safe_serialization=True)
-    for path in (folder / "tokenizer").iterdir():
-        path.unlink()
-    for name, data in tokenizer_files.items():
-        (folder / "tokenizer" / name).write_bytes(data)
+    with bf16_on_gpu():
+        pipeline = PixArtSigmaPipeline(
+            tokenizer=T5Tokenizer.from_pretrained(folder / "tokenizer"),
+            text_encoder=t5_encoder(),
+            vae=sdxl_vae(),
+            transformer=pixart_sigma_transformer(),
+            scheduler=DPMSolverMultistepScheduler(),
+        )
+    save_pipeline_keeping_tokenizer(pipeline, folder)
     save_random_checker(store)
     del pipeline
     lock = root / "weights.lock"
@@ -262,72 +243,24 @@ def build_flux_store(root: Path) -> tuple[Path, Path]:
     """Random full-size FLUX.1 [dev] (12B transformer, CLIP-L, T5 v1.1 XXL, the 16-channel VAE) in the
     diffusers layout, bf16, under both lock names: the Kontext [dev] architecture is the same, so its
     folder hard-links the same files and only model_index.json names the other pipeline."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5Tokenizer
 
     from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT, SCHEDULER_CONFIG, clip_tokenizer
 
     store = root / "weights"
     folder = store / FLUX_DEV
     train_t5_tokenizer(folder / "tokenizer_2")
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            pipeline = FluxPipeline(
-                scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
-                vae=AutoencoderKL(
-                    block_out_channels=(128, 256, 512, 512),
-                    down_block_types=("DownEncoderBlock2D",) * 4,
-                    up_block_types=("UpDecoderBlock2D",) * 4,
-                    latent_channels=16,
-                    layers_per_block=2,
-                    sample_size=1024,
-                    use_quant_conv=False,
-                    use_post_quant_conv=False,
-                    shift_factor=0.1159,
-                    scaling_factor=0.3611,
-                ),
-                text_encoder=CLIPTextModel(
-                    CLIPTextConfig(
-                        vocab_size=49408,
-                        hidden_size=768,
-                        intermediate_size=3072,
-                        projection_dim=768,
-                        num_hidden_layers=12,
-                        num_attention_heads=12,
-                        max_position_embeddings=77,
-                        hidden_act="quick_gelu",
-                    )
-                ),
-                tokenizer=clip_tokenizer(),
-                text_encoder_2=T5EncoderModel(
-                    T5Config(
-                        vocab_size=32128,
-                        d_model=4096,
-                        d_ff=10240,
-                        d_kv=64,
-                        num_heads=64,
-                        num_layers=24,
-                        feed_forward_proj="gated-gelu",
-                        relative_attention_num_buckets=32,
-                    )
-                ),
-                tokenizer_2=T5Tokenizer.from_pretrained(folder / "tokenizer_2"),
-                transformer=FluxTransformer2DModel(
-                    patch_size=1,
-                    in_channels=64,
-                    num_layers=19,
-                    num_single_layers=38,
-                    attention_head_dim=128,
-                    num_attention_heads=24,
-                    joint_attention_dim=4096,
-                    pooled_projection_dim=768,
-                    guidance_embeds=True,
-                    axes_dims_rope=(16, 56, 56),
-                ),
-            )
-        finally:
-            torch.set_default_dtype(torch.float32)
+    with bf16_on_gpu():
+        pipeline = FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+            vae=flux_vae(),
+            text_encoder=clip_text_encoder(),
+            tokenizer=clip_tokenizer(),
+            text_encoder_2=t5_encoder(),
+            tokenizer_2=T5Tokenizer.from_pretrained(folder / "tokenizer_2"),
+            transformer=flux_transformer(),
+        )
     pipeline.save_pretrained(folder, safe_serialization=True)
     del pipeline
     kontext = store / FLUX_KONTEXT
