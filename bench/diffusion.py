@@ -43,6 +43,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -133,6 +134,59 @@ def build_store(root: Path) -> tuple[Path, Path]:
     return store, lock
 
 
+def measure(
+    label: str, seconds: Callable[[int], float], repeats: int, steps: int, few_steps: int, difference: int
+) -> dict[str, float]:
+    """Runs `seconds(steps)` and `seconds(few_steps)` once each to warm up (set-up, loading, compilation),
+    then `repeats` times each; the peak memory is that of the full runs. `difference`: how many more
+    transformer passes a `steps` run makes than a `few_steps` one."""
+    start = time.perf_counter()
+    seconds(steps)
+    logger.info("%s warm after %.1fs", label, time.perf_counter() - start)
+    seconds(few_steps)
+    torch.cuda.reset_peak_memory_stats()
+    full = [seconds(steps) for _ in range(repeats)]
+    peak = torch.cuda.max_memory_allocated()
+    few = [seconds(few_steps) for _ in range(repeats)]
+    median = statistics.median(full)
+    return {
+        "seconds_per_image": round(median, 4),
+        "seconds_per_step": round((median - statistics.median(few)) / difference, 5),
+        "peak_memory_gb": round(peak / 1e9, 2),
+        "runs": [round(value, 4) for value in full],
+    }
+
+
+def kiln_predict_seconds(client, endpoint: str, body: dict) -> float:
+    """One request through the HTTP API and the worker pool; the worker's `predict` time."""
+    from tests.server.conftest import wait_completed
+
+    queued = client.post(f"/queue/{endpoint}", json=body).json()
+    status = wait_completed(client, queued["status_url"], timeout=3600)
+    if status.get("error"):
+        raise RuntimeError(f"Kiln failed on {endpoint}: {status['error']}")
+    return client.get(queued["response_url"]).json()["provenance"]["timings"]["predict"]
+
+
+def stock_seconds(pipe, prompts: Iterator[str], **arguments) -> Callable[[int], float]:
+    """Times one stock pipeline call at a step count, from prompt to image tensor, each with the next prompt."""
+
+    def seconds(steps: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        pipe(
+            prompt=next(prompts),
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+            **arguments,
+        )
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return seconds
+
+
 def measure_kiln(store: Path, lock: Path, data_dir: Path, repeats: int) -> dict[str, float]:
     """Kiln as served: requests through the HTTP API and the worker pool, timed by the worker."""
     from fastapi.testclient import TestClient
@@ -140,29 +194,16 @@ def measure_kiln(store: Path, lock: Path, data_dir: Path, repeats: int) -> dict[
     from server.app import create_app
     from server.config import Settings
     from server.registry import Registry
-    from tests.server.conftest import wait_completed
 
     settings = Settings(data_dir=data_dir, weights_dir=store, weights_lock=lock, device="cuda")
     prompts = iter(PROMPTS * (repeats + 4))
-
-    def predict_seconds(client: TestClient, steps: int) -> float:
-        body = {"prompt": next(prompts), "num_inference_steps": steps, "seed": 0, "image_size": "square_hd"}
-        queued = client.post(f"/queue/{ENDPOINT}", json=body).json()
-        status = wait_completed(client, queued["status_url"], timeout=3600)
-        if status.get("error"):
-            raise RuntimeError(f"Kiln failed: {status['error']}")
-        return client.get(queued["response_url"]).json()["provenance"]["timings"]["predict"]
-
     with TestClient(create_app(settings, Registry.load())) as client:
-        start = time.perf_counter()
-        predict_seconds(client, STEPS)  # set-up (verification, loading) and compilation
-        logger.info("Kiln warm after %.1fs", time.perf_counter() - start)
-        predict_seconds(client, FEW_STEPS)
-        torch.cuda.reset_peak_memory_stats()
-        full = [predict_seconds(client, STEPS) for _ in range(repeats)]
-        peak = torch.cuda.max_memory_allocated()
-        few = [predict_seconds(client, FEW_STEPS) for _ in range(repeats)]
-    return summary(full, few, peak)
+
+        def predict_seconds(steps: int) -> float:
+            body = {"prompt": next(prompts), "num_inference_steps": steps, "seed": 0, "image_size": "square_hd"}
+            return kiln_predict_seconds(client, ENDPOINT, body)
+
+        return measure("Kiln", predict_seconds, repeats, STEPS, FEW_STEPS, STEPS - FEW_STEPS)
 
 
 def measure_stock(store: Path, repeats: int) -> tuple[dict[str, float], float]:
@@ -172,30 +213,8 @@ def measure_stock(store: Path, repeats: int) -> tuple[dict[str, float], float]:
     pipe = PixArtSigmaPipeline.from_pretrained(store / PIXART, dtype=torch.bfloat16, use_safetensors=True).to("cuda")
     pipe.set_progress_bar_config(disable=True)
     prompts = iter(PROMPTS * (repeats + 4))
-
-    def call_seconds(steps: int) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        pipe(
-            prompt=next(prompts),
-            negative_prompt="",
-            num_inference_steps=steps,
-            guidance_scale=4.5,
-            width=SIZE,
-            height=SIZE,
-            generator=torch.Generator().manual_seed(0),
-            output_type="pt",
-        )
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    call_seconds(STEPS)
-    call_seconds(FEW_STEPS)
-    torch.cuda.reset_peak_memory_stats()
-    full = [call_seconds(STEPS) for _ in range(repeats)]
-    peak = torch.cuda.max_memory_allocated()
-    few = [call_seconds(FEW_STEPS) for _ in range(repeats)]
-    return summary(full, few, peak), transformer_flops_per_step(pipe)
+    seconds = stock_seconds(pipe, prompts, negative_prompt="", guidance_scale=4.5, width=SIZE, height=SIZE)
+    return measure("stock", seconds, repeats, STEPS, FEW_STEPS, STEPS - FEW_STEPS), transformer_flops_per_step(pipe)
 
 
 def transformer_flops_per_step(pipe) -> float:
@@ -216,25 +235,13 @@ def transformer_flops_per_step(pipe) -> float:
     return float(counter.get_total_flops())
 
 
-def summary(
-    full: list[float], few: list[float], peak_bytes: int, step_difference: int = STEPS - FEW_STEPS
-) -> dict[str, float]:
-    """`step_difference`: how many more transformer passes a `full` run makes than a `few` one."""
-    seconds = statistics.median(full)
-    return {
-        "seconds_per_image": round(seconds, 4),
-        "seconds_per_step": round((seconds - statistics.median(few)) / step_difference, 5),
-        "peak_memory_gb": round(peak_bytes / 1e9, 2),
-        "runs": [round(value, 4) for value in full],
-    }
-
-
 # -- FLUX.1 [dev] image-to-image and FLUX.1 Kontext [dev] ------------------------------------------
 
 FLUX_ENDPOINT = "fal-ai/flux/dev/image-to-image"
 # Kontext [dev] with one reference, as the editing endpoints run it; this one takes a step count
 KONTEXT_ENDPOINT = "fal-ai/step1x-edit"
 FLUX_STEPS, FLUX_FEW_STEPS, FLUX_STRENGTH = 40, 10, 0.95  # fal's defaults; 38 and 9 transformer passes
+FLUX_PASSES_DIFFERENCE = int(FLUX_STEPS * FLUX_STRENGTH) - int(FLUX_FEW_STEPS * FLUX_STRENGTH)
 KONTEXT_STEPS, KONTEXT_FEW_STEPS, KONTEXT_GUIDANCE = 28, 7, 3.5
 ACCELERATION_LEVELS = ("none", "regular", "high")
 
@@ -297,17 +304,6 @@ def random_image_uri(size: int = SIZE) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def kiln_predict_seconds(client, endpoint: str, body: dict) -> float:
-    """One request through the HTTP API and the worker pool; the worker's `predict` time."""
-    from tests.server.conftest import wait_completed
-
-    queued = client.post(f"/queue/{endpoint}", json=body).json()
-    status = wait_completed(client, queued["status_url"], timeout=3600)
-    if status.get("error"):
-        raise RuntimeError(f"Kiln failed on {endpoint}: {status['error']}")
-    return client.get(queued["response_url"]).json()["provenance"]["timings"]["predict"]
-
-
 def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> dict[str, dict]:
     """Kiln's image-to-image at each acceleration level and Kontext editing, fal's defaults, 1024²."""
     from fastapi.testclient import TestClient
@@ -320,8 +316,6 @@ def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> 
     prompts = iter(PROMPTS * (len(ACCELERATION_LEVELS) + 1) * (2 * repeats + 2))
     image = random_image_uri()
     results = {}
-    few_passes = int(FLUX_FEW_STEPS * FLUX_STRENGTH)
-    full_passes = int(FLUX_STEPS * FLUX_STRENGTH)
     with TestClient(create_app(settings, Registry.load())) as client:
 
         def img2img(level: str, steps: int) -> float:
@@ -329,15 +323,11 @@ def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> 
             return kiln_predict_seconds(client, FLUX_ENDPOINT, {**body, "acceleration": level})
 
         for level in ACCELERATION_LEVELS:
-            start = time.perf_counter()
-            img2img(level, FLUX_STEPS)  # set-up, the level's transformer, compilation
-            logger.info("Kiln image-to-image %s warm after %.1fs", level, time.perf_counter() - start)
-            img2img(level, FLUX_FEW_STEPS)
-            torch.cuda.reset_peak_memory_stats()
-            full = [img2img(level, FLUX_STEPS) for _ in range(repeats)]
-            peak = torch.cuda.max_memory_allocated()
-            few = [img2img(level, FLUX_FEW_STEPS) for _ in range(repeats)]
-            results[f"image_to_image_{level}"] = summary(full, few, peak, full_passes - few_passes)
+            seconds = functools.partial(img2img, level)
+            label = f"Kiln image-to-image {level}"
+            results[f"image_to_image_{level}"] = measure(
+                label, seconds, repeats, FLUX_STEPS, FLUX_FEW_STEPS, FLUX_PASSES_DIFFERENCE
+            )
 
     # a fresh server, so FLUX.1 [dev] and its accelerated copies are not in memory beside Kontext
     with TestClient(create_app(settings, Registry.load())) as client:
@@ -346,15 +336,8 @@ def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> 
             body = {"image_url": image, "prompt": next(prompts), "num_inference_steps": steps, "seed": 0}
             return kiln_predict_seconds(client, KONTEXT_ENDPOINT, {**body, "guidance_scale": KONTEXT_GUIDANCE})
 
-        start = time.perf_counter()
-        kontext(KONTEXT_STEPS)
-        logger.info("Kiln Kontext warm after %.1fs", time.perf_counter() - start)
-        kontext(KONTEXT_FEW_STEPS)
-        torch.cuda.reset_peak_memory_stats()
-        full = [kontext(KONTEXT_STEPS) for _ in range(repeats)]
-        peak = torch.cuda.max_memory_allocated()
-        few = [kontext(KONTEXT_FEW_STEPS) for _ in range(repeats)]
-        results["kontext"] = summary(full, few, peak, KONTEXT_STEPS - KONTEXT_FEW_STEPS)
+        difference = KONTEXT_STEPS - KONTEXT_FEW_STEPS
+        results["kontext"] = measure("Kiln Kontext", kontext, repeats, KONTEXT_STEPS, KONTEXT_FEW_STEPS, difference)
     return results
 
 
@@ -369,7 +352,6 @@ def measure_stock_flux(store: Path, repeats: int) -> tuple[dict[str, dict], dict
     image = Image.new("RGB", (SIZE, SIZE), (128, 96, 64))
     prompts = iter(PROMPTS * (4 * repeats + 4))
     results, flops = {}, {}
-    few_passes, full_passes = int(FLUX_FEW_STEPS * FLUX_STRENGTH), int(FLUX_STEPS * FLUX_STRENGTH)
     runs = (
         (
             FluxImg2ImgPipeline,
@@ -377,7 +359,7 @@ def measure_stock_flux(store: Path, repeats: int) -> tuple[dict[str, dict], dict
             "image_to_image",
             {"strength": FLUX_STRENGTH, "height": SIZE, "width": SIZE},
             (FLUX_STEPS, FLUX_FEW_STEPS),
-            full_passes - few_passes,
+            FLUX_PASSES_DIFFERENCE,
             1,
         ),
         (
@@ -394,28 +376,13 @@ def measure_stock_flux(store: Path, repeats: int) -> tuple[dict[str, dict], dict
         pipe = pipeline_class.from_pretrained(store / model, dtype=torch.bfloat16, use_safetensors=True).to("cuda")
         pipe.set_progress_bar_config(disable=True)
 
-        call = functools.partial(timed_call, pipe, image=image, **arguments)
-        call(prompt=next(prompts), num_inference_steps=steps)
-        call(prompt=next(prompts), num_inference_steps=few_steps)
-        torch.cuda.reset_peak_memory_stats()
-        full = [call(prompt=next(prompts), num_inference_steps=steps) for _ in range(repeats)]
-        peak = torch.cuda.max_memory_allocated()
-        few = [call(prompt=next(prompts), num_inference_steps=few_steps) for _ in range(repeats)]
-        results[name] = summary(full, few, peak, difference)
+        seconds = stock_seconds(pipe, prompts, image=image, guidance_scale=3.5, **arguments)
+        results[name] = measure(f"stock {name}", seconds, repeats, steps, few_steps, difference)
         flops[name] = flux_flops_per_step(pipe.transformer, image_sequences)
         pipe = None  # freed before the next pipeline loads
         gc.collect()
         torch.cuda.empty_cache()
     return results, flops
-
-
-def timed_call(pipe, **arguments) -> float:
-    """Seconds of one stock pipeline call at guidance 3.5, from prompt to image tensor."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    pipe(guidance_scale=3.5, generator=torch.Generator().manual_seed(0), output_type="pt", **arguments)
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def flux_flops_per_step(transformer, image_sequences: int) -> float:
