@@ -21,7 +21,7 @@ from pipelines.flux import (
     Seed,
     SyncMode,
 )
-from pipelines.kontext_editing import EditSpec, KontextEditPipeline, ignored_fields
+from pipelines.kontext_editing import EditSpec, KontextEditPipeline, kontext_pro_spec
 from server.context import RequestContext
 from server.schemas import Image
 
@@ -58,16 +58,11 @@ class KontextMaxMultiPipeline(KontextEditPipeline):
     Output = KontextMaxMultiOutput
 
     def spec(self, inputs: KontextMaxMultiInput) -> EditSpec:
-        return EditSpec(
+        return kontext_pro_spec(
+            inputs,
             instruction=inputs.prompt,
             image_urls=tuple((("image_urls", index), url) for index, url in enumerate(inputs.image_urls)),
-            seed=inputs.seed,
-            guidance_scale=inputs.guidance_scale,
             num_images=inputs.num_images,
-            aspect_ratio=inputs.aspect_ratio,
-            output_format=inputs.output_format,
-            sync_mode=inputs.sync_mode,
-            ignored=ignored_fields(inputs, ["safety_tolerance"]),
         )
 
     def output(self, result, images: list[Image], request: RequestContext) -> KontextMaxMultiOutput:

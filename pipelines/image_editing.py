@@ -21,7 +21,7 @@ from pipelines.flux import (
     Seed,
     SyncMode,
 )
-from pipelines.kontext_editing import EditSpec, KontextEditPipeline, ignored_fields
+from pipelines.kontext_editing import EditSpec, KontextEditPipeline, kontext_pro_spec
 from server.context import RequestContext
 from server.schemas import Image
 
@@ -49,16 +49,11 @@ class ImageEditingPipeline(KontextEditPipeline):
     template: ClassVar[str]
 
     def spec(self, inputs: ImageEditingInput) -> EditSpec:
-        return EditSpec(
+        return kontext_pro_spec(
+            inputs,
             instruction=self.template.replace("{prompt}", getattr(inputs, "prompt", "")),
             image_urls=(("image_url", inputs.image_url),),
-            seed=inputs.seed,
-            guidance_scale=inputs.guidance_scale,
             num_inference_steps=inputs.num_inference_steps,
-            aspect_ratio=inputs.aspect_ratio,
-            output_format=inputs.output_format,
-            sync_mode=inputs.sync_mode,
-            ignored=ignored_fields(inputs, ["safety_tolerance"]),
         )
 
     def output(self, result, images: list[Image], request: RequestContext) -> ImageEditingOutput:

@@ -49,13 +49,17 @@ KONTEXT_STEPS = 28  # diffusers' and BFL's default for Kontext [dev]
 KONTEXT_GUIDANCE = 2.5  # BFL's default for Kontext [dev]
 
 
+# (input field, URL) pairs; the field is a name, or a path such as ("image_urls", 0)
+ImageUrls = tuple[tuple[str | tuple[str | int, ...], str], ...]
+
+
 @dataclass(frozen=True)
 class EditSpec:
     """What one request asks of Kontext, before its images are fetched."""
 
     instruction: str
-    # (input field, URL) of each reference image, the first one setting the output's size
-    image_urls: tuple[tuple[str | tuple[str | int, ...], str], ...]
+    # each reference image, the first one setting the output's size
+    image_urls: ImageUrls
     seed: int
     guidance_scale: float = KONTEXT_GUIDANCE
     num_inference_steps: int = KONTEXT_STEPS
@@ -209,6 +213,23 @@ class KontextEditPipeline(FluxDiffusionPipeline[Edit]):
 def ignored_fields(inputs: BaseModel, names: Sequence[str]) -> dict[str, Any]:
     """The named fields that hold a value (not None or empty), for `EditSpec.ignored`."""
     return {name: getattr(inputs, name) for name in names if getattr(inputs, name) not in (None, "", [])}
+
+
+def kontext_pro_spec(inputs: BaseModel, *, instruction: str, image_urls: ImageUrls, **settings: Any) -> EditSpec:
+    """The spec of an endpoint with the settings fal's image-editing and FLUX.1 Kontext [pro] schemas
+    share (`seed`, `guidance_scale`, `aspect_ratio`, `output_format`, `sync_mode`, and
+    `safety_tolerance`, which is ignored), plus the endpoint's own `settings`."""
+    return EditSpec(
+        instruction=instruction,
+        image_urls=image_urls,
+        seed=inputs.seed,
+        guidance_scale=inputs.guidance_scale,
+        aspect_ratio=inputs.aspect_ratio,
+        output_format=inputs.output_format,
+        sync_mode=inputs.sync_mode,
+        ignored=ignored_fields(inputs, ["safety_tolerance"]),
+        **settings,
+    )
 
 
 class File(BaseModel):
