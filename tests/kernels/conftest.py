@@ -63,6 +63,12 @@ def assert_valid(out: torch.Tensor, image: torch.Tensor) -> None:
     assert out.min() >= 0 and out.max() <= 1
 
 
+def assert_cardinality(function: Callable[..., torch.Tensor], shape: tuple[int, int, int], *args, **kwargs) -> None:
+    """On a random image of ``shape`` ``(B, H, W)`` with 3 channels, ``function`` gives a valid output."""
+    image = torch.rand(shape[0], 3, *shape[1:])
+    assert_valid(function(image, *args, **kwargs), image)
+
+
 def assert_batch_invariant(function: Callable[..., torch.Tensor], image: torch.Tensor, *args, **kwargs) -> None:
     """``function(image)[i]`` equals ``function(image[i:i+1])`` bit for bit, slicing any ``(B,)`` tensor argument."""
     batch = image.shape[0]

@@ -13,6 +13,7 @@ from kernels.color import correct_color
 from tests.kernels.conftest import (
     SHAPES,
     assert_batch_invariant,
+    assert_cardinality,
     assert_close,
     assert_low_precision_works,
     assert_rejects_bad_images,
@@ -86,8 +87,7 @@ class TestCorrectColor:
 
     @pytest.mark.parametrize("shape", SHAPES)
     def test_cardinality(self, shape):
-        image = torch.rand(shape[0], 3, *shape[1:])
-        assert_valid(correct_color(image, 10.0, 10.0, 10.0, 10.0, 1.2), image)
+        assert_cardinality(correct_color, shape, 10.0, 10.0, 10.0, 10.0, 1.2)
 
     def test_low_precision(self):
         assert_low_precision_works(correct_color, 20.0, 10.0, 30.0, 40.0, 0.8)

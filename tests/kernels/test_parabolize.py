@@ -9,6 +9,7 @@ from kernels.parabolize import parabolize
 from tests.kernels.conftest import (
     SHAPES,
     assert_batch_invariant,
+    assert_cardinality,
     assert_close,
     assert_low_precision_works,
     assert_rejects_bad_images,
@@ -51,8 +52,7 @@ class TestParabolize:
 
     @pytest.mark.parametrize("shape", SHAPES)
     def test_cardinality(self, shape):
-        image = torch.rand(shape[0], 3, *shape[1:])
-        assert_valid(parabolize(image, 1.0, 0.5, 0.5), image)
+        assert_cardinality(parabolize, shape, 1.0, 0.5, 0.5)
 
     def test_low_precision(self):
         assert_low_precision_works(parabolize, 2.0, 0.4, 0.3)
