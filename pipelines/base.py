@@ -60,6 +60,10 @@ class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
         """Items with equal keys may share one `predict` call; None runs the item alone."""
         return None
 
+    def batch_limit(self, item: ItemT) -> int:
+        """How many items like `item` one `predict` call should take on this pipeline's device."""
+        return self.max_batch_size
+
     @abc.abstractmethod
     def predict(self, items: Sequence[ItemT], requests: Sequence[RequestContext]) -> Sequence[PredictionT]:
         """Runs a batch on the device; returns one prediction per item, in order."""

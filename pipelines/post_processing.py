@@ -304,6 +304,12 @@ def apply_effects(images: torch.Tensor, items: Sequence[Item], effects: Sequence
     return torch.cat([rgb, alpha], dim=1)
 
 
+# Measured with one CPU thread, all effects: a batch of eight 64x64 images runs 6x faster per image than
+# one at a time, 128x128 breaks even, and from 256x256 up a batch is slower than running alone (its large
+# temporaries are page-faulted in afresh), so on the CPU a batch holds at most this many pixels.
+CPU_BATCH_PIXELS = 2 * 128 * 128
+
+
 class EffectsPipeline(Pipeline[BaseModel, Item, np.ndarray]):
     """Shared by the post-processing endpoints: decode, batch by size, run `effects`, encode PNG."""
 
@@ -323,6 +329,11 @@ class EffectsPipeline(Pipeline[BaseModel, Item, np.ndarray]):
 
     def batch_key(self, item: Item) -> Hashable:
         return item.image.pixels.shape
+
+    def batch_limit(self, item: Item) -> int:
+        if self.device.type != "cpu":
+            return self.max_batch_size
+        return max(1, CPU_BATCH_PIXELS // (item.image.height * item.image.width))
 
     def predict(self, items: Sequence[Item], requests: Sequence[RequestContext]) -> list[np.ndarray]:
         images = torch.stack([item.image.to_float(self.device) for item in items])

@@ -166,7 +166,9 @@ class Worker(threading.Thread):
                 (request, item)
             )
         for group in groups.values():
-            self._predict_and_finish(pipeline, group)
+            limit = max(1, pipeline.batch_limit(group[0][1]))
+            for start in range(0, len(group), limit):
+                self._predict_and_finish(pipeline, group[start : start + limit])
 
     def _predict_and_finish(self, pipeline: Any, group: list[tuple[RequestContext, Any]]) -> None:
         requests = [request for request, _ in group]

@@ -97,6 +97,14 @@ class NoBatchMemory(SizedPipeline):
         return super().predict(items, requests)
 
 
+class PairsOnly(SizedPipeline):
+    endpoint_id = "test/pairs-only"
+    size = 0
+
+    def batch_limit(self, item):
+        return 2
+
+
 class DeviceFault(SizedPipeline):
     endpoint_id = "test/device-fault"
     size = 0
@@ -108,7 +116,7 @@ class DeviceFault(SizedPipeline):
 @pytest.fixture
 def harness(tmp_path):
     memory["used"] = 0
-    pipelines = [Small1, Small2, Large, TooLarge, NoBatchMemory, DeviceFault]
+    pipelines = [Small1, Small2, Large, TooLarge, NoBatchMemory, PairsOnly, DeviceFault]
     store = SqliteJobStore(tmp_path / "q.sqlite3", lease_seconds=30, max_attempts=3)
     fatal = threading.Event()
     worker = Worker(
@@ -164,6 +172,12 @@ def test_out_of_memory_on_a_batch_retries_one_by_one(harness):
     _, run, _ = harness
     jobs = run("test/no-batch-memory", count=3)
     assert [job.result.body["batch_size"] for job in jobs] == [1, 1, 1]
+
+
+def test_a_claimed_batch_is_split_at_the_pipelines_batch_limit(harness):
+    _, run, _ = harness
+    jobs = run("test/pairs-only", count=5)
+    assert [job.result.body["batch_size"] for job in jobs] == [2, 2, 2, 2, 1]
 
 
 def test_fatal_device_error_asks_for_a_restart(harness):
