@@ -4,11 +4,10 @@ Kiln still runs the request through the queue, so it shares the GPU fairly with 
 caller disconnects first, the request is cancelled.
 """
 
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from server.deps import OwnerDep, ServicesDep
 from server.registry import Endpoint, Registry

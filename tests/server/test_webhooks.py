@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.keys import load_webhook_key
@@ -102,7 +103,7 @@ def test_tampered_body_fails_verification(make_client, listener):
     client.post(f"/queue/kiln-test/steps?fal_webhook={receiver.url}", json={})
     receiver.wait_for(1)
     headers, body = receiver.deliveries[0]
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidSignature):
         verify_signature(client.get("/.well-known/jwks.json").json(), headers, body.replace(b"OK", b"KO"))
 
 

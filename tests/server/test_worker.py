@@ -132,7 +132,7 @@ def harness(tmp_path):
     )
 
     def run(endpoint: str, count: int = 1) -> list:
-        for index in range(count):
+        for _ in range(count):
             store.submit(NewJob(request_id=str(uuid.uuid4()), endpoint=endpoint, owner="o", payload={}))
         jobs = store.claim("test-worker", {endpoint: 8})
         worker.process(jobs)
