@@ -142,9 +142,9 @@ class SafetyChecker:
         self.nsfw_index = self.model.config.label2id["nsfw"]
 
     @torch.inference_mode()
-    def flags(self, pixels: torch.Tensor) -> list[bool]:
-        """`(B, 3, H, W)` uint8 images -> whether each is NSFW."""
-        batch = self.processor(images=list(pixels.permute(0, 2, 3, 1).cpu().numpy()), return_tensors="pt")
+    def flags(self, images: Sequence[np.ndarray]) -> list[bool]:
+        """`(H, W, 3)` uint8 images on the host (where the image processor works) -> whether each is NSFW."""
+        batch = self.processor(images=list(images), return_tensors="pt")
         pixel_values = batch["pixel_values"].to(self.model.device, self.model.dtype)
         probabilities = self.model(pixel_values=pixel_values).logits.float().softmax(dim=-1)
         return (probabilities[:, self.nsfw_index] > NSFW_THRESHOLD).tolist()
@@ -335,7 +335,7 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
 
     def _checked(self, generation: GenerationT, pixels: torch.Tensor) -> GeneratedImages[GenerationT]:
         """Black for every image the safety checker flags, when the request enables it."""
-        flags = self.safety_checker.flags(pixels) if generation.enable_safety_checker else [False] * len(pixels)
-        flagged = torch.tensor(flags, device=pixels.device).view(-1, 1, 1, 1)
-        pixels = torch.where(flagged, torch.zeros_like(pixels), pixels)
-        return GeneratedImages(generation, [image.permute(1, 2, 0).cpu().numpy() for image in pixels], flags)
+        images = pixels.permute(0, 2, 3, 1).cpu().numpy()
+        flags = self.safety_checker.flags(images) if generation.enable_safety_checker else [False] * len(images)
+        images[flags] = 0
+        return GeneratedImages(generation, list(images), flags)
