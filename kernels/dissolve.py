@@ -11,7 +11,7 @@ __all__ = ["dissolve", "resize_to"]
 
 
 def dissolve(image: Tensor, other: Tensor, factor: float | Tensor) -> Tensor:
-    r"""Linearly interpolate from ``image`` towards ``other``.
+    r"""Blend ``image`` with ``other``, keeping a share ``factor`` of ``image``.
 
     Both inputs are RGB images, float, values in [0, 1], of the same shape (use :func:`resize_to` first);
     float16/bfloat16 are computed in float32.
@@ -19,13 +19,14 @@ def dissolve(image: Tensor, other: Tensor, factor: float | Tensor) -> Tensor:
     Args:
         image: image of shape :math:`(B, 3, H, W)`.
         other: second image of shape :math:`(B, 3, H, W)`.
-        factor: weight of ``other`` in [0, 1], a float or :math:`(B,)`; 0 returns ``image``, 1 returns ``other``.
+        factor: weight of ``image`` in [0, 1], a float or :math:`(B,)`; 1 returns ``image``, 0 returns ``other``.
 
     Returns:
         The blend, :math:`(B, 3, H, W)`, dtype of ``image``, in [0, 1].
 
-    Formula: :math:`(1 - f) \cdot \mathrm{image} + f \cdot \mathrm{other}`, the "smooth linear interpolation" fal
-    describes.
+    Formula: :math:`f \cdot \mathrm{image} + (1 - f) \cdot \mathrm{other}`, the "smooth linear interpolation" fal
+    describes. The reference keeps each value of ``image`` with probability :math:`f` (a mask
+    :math:`\mathrm{rand} < f`) and takes ``other`` elsewhere; this is the expected value of its output.
 
     Kiln differs: the reference draws a random per-element mask and takes each value from one image or the
     other; this is the expectation of that output, deterministic and without speckle.
@@ -42,7 +43,7 @@ def dissolve(image: Tensor, other: Tensor, factor: float | Tensor) -> Tensor:
     x = upcast(image)
     factor = per_sample(factor, x, "factor")
     y = other.to(device=x.device, dtype=x.dtype)
-    return ((1 - factor) * x + factor * y).clamp(0.0, 1.0).to(image.dtype)
+    return (factor * x + (1 - factor) * y).clamp(0.0, 1.0).to(image.dtype)
 
 
 def resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:

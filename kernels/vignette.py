@@ -19,18 +19,21 @@ def apply_vignette(image: Tensor, strength: float | Tensor) -> Tensor:
 
     Args:
         image: image of shape :math:`(B, 3, H, W)`.
-        strength: in [0, 10] (fal's range), a float or :math:`(B,)`; 0 returns the input.
+        strength: in [0, 10] (fal's range), a float or :math:`(B,)`; 0 returns the input, 1 and above blacken the
+            corner pixels.
 
     Returns:
         The vignetted image, :math:`(B, 3, H, W)`, same dtype, in [0, 1].
 
     With :math:`u = \mathrm{linspace}(-1, 1, W)`, :math:`v = \mathrm{linspace}(-1, 1, H)` and
     :math:`\rho = \sqrt{u^2 + v^2} / \sqrt 2` (0 at the centre, 1 at the corner pixels), the output is
-    :math:`x \cdot \mathrm{clamp}(1 - \mathrm{strength} \cdot \rho, 0, 1)`.
+    :math:`\mathrm{clamp}(x \cdot (1 - \rho \cdot \mathrm{clamp}(\mathrm{strength}, 0, 1)), 0, 1)`, the
+    reference's formula: the centre is kept and the corners are scaled by :math:`1 - \mathrm{strength}`. As in the
+    reference, the strength is capped at 1 (and floored at 0), so every strength from 1 to fal's 10 gives the same
+    image, black only at the corner pixels.
 
-    Kiln differs above strength 1: the black region grows inward (it is black wherever
-    :math:`\rho \ge 1 / \mathrm{strength}`), where the reference clamps the strength to 1 so that all of
-    fal's range above 1 looks the same.
+    Kiln differs: the reference builds its :math:`W \times H` grid with ``indexing="ij"`` and fails on any
+    non-square image; Kiln uses the :math:`H \times W` grid (identical on square images).
 
     Example:
         >>> import torch
@@ -39,7 +42,7 @@ def apply_vignette(image: Tensor, strength: float | Tensor) -> Tensor:
     """
     check_image(image)
     x = upcast(image)
-    strength = per_sample(strength, x, "strength")
+    strength = per_sample(strength, x, "strength").clamp(0.0, 1.0)
     height, width = x.shape[-2:]
     u = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
     v = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)

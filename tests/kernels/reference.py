@@ -193,12 +193,19 @@ def reference_kuwahara_blur(image: np.ndarray, radius: int) -> np.ndarray:
     return np.take_along_axis(means, chosen, 0)[0]
 
 
-def reference_vignette(image: np.ndarray, strengths: np.ndarray) -> np.ndarray:
+def reference_vignette(image: np.ndarray, strengths) -> np.ndarray:
+    """The reference's Vignette: falloff linear in the normalised radius, strength clamped to [0, 1].
+
+    Grid from ``linspace(-1, 1)`` on both axes (endpoints included), radius divided by its maximum (the corner
+    pixels), ``clip(image * (1 - radius * clip(strength, 0, 1)), 0, 1)``. The grid is H x W (``xy`` indexing):
+    the reference's ``ij`` grid is W x H and only works on square images, where the two agree.
+    """
     _, _, height, width = image.shape
-    u, v = np.linspace(-1, 1, width), np.linspace(-1, 1, height)
-    rho = np.sqrt(u[None, :] ** 2 + v[:, None] ** 2) / np.sqrt(2)
-    falloff = np.clip(1 - strengths[:, None, None, None] * rho, 0, 1)
-    return np.clip(image * falloff, 0, 1)
+    grid_x, grid_y = np.meshgrid(np.linspace(-1, 1, width), np.linspace(-1, 1, height))
+    radius = np.sqrt(grid_x**2 + grid_y**2)
+    radius = radius / radius.max()
+    strength = np.clip(np.asarray(strengths, dtype=np.float64), 0, 1)[:, None, None, None]
+    return np.clip(image * (1 - radius * strength), 0, 1)
 
 
 def reference_parabolize(image: np.ndarray, *params) -> np.ndarray:
@@ -223,9 +230,28 @@ def reference_tint(image: np.ndarray, strengths, mode: str) -> np.ndarray:
     return np.clip(strength * tinted + (1 - strength) * image, 0, 1)
 
 
-def reference_dissolve(image: np.ndarray, other: np.ndarray, factors) -> np.ndarray:
+def reference_dissolve_draw(image: np.ndarray, other: np.ndarray, factors, rng: np.random.Generator) -> np.ndarray:
+    """One output of the reference's Dissolve: ``mask = rand < factor`` per element (per channel too), then
+    ``clip(image * mask + other * (1 - mask), 0, 1)``: ``factor`` is the probability of keeping ``image``."""
     factor = np.asarray(factors, dtype=np.float64)[:, None, None, None]
-    return np.clip((1 - factor) * image + factor * other, 0, 1)
+    mask = (rng.random(image.shape) < factor).astype(np.float64)
+    return np.clip(image * mask + other * (1 - mask), 0, 1)
+
+
+def reference_dissolve_average(image: np.ndarray, other: np.ndarray, factors, draws: int) -> np.ndarray:
+    """The mean of the reference's random dissolve over seeds 0 .. draws - 1: a Monte-Carlo estimate of its
+    expected output, with a standard error of at most ``0.5 / sqrt(draws)`` per element."""
+    total = np.zeros_like(image)
+    for seed in range(draws):
+        total += reference_dissolve_draw(image, other, factors, np.random.default_rng(seed))
+    return total / draws
+
+
+def reference_dissolve(image: np.ndarray, other: np.ndarray, factors) -> np.ndarray:
+    """The expected output of the reference's Dissolve: ``image`` kept with probability ``factor``, so
+    ``factor * image + (1 - factor) * other`` (already in [0, 1], the clip changes nothing)."""
+    factor = np.asarray(factors, dtype=np.float64)[:, None, None, None]
+    return np.clip(factor * image + (1 - factor) * other, 0, 1)
 
 
 def _triangle_weights(in_size: int, out_size: int) -> np.ndarray:

@@ -7,22 +7,20 @@ import pytest
 import torch
 
 from kernels.blur import gaussian_blur, kuwahara_blur
-from tests.kernels.conftest import (
-    SHAPES,
-    assert_batch_invariant,
-    assert_cardinality,
-    assert_close,
-    assert_low_precision_works,
-    assert_rejects_bad_images,
-    assert_valid,
-    make_image,
-    tensor,
-    tolerance,
-)
+from tests.kernels.base import KernelTester
+from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
 from tests.kernels.reference import reference_gaussian, reference_kuwahara, reference_kuwahara_blur
 
 
-class TestGaussianBlur:
+class TestGaussianBlur(KernelTester):
+    kernel = gaussian_blur
+    args = (7, 1.0)
+    low_precision_args = (2, 1.0)
+    batch_args = [(4, torch.tensor([0.3, 1.0, 4.0]))]
+    large_batch_args = [(3, torch.tensor([0.7, 2.0]))]
+    identity_args = [(0, 1.0)]
+    extreme_args = [(31, 10.0), (31, 0.1), (1, 0.1), (15, 0.0)]
+
     @pytest.mark.parametrize("radius", [1, 3, 6, 20])
     def test_reference(self, device, dtype, radius):
         image = make_image()
@@ -35,35 +33,12 @@ class TestGaussianBlur:
         out = gaussian_blur(tensor(image, device), 3, 1.0)
         assert_close(out, reference_gaussian(image, 3, np.array([1.0, 1.0])), 1e-12)
 
-    def test_radius_zero_is_identity(self, device, dtype):
-        image = tensor(make_image(), device, dtype)
-        assert torch.equal(gaussian_blur(image, 0, 1.0), image)
-
     def test_flat_image_stays_flat(self, device):
         image = torch.full((1, 3, 9, 11), 0.7, dtype=torch.float64, device=device)
         assert_close(gaussian_blur(image, 5, 2.0), np.full((1, 3, 9, 11), 0.7), 1e-12)
 
-    @pytest.mark.parametrize(("radius", "sigma"), [(31, 10.0), (31, 0.1), (1, 0.1), (15, 0.0)])
-    def test_extremes(self, device, radius, sigma):
-        image = tensor(make_image(), device, torch.float32)
-        assert_valid(gaussian_blur(image, radius, sigma), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        assert_batch_invariant(gaussian_blur, image, 4, torch.tensor([0.3, 1.0, 4.0]))
-        large = tensor(make_image(batch=2, height=96, width=131), dtype=torch.float32)
-        assert_batch_invariant(gaussian_blur, large, 3, torch.tensor([0.7, 2.0]))
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(gaussian_blur, shape, 7, 1.0)
-
-    def test_low_precision(self):
-        assert_low_precision_works(gaussian_blur, 2, 1.0)
-
     def test_invalid_arguments(self):
         image = torch.rand(2, 3, 5, 5)
-        assert_rejects_bad_images(gaussian_blur, 1, 1.0)
         with pytest.raises(ValueError, match="`radius`"):
             gaussian_blur(image, -1, 1.0)
         with pytest.raises(ValueError, match="`radius`"):
@@ -72,7 +47,15 @@ class TestGaussianBlur:
             gaussian_blur(image, 1, torch.ones(3))
 
 
-class TestKuwaharaBlur:
+class TestKuwaharaBlur(KernelTester):
+    kernel = kuwahara_blur
+    args = (4,)
+    low_precision_args = (2,)
+    batch_args = [(3,)]
+    large_batch_args = [(2,)]
+    identity_args = [(0,)]
+    extreme_args = [(1,), (31,)]
+
     @pytest.mark.parametrize("radius", [1, 2, 4, 15])
     def test_reference(self, device, dtype, radius):
         image = make_image()
@@ -86,33 +69,10 @@ class TestKuwaharaBlur:
         expected = reference_kuwahara_blur(image, radius)
         assert np.mean(np.abs(out - expected) <= tolerance(dtype)) > 0.97
 
-    def test_radius_zero_is_identity(self, device, dtype):
-        image = tensor(make_image(), device, dtype)
-        assert torch.equal(kuwahara_blur(image, 0), image)
-
     def test_flat_image_stays_flat(self, device):
         image = torch.full((1, 3, 9, 11), 0.3, dtype=torch.float64, device=device)
         assert_close(kuwahara_blur(image, 3), np.full((1, 3, 9, 11), 0.3), 1e-12)
 
-    @pytest.mark.parametrize("radius", [1, 31])
-    def test_extremes(self, device, radius):
-        image = tensor(make_image(), device, torch.float32)
-        assert_valid(kuwahara_blur(image, radius), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        assert_batch_invariant(kuwahara_blur, image, 3)
-        large = tensor(make_image(batch=2, height=96, width=131), dtype=torch.float32)
-        assert_batch_invariant(kuwahara_blur, large, 2)
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(kuwahara_blur, shape, 4)
-
-    def test_low_precision(self):
-        assert_low_precision_works(kuwahara_blur, 2)
-
     def test_invalid_arguments(self):
-        assert_rejects_bad_images(kuwahara_blur, 1)
         with pytest.raises(ValueError, match="`radius`"):
             kuwahara_blur(torch.rand(1, 3, 5, 5), -2)

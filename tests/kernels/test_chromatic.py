@@ -6,18 +6,8 @@ import pytest
 import torch
 
 from kernels.chromatic import DIRECTIONS, shift_channels
-from tests.kernels.conftest import (
-    SHAPES,
-    assert_batch_invariant,
-    assert_cardinality,
-    assert_close,
-    assert_low_precision_works,
-    assert_rejects_bad_images,
-    assert_valid,
-    make_image,
-    rounded,
-    tensor,
-)
+from tests.kernels.base import KernelTester
+from tests.kernels.conftest import assert_close, make_image, rounded, tensor
 from tests.kernels.reference import reference_shift
 
 
@@ -25,7 +15,15 @@ def call(image, moves):
     return shift_channels(image, *(value for move in moves for value in move))
 
 
-class TestShiftChannels:
+class TestShiftChannels(KernelTester):
+    kernel = shift_channels
+    args = (5, "horizontal", -5, "vertical", 20, "horizontal")
+    low_precision_args = (2, "horizontal", 1, "vertical", -3, "horizontal")
+    batch_args = [(4, "horizontal", -3, "vertical", 2, "vertical")]
+    identity_args = [(0, "horizontal", 0, "vertical", 0, "horizontal")]
+    # Every shift moves past the 13x17 image's edges.
+    extreme_args = [(shift, "horizontal", -shift, "vertical", shift, "vertical") for shift in (-20, 20, 100)]
+
     @pytest.mark.parametrize("red", DIRECTIONS)
     @pytest.mark.parametrize("green", DIRECTIONS)
     @pytest.mark.parametrize("blue", DIRECTIONS)
@@ -51,28 +49,14 @@ class TestShiftChannels:
         assert (out[0, 0, :, :4] == 1).all() and (out[0, 0, :, 4:] == 0).all()
         assert (out[0, 2] == 0).all()
 
-    def test_zero_shift_is_identity(self, device, dtype):
-        image = tensor(make_image(), device, dtype)
-        assert torch.equal(shift_channels(image, 0, "horizontal", 0, "vertical", 0, "horizontal"), image)
-
-    @pytest.mark.parametrize("shift", [-20, 20, 100])
-    def test_extremes(self, device, shift):
+    def test_shift_beyond_a_tiny_image(self, device):
+        """Shifts of 20 and 100 on a 5x3 image, larger than both sides, stay valid and repeat the border."""
         image = tensor(make_image(height=5, width=3), device, torch.float32)
-        assert_valid(shift_channels(image, shift, "horizontal", -shift, "vertical", shift, "vertical"), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        assert_batch_invariant(shift_channels, image, 4, "horizontal", -3, "vertical", 2, "vertical")
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(shift_channels, shape, 5, "horizontal", -5, "vertical", 20, "horizontal")
-
-    def test_low_precision(self):
-        assert_low_precision_works(shift_channels, 2, "horizontal", 1, "vertical", -3, "horizontal")
+        for shift in (-20, 20, 100):
+            out = shift_channels(image, shift, "horizontal", -shift, "vertical", shift, "vertical")
+            self.check_output(out, image)
 
     def test_invalid_arguments(self):
-        assert_rejects_bad_images(shift_channels, 1, "horizontal", 0, "horizontal", 0, "horizontal")
         image = torch.rand(1, 3, 4, 4)
         with pytest.raises(ValueError, match="`green_direction`"):
             shift_channels(image, 1, "horizontal", 0, "diagonal", 0, "horizontal")

@@ -6,22 +6,19 @@ import pytest
 import torch
 
 from kernels.desaturate import DESATURATE_METHODS, desaturate
-from tests.kernels.conftest import (
-    SHAPES,
-    assert_batch_invariant,
-    assert_cardinality,
-    assert_close,
-    assert_low_precision_works,
-    assert_rejects_bad_images,
-    assert_valid,
-    make_image,
-    tensor,
-    tolerance,
-)
+from tests.kernels.base import KernelTester
+from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
 from tests.kernels.reference import reference_desaturate
 
 
-class TestDesaturate:
+class TestDesaturate(KernelTester):
+    kernel = desaturate
+    args = (0.5, "average")
+    low_precision_args = (0.8, "luminance (Rec.601)")
+    batch_args = [(torch.tensor([0.0, 0.4, 1.0]), method) for method in DESATURATE_METHODS]
+    identity_args = [(0.0, method) for method in DESATURATE_METHODS]
+    extreme_args = [(factor, method) for method in DESATURATE_METHODS for factor in (0.0, 1.0)]
+
     def test_methods_are_fal_spellings(self):
         assert DESATURATE_METHODS == ("luminance (Rec.709)", "luminance (Rec.601)", "average", "lightness")
 
@@ -36,30 +33,6 @@ class TestDesaturate:
         out = desaturate(tensor(make_image(), device), 1.0, "lightness")
         assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
 
-    def test_zero_is_identity(self, device, dtype):
-        image = tensor(make_image(), device, dtype)
-        for method in DESATURATE_METHODS:
-            assert torch.equal(desaturate(image, 0.0, method), image)
-
-    @pytest.mark.parametrize("method", DESATURATE_METHODS)
-    def test_extremes(self, device, method):
-        image = tensor(make_image(), device, torch.float32)
-        for factor in (0.0, 1.0):
-            assert_valid(desaturate(image, factor, method), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        for method in DESATURATE_METHODS:
-            assert_batch_invariant(desaturate, image, torch.tensor([0.0, 0.4, 1.0]), method)
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(desaturate, shape, 0.5, "average")
-
-    def test_low_precision(self):
-        assert_low_precision_works(desaturate, 0.8, "luminance (Rec.601)")
-
     def test_invalid_arguments(self):
-        assert_rejects_bad_images(desaturate, 1.0, "average")
         with pytest.raises(ValueError, match="`method`"):
             desaturate(torch.rand(1, 3, 4, 4), 1.0, "luminance")

@@ -6,18 +6,8 @@ import pytest
 import torch
 
 from kernels.parabolize import parabolize
-from tests.kernels.conftest import (
-    SHAPES,
-    assert_batch_invariant,
-    assert_cardinality,
-    assert_close,
-    assert_low_precision_works,
-    assert_rejects_bad_images,
-    assert_valid,
-    make_image,
-    tensor,
-    tolerance,
-)
+from tests.kernels.base import KernelTester
+from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
 from tests.kernels.reference import reference_parabolize
 
 # (coeff, vertex_x, vertex_y), one value per sample.
@@ -28,7 +18,14 @@ CASES = [
 ]
 
 
-class TestParabolize:
+class TestParabolize(KernelTester):
+    kernel = parabolize
+    args = (1.0, 0.5, 0.5)
+    low_precision_args = (2.0, 0.4, 0.3)
+    batch_args = [(torch.tensor([1.0, -2.0, 7.0]), torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.5, 0.9, 0.0]))]
+    test_identity = None  # no parameters make a parabola the identity
+    extreme_args = [(-10.0, 0.0, 0.0), (10.0, 1.0, 1.0), (10.0, 0.0, 0.0)]
+
     @pytest.mark.parametrize("params", CASES)
     def test_reference(self, device, dtype, params):
         image = make_image()
@@ -40,24 +37,6 @@ class TestParabolize:
         out = parabolize(image, 0.0, 0.3, torch.tensor([0.25, 0.75]))
         assert (out[0] == torch.tensor(0.25, dtype=dtype)).all() and (out[1] == torch.tensor(0.75, dtype=dtype)).all()
 
-    @pytest.mark.parametrize(("coeff", "vertex_x", "vertex_y"), [(-10.0, 0.0, 0.0), (10.0, 1.0, 1.0), (10.0, 0.0, 0.0)])
-    def test_extremes(self, device, coeff, vertex_x, vertex_y):
-        image = tensor(make_image(), device, torch.float32)
-        assert_valid(parabolize(image, coeff, vertex_x, vertex_y), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        params = [torch.tensor([1.0, -2.0, 7.0]), torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.5, 0.9, 0.0])]
-        assert_batch_invariant(parabolize, image, *params)
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(parabolize, shape, 1.0, 0.5, 0.5)
-
-    def test_low_precision(self):
-        assert_low_precision_works(parabolize, 2.0, 0.4, 0.3)
-
     def test_invalid_arguments(self):
-        assert_rejects_bad_images(parabolize, 1.0, 0.5, 0.5)
         with pytest.raises(ValueError, match="`vertex_x`"):
             parabolize(torch.rand(2, 3, 4, 4), 1.0, torch.ones(3), 0.5)

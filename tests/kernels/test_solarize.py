@@ -7,22 +7,19 @@ import pytest
 import torch
 
 from kernels.solarize import solarize
-from tests.kernels.conftest import (
-    SHAPES,
-    assert_batch_invariant,
-    assert_cardinality,
-    assert_close,
-    assert_low_precision_works,
-    assert_rejects_bad_images,
-    assert_valid,
-    make_image,
-    rounded,
-    tensor,
-)
+from tests.kernels.base import KernelTester
+from tests.kernels.conftest import assert_close, make_image, rounded, tensor
 from tests.kernels.reference import reference_solarize
 
 
-class TestSolarize:
+class TestSolarize(KernelTester):
+    kernel = solarize
+    args = (0.5,)
+    low_precision_args = (0.6,)
+    batch_args = [(torch.tensor([0.1, 0.5, 0.95]),)]
+    identity_args = [(1.0,)]
+    extreme_args = [(0.0,), (1.0,)]
+
     @pytest.mark.parametrize("thresholds", [[0.5, 0.5], [0.0, 1.0], [0.25, 0.9]])
     def test_reference(self, device, dtype, thresholds):
         image = rounded(make_image(), dtype)
@@ -37,23 +34,6 @@ class TestSolarize:
         assert torch.equal(solarize(image, 0.0)[0, 0, 0], torch.tensor([0.0, 0.5, 0.0], device=device))
         assert torch.equal(solarize(image, 1.0), image)
 
-    @pytest.mark.parametrize("threshold", [0.0, 1.0])
-    def test_extremes(self, device, threshold):
-        image = tensor(make_image(), device, torch.float32)
-        assert_valid(solarize(image, threshold), image)
-
-    def test_batch_invariance(self):
-        image = tensor(make_image(batch=3), dtype=torch.float32)
-        assert_batch_invariant(solarize, image, torch.tensor([0.1, 0.5, 0.95]))
-
-    @pytest.mark.parametrize("shape", SHAPES)
-    def test_cardinality(self, shape):
-        assert_cardinality(solarize, shape, 0.5)
-
-    def test_low_precision(self):
-        assert_low_precision_works(solarize, 0.6)
-
     def test_invalid_arguments(self):
-        assert_rejects_bad_images(solarize, 0.5)
         with pytest.raises(ValueError, match="`threshold`"):
             solarize(torch.rand(2, 3, 4, 4), [0.5, 0.5])
