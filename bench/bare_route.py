@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from kernels.color import correct_color
-from server.media import decode_image, encode_image, quantize
+from kernels.convert import quantize
+from server.media import decode_image, encode_image
 
 app = FastAPI()
 

@@ -127,8 +127,8 @@ def build_store(root: Path) -> tuple[Path, Path]:
     write_lock(
         lock,
         {
-            PIXART: lock_entry(folder, repo="bench/random-pixart-sigma-xl-2-1024", endpoints=[ENDPOINT]),
-            SAFETY_CHECKER: lock_entry(store / SAFETY_CHECKER, repo="bench/random-nsfw-vit", endpoints=[ENDPOINT]),
+            PIXART: lock_entry(folder, repo="bench/random-pixart-sigma-xl-2-1024"),
+            SAFETY_CHECKER: lock_entry(store / SAFETY_CHECKER, repo="bench/random-nsfw-vit"),
         },
     )
     return store, lock
@@ -197,7 +197,7 @@ def measure_kiln(store: Path, lock: Path, data_dir: Path, repeats: int) -> dict[
 
     settings = Settings(data_dir=data_dir, weights_dir=store, weights_lock=lock, device="cuda")
     prompts = iter(PROMPTS * (repeats + 4))
-    with TestClient(create_app(settings, Registry.load())) as client:
+    with TestClient(create_app(settings, Registry.discover(Settings.pipeline_modules))) as client:
 
         def predict_seconds(steps: int) -> float:
             body = {"prompt": next(prompts), "num_inference_steps": steps, "seed": 0, "image_size": "square_hd"}
@@ -253,7 +253,12 @@ def build_flux_store(root: Path) -> tuple[Path, Path]:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5Tokenizer
 
-    from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT, SCHEDULER_CONFIG, clip_tokenizer
+    from tests.fixtures.tiny_flux import (
+        FLUX_DEV,
+        FLUX_KONTEXT,
+        SCHEDULER_CONFIG,
+        clip_tokenizer,
+    )
 
     store = root / "weights"
     folder = store / FLUX_DEV
@@ -278,14 +283,13 @@ def build_flux_store(root: Path) -> tuple[Path, Path]:
     index = json.loads((folder / "model_index.json").read_text())
     (kontext / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxKontextPipeline"}, indent=2))
     save_random_checker(store)
-    endpoints = [FLUX_ENDPOINT, KONTEXT_ENDPOINT]
     lock = root / "weights.lock"
     write_lock(
         lock,
         {
-            FLUX_DEV: lock_entry(folder, repo="bench/random-flux-1-dev", endpoints=[FLUX_ENDPOINT]),
-            FLUX_KONTEXT: lock_entry(kontext, repo="bench/random-flux-1-kontext-dev", endpoints=[KONTEXT_ENDPOINT]),
-            SAFETY_CHECKER: lock_entry(store / SAFETY_CHECKER, repo="bench/random-nsfw-vit", endpoints=endpoints),
+            FLUX_DEV: lock_entry(folder, repo="bench/random-flux-1-dev"),
+            FLUX_KONTEXT: lock_entry(kontext, repo="bench/random-flux-1-kontext-dev"),
+            SAFETY_CHECKER: lock_entry(store / SAFETY_CHECKER, repo="bench/random-nsfw-vit"),
         },
     )
     return store, lock
@@ -316,7 +320,7 @@ def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> 
     prompts = iter(PROMPTS * (len(ACCELERATION_LEVELS) + 1) * (2 * repeats + 2))
     image = random_image_uri()
     results = {}
-    with TestClient(create_app(settings, Registry.load())) as client:
+    with TestClient(create_app(settings, Registry.discover(Settings.pipeline_modules))) as client:
 
         def img2img(level: str, steps: int) -> float:
             body = {"image_url": image, "prompt": next(prompts), "num_inference_steps": steps, "seed": 0}
@@ -330,7 +334,7 @@ def measure_kiln_flux(store: Path, lock: Path, data_dir: Path, repeats: int) -> 
             )
 
     # a fresh server, so FLUX.1 [dev] and its accelerated copies are not in memory beside Kontext
-    with TestClient(create_app(settings, Registry.load())) as client:
+    with TestClient(create_app(settings, Registry.discover(Settings.pipeline_modules))) as client:
 
         def kontext(steps: int) -> float:
             body = {"image_url": image, "prompt": next(prompts), "num_inference_steps": steps, "seed": 0}

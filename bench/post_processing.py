@@ -39,8 +39,16 @@ import torch
 
 from bench.common import percentile, write_result
 from bench.queue_overhead import start as start_server
-from pipelines.post_processing import EFFECTS, Item, PostProcessingInput, PostProcessingPipeline, apply_effects
-from server.media import RawImage, decode_image, encode_image, quantize
+from kernels.convert import quantize
+from pipelines.contract import RawImage
+from pipelines.post_processing import (
+    EFFECTS,
+    Item,
+    PostProcessingInput,
+    PostProcessingPipeline,
+    apply_effects,
+)
+from server.media import decode_image, encode_image
 from server.weights import WeightsLock, WeightsStore
 from tests.conftest import free_port, png_bytes
 from tests.kernels.reference import (

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from pipelines.contract import Image, RequestContext
 from pipelines.flux import Seed
 from pipelines.kontext_editing import EditSpec, KontextEditPipeline
-from server.context import RequestContext
-from server.schemas import Image
 
 
 def kontext_guidance(seededit_guidance: float) -> float:

@@ -18,8 +18,8 @@ does the rest:
 - Results record their provenance: the weights' lock entry (repo, revision, digest), seed, library
   versions, dtype and the speed-ups in force, plus what the endpoint adds (scheduler, steps...).
 
-Speed-ups. `KILN_DIFFUSION_SPEEDUPS` (`on` by default, `off` runs diffusers as it ships) switches
-the lossless ones: fused QKV projections, the fastest exact attention backend available, and on
+Speed-ups. `PipelineSettings.speedups` (`kiln serve --speedups on|off`; off runs diffusers as it
+ships) switches the lossless ones: fused QKV projections, the fastest exact attention backend available, and on
 CUDA `torch.compile` of the denoiser, plus a cache of text embeddings (negative prompts and style
 templates repeat). They keep the maths, so results differ from stock diffusers only in float
 rounding, and they apply whatever quality level a request asks for. Every text is encoded alone, so
@@ -31,9 +31,9 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
-import os
 import secrets
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -45,17 +45,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from pipelines.base import Pipeline
-from server.context import RequestContext, report_progress
-from server.media import quantize
-from server.schemas import Image
-from server.weights import WeightsStore
+from kernels.convert import quantize
+from pipelines.contract import (
+    Image,
+    Pipeline,
+    PipelineSettings,
+    RequestContext,
+    Weights,
+    report_progress,
+)
 
 logger = logging.getLogger(__name__)
 
 SAFETY_CHECKER = "nsfw-image-detection"
 NSFW_THRESHOLD = 0.5  # fal's: an image is flagged when P(nsfw) > 0.5
-SPEEDUPS_SWITCH = "KILN_DIFFUSION_SPEEDUPS"
 # exact attention kernels, fastest first; the first one the machine has is used
 CUDA_ATTENTION_BACKENDS = ("_flash_3", "flash", "_native_cudnn")
 TEXT_EMBEDDING_CACHE_SIZE = 64
@@ -73,13 +76,10 @@ class Speedups:
     cache_text_embeddings: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device, switch: str | None = None) -> Speedups:
-        """The speed-ups for `device` under `switch` (default: the KILN_DIFFUSION_SPEEDUPS setting)."""
-        switch = (switch if switch is not None else os.environ.get(SPEEDUPS_SWITCH, "on")).strip().lower()
-        if switch == "off":
+    def for_device(cls, device: torch.device, enabled: bool) -> Speedups:
+        """The speed-ups for `device`; none when the operator switched them off."""
+        if not enabled:
             return cls()
-        if switch != "on":
-            raise ValueError(f"{SPEEDUPS_SWITCH} must be `on` or `off`, not {switch!r}")
         if device.type == "cuda":
             return cls(
                 fuse_qkv=True, attention_backends=CUDA_ATTENTION_BACKENDS, compile=True, cache_text_embeddings=True
@@ -172,6 +172,8 @@ class GeneratedImages(Generic[GenerationT]):
     generation: GenerationT
     pixels: list[np.ndarray]  # (H, W, 3) uint8 each
     has_nsfw_concepts: list[bool]
+    # wall time of the diffusers call and the safety check: fal's `timings.inference`
+    inference_seconds: float
 
 
 def progress_arguments(pipe: Any, requests: Sequence[RequestContext], planned_steps: int) -> dict[str, Any]:
@@ -215,7 +217,7 @@ def _load_shared(
     device: torch.device,
     dtype: torch.dtype,
     speedups: Speedups,
-    weights: WeightsStore,
+    weights: Weights,
 ) -> LoadedPipeline:
     import diffusers
 
@@ -260,10 +262,10 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
 
     # -- setup -------------------------------------------------------------------------------------
 
-    def setup(self, device: torch.device, weights: WeightsStore) -> None:
-        super().setup(device, weights)
+    def setup(self, device: torch.device, weights: Weights, settings: PipelineSettings) -> None:
+        super().setup(device, weights, settings)
         self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.speedups = Speedups.for_device(device)
+        self.speedups = Speedups.for_device(device, settings.speedups)
         self.loaded = _load_shared(self.diffusers_class, self.model, device, self.dtype, self.speedups, weights)
         self.pipe, self.applied_speedups = self.loaded.pipe, self.loaded.applied_speedups
         self.safety_checker = SafetyChecker(weights.verified_folder(SAFETY_CHECKER), device, self.dtype)
@@ -299,7 +301,7 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
 
     def decode(self, inputs: BaseModel, request: RequestContext) -> GenerationT:
         generation = self.plan(inputs, request)
-        request.provenance.update({**self.setup_provenance, "seed": generation.seed, **generation.provenance})
+        request.add_provenance({**self.setup_provenance, "seed": generation.seed, **generation.provenance})
         return generation
 
     def predict(
@@ -307,7 +309,7 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
     ) -> list[GeneratedImages[GenerationT]]:
         return [self._run(generation, request) for generation, request in zip(items, requests)]
 
-    def encode(self, prediction: GeneratedImages[GenerationT], request: RequestContext) -> BaseModel:
+    def encode(self, prediction: GeneratedImages[GenerationT], inputs: BaseModel, request: RequestContext) -> BaseModel:
         generation = prediction.generation
         images = [
             request.image_output(pixels, image_format=generation.output_format, sync_mode=generation.sync_mode)
@@ -322,10 +324,11 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
 
     def _run(self, generation: GenerationT, request: RequestContext) -> GeneratedImages[GenerationT]:
         generators = [torch.Generator("cpu").manual_seed(generation.seed + i) for i in range(generation.num_images)]
+        start = time.perf_counter()
         try:
             with torch.inference_mode():
                 images = self.generate(generation, generators, [request])
-                return self._checked(generation, quantize(images))
+                return self._checked(generation, quantize(images), start)
         except torch.OutOfMemoryError as error:
             message = str(error)
         # here the failed call's frames, which hold its activations, are gone and can be freed
@@ -333,9 +336,9 @@ class DiffusionPipeline(Pipeline[BaseModel, GenerationT, GeneratedImages]):
             torch.cuda.empty_cache()
         raise torch.OutOfMemoryError(message)
 
-    def _checked(self, generation: GenerationT, pixels: torch.Tensor) -> GeneratedImages[GenerationT]:
+    def _checked(self, generation: GenerationT, pixels: torch.Tensor, start: float) -> GeneratedImages[GenerationT]:
         """Black for every image the safety checker flags, when the request enables it."""
         images = pixels.permute(0, 2, 3, 1).cpu().numpy()
         flags = self.safety_checker.flags(images) if generation.enable_safety_checker else [False] * len(images)
         images[flags] = 0
-        return GeneratedImages(generation, list(images), flags)
+        return GeneratedImages(generation, list(images), flags, time.perf_counter() - start)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BeforeValidator, Field
 
+from pipelines.contract import RawImage
 from pipelines.diffusion import DiffusionPipeline, Generation
-from server.media import RawImage
 
 SIZE_MULTIPLE = 16
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, diffusers' and BFL's default for FLUX.1 [dev]

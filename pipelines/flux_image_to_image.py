@@ -35,7 +35,20 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from pipelines.diffusion import COMPILE_MODE, GeneratedImages, Generation, progress_arguments
+from pipelines.contract import (
+    FieldError,
+    Image,
+    PipelineSettings,
+    RawImage,
+    RequestContext,
+    Weights,
+)
+from pipelines.diffusion import (
+    COMPILE_MODE,
+    GeneratedImages,
+    Generation,
+    progress_arguments,
+)
 from pipelines.flux import (
     GUIDANCE_DESCRIPTION,
     OUTPUT_SEED_DESCRIPTION,
@@ -46,11 +59,6 @@ from pipelines.flux import (
     output_size,
     resized_rgb,
 )
-from server.context import RequestContext
-from server.errors import FieldError
-from server.media import RawImage
-from server.schemas import Image
-from server.weights import WeightsStore
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +155,8 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
             )
         return super().prepare(inputs)
 
-    def setup(self, device: torch.device, weights: WeightsStore) -> None:
-        super().setup(device, weights)
+    def setup(self, device: torch.device, weights: Weights, settings: PipelineSettings) -> None:
+        super().setup(device, weights, settings)
         self.transformer_folder = weights.verified_folder(self.model) / "transformer"
         self.fp8_unavailable = fp8_unavailable_reason(device)
         # the transformer for each settings a request has needed, built on first use
@@ -246,7 +254,11 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
         # compiled last, once quantised and cached
         dataclasses.replace(self.speedups, compile=False).apply(denoiser)
         if settings.fp8:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                PerRow,
+                quantize_,
+            )
 
             quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
         if settings.first_block_cache:
@@ -263,7 +275,7 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
     ) -> FluxImageToImageOutput:
         return FluxImageToImageOutput(
             images=images,
-            timings={"inference": request.timings.get("predict", 0.0)},
+            timings={"inference": result.inference_seconds},
             seed=result.generation.seed,
             has_nsfw_concepts=result.has_nsfw_concepts,
             prompt=result.generation.prompt,

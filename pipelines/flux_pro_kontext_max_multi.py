@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from pipelines.contract import Image, RequestContext
 from pipelines.flux import (
     GUIDANCE_DESCRIPTION,
     OUTPUT_SEED_DESCRIPTION,
@@ -22,8 +23,6 @@ from pipelines.flux import (
     SyncMode,
 )
 from pipelines.kontext_editing import EditSpec, KontextEditPipeline, kontext_pro_spec
-from server.context import RequestContext
-from server.schemas import Image
 
 MAX_REFERENCES = 4
 
@@ -68,7 +67,7 @@ class KontextMaxMultiPipeline(KontextEditPipeline):
     def output(self, result, images: list[Image], request: RequestContext) -> KontextMaxMultiOutput:
         return KontextMaxMultiOutput(
             images=images,
-            timings={"inference": request.timings.get("predict", 0.0)},
+            timings={"inference": result.inference_seconds},
             seed=result.generation.seed,
             has_nsfw_concepts=result.has_nsfw_concepts,
             prompt=result.generation.instruction,

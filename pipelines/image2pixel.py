@@ -54,13 +54,11 @@ The nine choices where the reference is buggy or fal's schema is silent, each wi
 
 Also: a cell is opaque when at least half its pixels are, for every method (the Rust rule); content-adaptive
 at scale 1 returns the image rather than halving it; images over `MAX_SIDE` px a side or `MAX_PIXELS` pixels
-(environment `KILN_IMAGE2PIXEL_MAX_SIDE` and `KILN_IMAGE2PIXEL_MAX_PIXELS`) are refused with a 422 on
-`image_url`, where the reference raises. Kiln addition: `sync_mode`.
+are refused with a 422 on `image_url`, where the reference raises. Kiln addition: `sync_mode`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
@@ -80,14 +78,10 @@ from kernels.pixel_cleanup import (
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells
 from kernels.pixel_palette import estimate_color_count, map_to_palette, unique_colors, wu_palette
 from kernels.pixel_scale import Grid, detect_grid_edges, detect_grid_runs, edge_profiles, grid_offsets
-from pipelines.base import Pipeline
-from server.context import RequestContext
-from server.errors import FieldError
-from server.media import RawImage
-from server.schemas import Image
+from pipelines.contract import FieldError, Image, Pipeline, RawImage, RequestContext
 
-MAX_SIDE = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_SIDE", "8192"))
-MAX_PIXELS = int(os.environ.get("KILN_IMAGE2PIXEL_MAX_PIXELS", str(16 * 1024 * 1024)))
+MAX_SIDE = 8192
+MAX_PIXELS = 16 * 1024 * 1024
 # The estimate's cap when `max_colors` is null, the reference's.
 AUTO_COLOR_CAP = 32
 
@@ -301,7 +295,7 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
         for item, request in zip(items, requests):
             result = pixelate(item.image.to(self.device).unsqueeze(0), item.inputs)
             grid = result.grid
-            request.provenance.update(
+            request.add_provenance(
                 {
                     "detected_by": result.detected_by,
                     "grid_offset": [grid.offset_y, grid.offset_x],
@@ -315,8 +309,7 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
             results.append(result)
         return results
 
-    def encode(self, prediction: Pixelated, request: RequestContext) -> Image2PixelOutput:
-        inputs = request.inputs
+    def encode(self, prediction: Pixelated, inputs: Image2PixelInput, request: RequestContext) -> Image2PixelOutput:
         scale = prediction.grid.scale
         native = prediction.native
         full = native.repeat_interleave(scale, 1).repeat_interleave(scale, 2)

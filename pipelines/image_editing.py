@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from pipelines.contract import Image, RequestContext
 from pipelines.flux import (
     GUIDANCE_DESCRIPTION,
     SAFETY_TOLERANCE_DESCRIPTION,
@@ -22,8 +23,6 @@ from pipelines.flux import (
     SyncMode,
 )
 from pipelines.kontext_editing import EditSpec, KontextEditPipeline, kontext_pro_spec
-from server.context import RequestContext
-from server.schemas import Image
 
 
 class ImageEditingInput(BaseModel):

@@ -36,13 +36,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from pipelines.contract import RawImage, RequestContext
 from pipelines.diffusion import Generation, progress_arguments
-from pipelines.flux import FluxDiffusionPipeline, output_size, resized_rgb, round_to_multiple
-from server.context import RequestContext
-from server.media import RawImage
-from server.schemas import Image
+from pipelines.flux import (
+    FluxDiffusionPipeline,
+    output_size,
+    resized_rgb,
+    round_to_multiple,
+)
 
 MAX_AREA = 1024 * 1024
 KONTEXT_STEPS = 28  # diffusers' and BFL's default for Kontext [dev]
@@ -230,16 +233,3 @@ def kontext_pro_spec(inputs: BaseModel, *, instruction: str, image_urls: ImageUr
         ignored=ignored_fields(inputs, ["safety_tolerance"]),
         **settings,
     )
-
-
-class File(BaseModel):
-    """fal's `File` output type: an image's file without its pixel size."""
-
-    url: str = Field(description="The URL where the file can be downloaded from.")
-    content_type: str | None = Field(None, description="The mime type of the file.")
-    file_name: str | None = Field(None, description="The name of the file.")
-    file_size: int | None = Field(None, description="The size of the file in bytes.")
-
-    @classmethod
-    def of(cls, image: Image) -> File:
-        return cls(**image.model_dump(include=set(cls.model_fields)))

@@ -14,10 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pipelines.contract import File, Image, RequestContext
 from pipelines.flux import Seed, SyncMode
-from pipelines.kontext_editing import EditSpec, File, KontextEditPipeline
-from server.context import RequestContext
-from server.schemas import Image
+from pipelines.kontext_editing import EditSpec, KontextEditPipeline
 
 
 class LumaPhotonModifyInput(BaseModel):

@@ -26,10 +26,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from pipelines.diffusion import DiffusionPipeline, GeneratedImages, Generation, progress_arguments
-from server.context import RequestContext
-from server.schemas import Image
-from server.weights import WeightsStore
+from pipelines.contract import Image, PipelineSettings, RequestContext, Weights
+from pipelines.diffusion import (
+    DiffusionPipeline,
+    GeneratedImages,
+    Generation,
+    progress_arguments,
+)
 
 MAX_SEQUENCE_LENGTH = 300  # PixArt-Sigma's T5 length, as in its app
 MAX_IMAGE_SIDE = 14142  # fal's ImageSize bound
@@ -197,15 +200,15 @@ class PixArtSigmaPipeline(DiffusionPipeline[PixArtGeneration]):
     model: ClassVar[str] = "pixart-sigma-xl-2-1024-ms"
 
     @classmethod
-    def unavailable_reason(cls, weights: WeightsStore) -> str | None:
+    def unavailable_reason(cls, weights: Weights) -> str | None:
         missing = [module for module in ("ftfy", "bs4") if importlib.util.find_spec(module) is None]
         if missing:
             # without them diffusers silently skips caption cleaning and prompts would differ from fal's
             return f"{cls.endpoint_id} cannot run: PixArt's caption cleaning needs {', '.join(missing)} installed"
         return super().unavailable_reason(weights)
 
-    def setup(self, device: torch.device, weights: WeightsStore) -> None:
-        super().setup(device, weights)
+    def setup(self, device: torch.device, weights: Weights, settings: PipelineSettings) -> None:
+        super().setup(device, weights, settings)
         self.scheduler_config = self.pipe.scheduler.config
 
     def plan(self, inputs: PixArtSigmaInput, request: RequestContext) -> PixArtGeneration:
@@ -283,7 +286,7 @@ class PixArtSigmaPipeline(DiffusionPipeline[PixArtGeneration]):
     ) -> PixArtSigmaOutput:
         return PixArtSigmaOutput(
             images=images,
-            timings={"inference": request.timings.get("predict", 0.0)},
+            timings={"inference": result.inference_seconds},
             seed=result.generation.seed,
             has_nsfw_concepts=result.has_nsfw_concepts,
             prompt=result.generation.prompt,

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from kernels.blur import gaussian_blur, kuwahara_blur
 from kernels.chromatic import shift_channels
 from kernels.color import correct_color
+from kernels.convert import quantize
 from kernels.desaturate import DESATURATE_METHODS, desaturate
 from kernels.dissolve import dissolve, resize_to
 from kernels.dodge_burn import DODGE_BURN_MODES, dodge_burn
@@ -39,11 +40,7 @@ from kernels.sharpen import sharpen_basic, sharpen_cas, sharpen_smart
 from kernels.solarize import solarize
 from kernels.tint import TINT_MODES, tint
 from kernels.vignette import apply_vignette
-from pipelines.base import Pipeline
-from server.context import RequestContext
-from server.errors import FieldError
-from server.media import RawImage, quantize
-from server.schemas import Image
+from pipelines.contract import FieldError, Image, Pipeline, RawImage, RequestContext
 
 Direction = Literal["horizontal", "vertical"]
 SharpenMode = Literal["basic", "smart", "cas"]
@@ -321,7 +318,7 @@ class EffectsPipeline(Pipeline[BaseModel, Item, np.ndarray]):
         dissolve_image = None
         if getattr(inputs, "enable_dissolve", False):
             dissolve_image = request.fetch_image(inputs.dissolve_image_url, "dissolve_image_url")
-        request.provenance.update(self.provenance(inputs))
+        request.add_provenance(self.provenance(inputs))
         return Item(inputs, image, dissolve_image)
 
     def provenance(self, inputs: BaseModel) -> dict[str, object]:
@@ -340,8 +337,7 @@ class EffectsPipeline(Pipeline[BaseModel, Item, np.ndarray]):
         pixels = quantize(apply_effects(images, items, self.effects)).permute(0, 2, 3, 1).cpu().numpy()
         return list(pixels)
 
-    def encode(self, prediction: np.ndarray, request: RequestContext) -> BaseModel:
-        inputs = request.inputs
+    def encode(self, prediction: np.ndarray, inputs: BaseModel, request: RequestContext) -> BaseModel:
         return self.Output(images=[request.image_output(prediction, sync_mode=inputs.sync_mode)])
 
 

@@ -10,8 +10,13 @@ import dataclasses
 
 from pydantic import BaseModel, Field
 
-from pipelines.post_processing import SHARPEN, EffectsPipeline, KilnImageFields, SharpenFields
-from server.schemas import Image
+from pipelines.contract import Image
+from pipelines.post_processing import (
+    SHARPEN,
+    EffectsPipeline,
+    KilnImageFields,
+    SharpenFields,
+)
 
 
 class SharpenInput(SharpenFields, KilnImageFields):

@@ -17,10 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from pipelines.contract import File, Image, RequestContext
 from pipelines.flux import Seed, SyncMode
-from pipelines.kontext_editing import EditSpec, File, KontextEditPipeline, ignored_fields
-from server.context import RequestContext
-from server.schemas import Image
+from pipelines.kontext_editing import EditSpec, KontextEditPipeline, ignored_fields
 
 STYLES = (
     "any",

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from pipelines.flux import GUIDANCE_DESCRIPTION, OUTPUT_SEED_DESCRIPTION, OutputFormat, Seed, SyncMode
+from pipelines.contract import Image, RequestContext
+from pipelines.flux import (
+    GUIDANCE_DESCRIPTION,
+    OUTPUT_SEED_DESCRIPTION,
+    OutputFormat,
+    Seed,
+    SyncMode,
+)
 from pipelines.kontext_editing import EditSpec, KontextEditPipeline, ignored_fields
-from server.context import RequestContext
-from server.schemas import Image
 
 
 class Step1XEditInput(BaseModel):

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
-    registry = registry or Registry.load(extra=settings.extra_pipelines)
+    if registry is None:
+        registry = Registry.discover(settings.pipeline_modules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -8,7 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from server.config import LOOPBACK_HOST, Settings, default_data_dir, default_weights_lock, is_loopback_host
+from server.config import (
+    LOOPBACK_HOST,
+    Settings,
+    default_data_dir,
+    default_weights_lock,
+    is_loopback_host,
+)
+from server.registry import Registry
 from server.weights import (
     MISMATCH,
     OK,
@@ -90,7 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-threads", type=int, default=1, help="PyTorch threads for work on the CPU (default: %(default)s)"
     )
     serve.add_argument(
-        "--pipeline", action="append", default=[], metavar="MODULE:CLASS", help="serve an extra pipeline class"
+        "--pipeline",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also serve the endpoints defined in this module (or each module of this package), repeatable",
+    )
+    serve.add_argument(
+        "--speedups",
+        choices=["on", "off"],
+        default=os.environ.get("KILN_SPEEDUPS", "on"),
+        help="the pipelines' lossless speed-ups; off runs diffusers as it ships; also KILN_SPEEDUPS (default: on)",
     )
     serve.add_argument("--max-batch-size", type=int, default=8, help="most requests one device call runs together")
     serve.add_argument(
@@ -127,7 +144,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         tls_key=args.tls_key,
         device=args.device,
         cpu_threads=args.cpu_threads,
-        extra_pipelines=tuple(args.pipeline),
+        pipeline_modules=(*Settings.pipeline_modules, *args.pipeline),
+        speedups=args.speedups == "on",
         max_batch_size=args.max_batch_size,
         retention_seconds=args.retention_hours * 3600,
         weights_dir=args.weights_dir,
@@ -159,9 +177,10 @@ def weights(args: argparse.Namespace) -> int:
     lock = WeightsLock.load(args.weights_lock)
     store = WeightsStore(args.weights_dir or args.data_dir / "weights", lock)
     if args.weights_command == "list":
+        users = Registry.discover(Settings.pipeline_modules).models()
         for name, model in lock.models.items():
             print(f"{name}\t{model.repo}@{model.revision[:12]}\t{model.license}{' (gated)' if model.gated else ''}")
-            print(f"\t{describe(store, name)}\t{', '.join(model.endpoints)}")
+            print(f"\t{describe(store, name)}\t{', '.join(users.get(name, ()))}")
         return 0
     if args.weights_command == "lock":
         lock = WeightsLock(lock.path, {**lock.models, args.name: lock_from_hub(lock.get(args.name))})

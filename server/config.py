@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.contract import PipelineSettings
+
 LOOPBACK_HOST = "127.0.0.1"
 
 
@@ -47,7 +49,10 @@ class Settings:
     device: str = "auto"
     # torch intra-op threads for work on the CPU; small tensors get slower, not faster, with more
     cpu_threads: int = 1
-    extra_pipelines: tuple[str, ...] = ()
+    # modules (or packages of modules) whose endpoint classes this server serves
+    pipeline_modules: tuple[str, ...] = ("pipelines",)
+    # the pipelines' lossless speed-ups; off runs the libraries as they ship
+    speedups: bool = True
     # model weights are kept under data_dir unless given a folder of their own
     weights_dir: Path | None = None
     weights_lock: Path = field(default_factory=default_weights_lock)
@@ -83,6 +88,10 @@ class Settings:
         if host in ("0.0.0.0", "[::]"):
             host = LOOPBACK_HOST
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def pipeline_settings(self) -> PipelineSettings:
+        return PipelineSettings(speedups=self.speedups)
 
     @property
     def database_path(self) -> Path:

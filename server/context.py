@@ -1,27 +1,22 @@
-"""What a pipeline sees of one request while a worker runs it: inputs, logs, cancel, files, timings."""
+"""The server's side of `pipelines.contract.RequestContext`: one running request, as a worker runs it."""
 
 from __future__ import annotations
 
 import base64
-import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
-from server.errors import Cancelled, FieldError
-from server.fetch import FetchError, Fetched, UrlFetcher
+from pipelines.contract import Cancelled, FieldError, Image, RawImage
+from server.fetch import Fetched, FetchError, UrlFetcher
 from server.files import FileStore
-from server.media import CONTENT_TYPES, ImageDecodeError, RawImage, decode_image, encode_image
-from server.schemas import Image
+from server.media import CONTENT_TYPES, ImageDecodeError, decode_image, encode_image
 from server.store import Job, JobStore
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,66 +34,47 @@ class Interrupted(Exception):
     """The server is shutting down; the request goes back to the queue instead of failing."""
 
 
-class RequestContext:
+class RunningRequest:
+    """A claimed job while its worker runs it: what the pipeline may ask of it (the contract's
+    `RequestContext`) plus what the worker records about it (timings, provenance)."""
+
     def __init__(self, job: Job, *, store: JobStore, media: MediaIO, stopping: threading.Event) -> None:
-        self.request_id = job.request_id
-        self.endpoint = job.endpoint
-        self.inputs: BaseModel | None = None  # the validated inputs, set before `decode`
-        self.attempt = job.attempts
-        self.timings: dict[str, float] = {}
-        self.provenance: dict[str, Any] = {}
+        self.job = job
         self.cancelled = threading.Event()
         if job.cancel_requested:
             self.cancelled.set()
+        self.timings: dict[str, float] = {}
+        self.provenance: dict[str, Any] = {}
         self._store = store
         self._media = media
         self._stopping = stopping
 
+    @property
+    def request_id(self) -> str:
+        return self.job.request_id
+
+    # -- the contract ----------------------------------------------------------------------
+
     def log(self, message: str, level: str = "INFO") -> None:
         self._store.append_logs(self.request_id, [(level, message)])
 
+    def is_cancelled(self) -> bool:
+        return self.cancelled.is_set()
+
     def raise_if_cancelled(self) -> None:
-        """Stops the request here if it was cancelled or the server is shutting down."""
         if self._stopping.is_set():
             raise Interrupted()
         if self.cancelled.is_set():
             raise Cancelled()
 
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        """Adds the wall time of the block to `timings[stage]` (seconds)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
-
-    # -- inputs ----------------------------------------------------------------------------
-
-    def fetch(self, url: str, field: str) -> Fetched:
-        """The bytes behind a `*_url` input: this server's own file, a data URI or http(s)."""
-        stored = self._media.files.resolve(url)
-        if stored is not None:
-            return Fetched(stored.path.read_bytes(), stored.content_type, url)
-        try:
-            return self._media.fetcher.fetch(url)
-        except FetchError as error:
-            raise FieldError(field, str(error), type=error.kind) from None
-
-    def fetch_image(self, url: str, field: str) -> RawImage:
-        fetched = self.fetch(url, field)
+    def fetch_image(self, url: str, field: str | tuple[str | int, ...]) -> RawImage:
+        fetched = self._fetch(url, field)
         try:
             return decode_image(fetched.data, max_pixels=self._media.max_image_pixels)
         except ImageDecodeError as error:
             raise FieldError(field, str(error), type=error.kind) from None
 
-    # -- outputs ---------------------------------------------------------------------------
-
     def image_output(self, pixels: np.ndarray, *, image_format: str = "png", sync_mode: bool = False) -> Image:
-        """Encodes `(H, W, C)` uint8 pixels and returns fal's Image object for them.
-
-        With `sync_mode` the image travels inline as a data URI and nothing is written to storage.
-        """
         data = encode_image(
             pixels,
             image_format=image_format,
@@ -116,13 +92,26 @@ class RequestContext:
             url=url, content_type=content_type, file_name=file_name, file_size=len(data), width=width, height=height
         )
 
+    def add_provenance(self, fields: Mapping[str, Any]) -> None:
+        self.provenance.update(fields)
 
-def report_progress(requests: Sequence[RequestContext], step: int, total: int) -> None:
-    """Logs `step i/n` for every request of a batch; stops the batch once all were cancelled or
-    the server is shutting down. Pipelines call it once per step."""
-    live = [request for request in requests if not request.cancelled.is_set()]
-    if not live:
-        raise Cancelled()
-    live[0].raise_if_cancelled()
-    for request in live:
-        request.log(f"step {step}/{total}")
+    # -- the worker's records --------------------------------------------------------------
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the wall time of the block to `timings[stage]` (seconds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    def _fetch(self, url: str, field: str | tuple[str | int, ...]) -> Fetched:
+        """The bytes behind a `*_url` input: this server's own file, a data URI or http(s)."""
+        stored = self._media.files.resolve(url)
+        if stored is not None:
+            return Fetched(stored.path.read_bytes(), stored.content_type, url)
+        try:
+            return self._media.fetcher.fetch(url)
+        except FetchError as error:
+            raise FieldError(field, str(error), type=error.kind) from None

@@ -1,5 +1,10 @@
 """Background upkeep: requeue requests whose worker vanished, expire start deadlines, and delete
-results and files older than the retention period."""
+results and files older than the retention period.
+
+It runs every `interval_seconds`, and also wakes at the next request's start deadline (a submit
+with a deadline wakes it to look), so an `X-Fal-Request-Timeout` fires on time, not up to an
+interval late.
+"""
 
 from __future__ import annotations
 
@@ -27,15 +32,31 @@ class Maintenance(threading.Thread):
         self._last_purge = 0.0
         self._stopping = threading.Event()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        self._store.changes.schedule_changed.set()
+        if self.is_alive():
+            self.join(timeout)
 
     def run(self) -> None:
-        while not self._stopping.wait(self._interval):
+        while not self._stopping.is_set():
+            self._sleep()
+            if self._stopping.is_set():
+                return
             try:
                 self.run_once()
             except Exception:
                 logger.exception("maintenance pass failed; retrying")
+
+    def _sleep(self) -> None:
+        """Until the next pass is due or the next start deadline passes, whichever is first."""
+        changed = self._store.changes.schedule_changed
+        changed.clear()
+        timeout = self._interval
+        deadline = self._store.next_start_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - time.time()))
+        changed.wait(timeout)
 
     def run_once(self) -> None:
         failed = self._store.recover()

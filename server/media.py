@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from pipelines.contract import RawImage
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP")
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -25,34 +26,6 @@ class ImageDecodeError(ValueError):
     def __init__(self, message: str, kind: str = "image_load_error") -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class RawImage:
-    """Decoded pixels, not yet scaled: `(C, H, W)` with C = 3 (RGB) or 4 (RGBA).
-
-    Kept as integers so the conversion to float happens on the device that runs the pipeline.
-    """
-
-    pixels: torch.Tensor
-    max_value: int
-
-    @property
-    def height(self) -> int:
-        return self.pixels.shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.pixels.shape[2]
-
-    @property
-    def has_alpha(self) -> bool:
-        return self.pixels.shape[0] == 4
-
-    def to_float(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """`(C, H, W)` in [0, 1] on `device`."""
-        pixels = self.pixels.to(device, non_blocking=True)
-        return pixels.to(dtype) / self.max_value
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> RawImage:
@@ -94,11 +67,6 @@ def _to_raw(image: Image.Image) -> RawImage:
     image = image.convert("RGBA" if has_alpha else "RGB")
     array = np.asarray(image, dtype=np.uint8)
     return RawImage(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), 255)
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """`(B, C, H, W)` floats in [0, 1] -> uint8 with round-half-up, on the tensor's own device."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
 
 
 def encode_image(pixels: np.ndarray, *, image_format: str, jpeg_quality: int = 95, png_compression: int = 1) -> bytes:

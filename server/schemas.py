@@ -1,21 +1,10 @@
-"""Pydantic models of fal's protocol bodies and of the file types its endpoints share."""
+"""Pydantic models of fal's protocol bodies."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-
-
-class Image(BaseModel):
-    """fal's `Image` output type."""
-
-    url: str = Field(description="The URL where the file can be downloaded from.")
-    content_type: str | None = Field(default=None, description="The mime type of the file.")
-    file_name: str | None = Field(default=None, description="The name of the file.")
-    file_size: int | None = Field(default=None, description="The size of the file in bytes.")
-    width: int | None = Field(default=None, description="The width of the image in pixels.")
-    height: int | None = Field(default=None, description="The height of the image in pixels.")
 
 
 class LogLine(BaseModel):
@@ -50,6 +39,18 @@ class ErrorBody(BaseModel):
     error_type: str | None = None
 
 
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI's 422 body, which Kiln also uses for inputs a pipeline rejects."""
+
+    detail: list[ValidationErrorItem]
+
+
 class CdnToken(BaseModel):
     token: str
     token_type: str
@@ -71,9 +72,28 @@ class UploadedFile(BaseModel):
     access_url: str
 
 
+class Jwk(BaseModel):
+    kty: str
+    crv: str
+    x: str
+    kid: str
+    use: str
+    alg: str
+
+
+class Jwks(BaseModel):
+    keys: list[Jwk]
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
     devices: list[str]
-    workers: dict[str, str]
-    endpoints: dict[str, str]
+    workers: dict[str, str] = Field(description="Device -> `starting`, `ready`, `busy` or `stopped`")
+    endpoints: dict[str, str] = Field(description="Endpoint id -> `available`, or why it cannot run here")
+    pipelines: dict[str, dict[str, str]] = Field(
+        description="Device -> endpoint id -> `loading`, `ready` or `error: …` (cold endpoints are absent)"
+    )
+    broken_modules: dict[str, str] = Field(
+        default_factory=dict, description="Pipeline modules that could not be imported, and why"
+    )

@@ -64,6 +64,7 @@ class Services:
             store=store,
             registry=registry,
             weights=weights,
+            settings=settings.pipeline_settings,
             media=MediaIO(fetcher=fetcher, files=files, max_image_pixels=settings.max_image_pixels),
             max_batch_size=settings.max_batch_size,
             heartbeat_seconds=settings.heartbeat_seconds,
@@ -98,6 +99,7 @@ class Services:
         return services
 
     def stop(self) -> None:
+        """Stops every thread that uses the store, waiting for each, then closes the store."""
         self.maintenance.stop()
         self.dispatcher.stop()
         self.pool.stop()

@@ -89,8 +89,10 @@ class WebhookDispatcher(threading.Thread):
         self._poll = poll_seconds
         self._stopping = threading.Event()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        if self.is_alive():
+            self.join(timeout)
 
     def run(self) -> None:
         while not self._stopping.wait(self._poll):

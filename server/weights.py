@@ -3,7 +3,7 @@
 `weights.lock` (JSON, at the repository root) names every model Kiln can load:
 
     {"version": 1, "models": {"<name>": {"repo": "owner/name", "revision": "<40-hex commit>",
-      "license": "...", "gated": false, "endpoints": ["fal-ai/..."],
+      "license": "...", "gated": false,
       "files": [{"path": "vae/config.json", "size": 631, "sha256": "<64 hex>"}, ...]}}}
 
 The store (`<data-dir>/weights` unless `--weights-dir`) holds one folder per model in its repository's
@@ -86,7 +86,6 @@ class LockedModel:
     revision: str
     license: str
     gated: bool
-    endpoints: tuple[str, ...]
     files: tuple[LockedFile, ...]
 
     @property
@@ -120,7 +119,6 @@ class LockedModel:
             "revision": self.revision,
             "license": self.license,
             "gated": self.gated,
-            "endpoints": list(self.endpoints),
             "files": [file.to_json() for file in self.files],
         }
 
@@ -138,7 +136,6 @@ class LockedModel:
                 revision=entry["revision"],
                 license=entry.get("license", "unknown"),
                 gated=bool(entry.get("gated", False)),
-                endpoints=tuple(entry.get("endpoints", ())),
                 files=files,
             )
         except (KeyError, TypeError) as error:
@@ -545,7 +542,6 @@ def lock_from_hub(model: LockedModel) -> LockedModel:
         revision=info.sha,
         license=model.license,
         gated=model.gated,
-        endpoints=model.endpoints,
         files=tuple(files),
     )
 

@@ -1,43 +1,45 @@
 """The in-process worker pool: one worker thread per CUDA device (one CPU worker without CUDA).
 
-A worker claims the next request and any queued requests of the same endpoint (up to the
-pipeline's batch size), decodes them on host threads, runs compatible ones through one `predict`
-call, encodes and completes each. It keeps the pipelines it has set up warm and, when the device
-runs out of memory, evicts the least recently used ones and tries again. A request's failure,
-out-of-memory included, completes that request with an error; the worker carries on. A separate
-heartbeat thread renews the leases of running requests and relays cancellations.
+A worker claims queued requests of one endpoint, as many as it will run in one `predict` call, and
+runs them as a batch (`Worker.run_batch`): set up the pipeline, decode on host threads, group,
+predict, check one prediction per request, encode, check the output model, complete. A failure at
+any step completes the requests it concerns with fal's error shape and a status-log line naming the
+step; the worker carries on. A heartbeat thread renews the leases of running requests and relays
+cancellations.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import platform
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
 
 import server
-from server.context import Interrupted, MediaIO, RequestContext
-from server.errors import Cancelled, EndpointUnavailable, FieldError, KilnError
+from pipelines.contract import (
+    Cancelled,
+    FieldError,
+    KilnError,
+    Pipeline,
+    PipelineSettings,
+    Weights,
+)
+from server.context import Interrupted, MediaIO, RunningRequest
+from server.errors import EndpointUnavailable
+from server.pipeline_cache import OUT_OF_MEMORY, PipelineCache
 from server.registry import Registry
 from server.store import Job, JobResult, JobStore
-from server.weights import WeightsStore
 
 logger = logging.getLogger(__name__)
-
-OUT_OF_MEMORY = KilnError(
-    "The device ran out of memory running this request; try a smaller image or fewer images",
-    status_code=503,
-    error_type="out_of_memory",
-)
 
 
 def resolve_devices(setting: str) -> list[torch.device]:
@@ -63,6 +65,20 @@ def exit_process() -> None:
     os._exit(70)
 
 
+def runner_error(message: str) -> KilnError:
+    """A failure of the endpoint's code, not of the caller's input."""
+    return KilnError(message, error_type="runner_server_error")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request whose inputs are validated and decoded: what `predict` and `encode` take."""
+
+    request: RunningRequest
+    inputs: BaseModel
+    item: Any
+
+
 class Worker(threading.Thread):
     def __init__(
         self,
@@ -71,7 +87,8 @@ class Worker(threading.Thread):
         worker_id: str,
         store: JobStore,
         registry: Registry,
-        weights: WeightsStore,
+        weights: Weights,
+        settings: PipelineSettings,
         media: MediaIO,
         max_batch_size: int,
         on_fatal_error: Callable[[], None],
@@ -81,25 +98,22 @@ class Worker(threading.Thread):
         self.device = device
         self.worker_id = worker_id
         self.state = "starting"
+        self.pipelines = PipelineCache(device, weights, settings)
         self._store = store
         self._registry = registry
-        self._weights = weights
         self._media = media
-        self._batch_limits = {
-            endpoint.endpoint_id: min(max_batch_size, endpoint.pipeline.max_batch_size)
-            for endpoint in registry
-            if endpoint.pipeline is not None
-        }
+        self._max_claim = {pipeline.endpoint_id: min(max_batch_size, pipeline.max_batch_size) for pipeline in registry}
+        # how many requests of an endpoint the next claim takes: what the last batch could run in one call
+        self._claim_limits = dict(self._max_claim)
         self._on_fatal_error = on_fatal_error
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
-        self._running: dict[str, RequestContext] = {}
+        self._running: dict[str, RunningRequest] = {}
         self._running_lock = threading.Lock()
         self._host_threads = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)))
         self._stopping = stopping
 
     # -- what the pool sees ----------------------------------------------------------------
 
-    def running(self) -> dict[str, RequestContext]:
+    def running(self) -> dict[str, RunningRequest]:
         with self._running_lock:
             return dict(self._running)
 
@@ -109,7 +123,7 @@ class Worker(threading.Thread):
         self.state = "ready"
         while not self._stopping.is_set():
             try:
-                jobs = self._store.claim(self.worker_id, self._batch_limits)
+                jobs = self._store.claim(self.worker_id, self._claim_limits)
             except Exception:
                 logger.exception("claiming from the queue failed; retrying")
                 time.sleep(1.0)
@@ -118,94 +132,136 @@ class Worker(threading.Thread):
                 self._store.wait_for_work(0.5)
                 continue
             self.state = "busy"
-            self.process(jobs)
+            self.run_batch(jobs)
             self.state = "ready"
         self._host_threads.shutdown(wait=False)
 
     # -- one claimed batch -----------------------------------------------------------------
 
-    def process(self, jobs: Sequence[Job]) -> None:
-        requests = [
-            RequestContext(job, store=self._store, media=self._media, stopping=self._stopping) for job in jobs
-        ]
-        with self._running_lock:
-            self._running.update((r.request_id, r) for r in requests)
-        try:
-            self._process(jobs, requests)
-        finally:
-            with self._running_lock:
+    def run_batch(self, jobs: Sequence[Job]) -> None:
+        """Runs claimed requests of one endpoint to completion, each step checked."""
+        requests = [RunningRequest(job, store=self._store, media=self._media, stopping=self._stopping) for job in jobs]
+        with self._tracking(requests):
+            # 1. The endpoint's pipeline, set up on this device.
+            try:
+                pipeline = self.pipelines.get(self._pipeline_class(jobs[0].endpoint))
+            except Exception as error:
                 for request in requests:
-                    self._running.pop(request.request_id, None)
+                    self._fail(request, "setup", error)
+                return
+            # 2. Validate and decode every request's inputs, on host threads.
+            decoded = self._decode(pipeline, requests)
+            # 3. Group the requests that can share one `predict` call.
+            for batch in self._batches(pipeline, decoded):
+                self._run(pipeline, batch)
 
-    def _process(self, jobs: Sequence[Job], requests: Sequence[RequestContext]) -> None:
-        endpoint = self._registry.get(jobs[0].endpoint)
-        try:
-            if endpoint is None or endpoint.pipeline is None:
-                raise EndpointUnavailable(f"Endpoint {jobs[0].endpoint} is not available on this server")
-            pipeline = self._pipeline_for(endpoint.endpoint_id, endpoint.pipeline)
-        except Exception as error:
-            for request in requests:
-                self._fail(request, error)
+    def _run(self, pipeline: Pipeline, batch: list[Decoded]) -> None:
+        # 4. Predict, one device call for the batch.
+        live = self._drop_cancelled(batch)
+        predictions = self._predict(pipeline, live)
+        if predictions is None:
             return
+        # 5. One prediction per request, else none of them can be trusted.
+        if len(predictions) != len(live):
+            error = runner_error(f"`predict` returned {len(predictions)} prediction(s) for {len(live)} request(s)")
+            for decoded in live:
+                self._fail(decoded.request, "predict", error)
+            return
+        # 6-8. Encode, check the output model and complete each request, on host threads.
+        self._on_host(lambda decoded, prediction: self._finish(pipeline, decoded, prediction), list(zip(live, predictions)))
 
-        def decode(job: Job, request: RequestContext) -> Any:
-            request.log(f"Running on {self.device} (attempt {job.attempts})")
+    def _pipeline_class(self, endpoint_id: str) -> type[Pipeline]:
+        pipeline_class = self._registry.get(endpoint_id)
+        if pipeline_class is None:
+            raise EndpointUnavailable(f"Endpoint {endpoint_id} is not available on this server")
+        return pipeline_class
+
+    def _decode(self, pipeline: Pipeline, requests: Sequence[RunningRequest]) -> list[Decoded]:
+        def decode(request: RunningRequest) -> Decoded:
+            request.log(f"Running on {self.device} (attempt {request.job.attempts})")
             with request.timed("decode"):
-                request.inputs = endpoint.pipeline.Input.model_validate(job.payload)
+                inputs = pipeline.Input.model_validate(request.job.payload)
                 request.raise_if_cancelled()
-                return pipeline.decode(request.inputs, request)
+                return Decoded(request, inputs, pipeline.decode(inputs, request))
 
-        groups: dict[Any, list[tuple[RequestContext, Any]]] = {}
-        for request, outcome in zip(requests, self._on_host(decode, list(zip(jobs, requests)))):
+        decoded = []
+        for request, outcome in zip(requests, self._on_host(decode, [(r,) for r in requests])):
             if isinstance(outcome, BaseException):
-                self._fail(request, outcome)
-                continue
-            item = outcome
-            key = pipeline.batch_key(item)
-            groups.setdefault(("batch", key) if key is not None else ("alone", request.request_id), []).append(
-                (request, item)
-            )
-        for group in groups.values():
-            limit = max(1, pipeline.batch_limit(group[0][1]))
-            for start in range(0, len(group), limit):
-                self._predict_and_finish(pipeline, group[start : start + limit])
+                self._fail(request, "decode", outcome)
+            else:
+                decoded.append(outcome)
+        return decoded
 
-    def _predict_and_finish(self, pipeline: Any, group: list[tuple[RequestContext, Any]]) -> None:
-        requests = [request for request, _ in group]
-        live = [(r, item) for r, item in group if not r.cancelled.is_set()]
-        for request in requests:
-            if request.cancelled.is_set():
-                self._fail(request, Cancelled())
+    def _batches(self, pipeline: Pipeline, decoded: list[Decoded]) -> Iterator[list[Decoded]]:
+        """Requests with equal `batch_key`s, in chunks of the pipeline's `batch_limit`."""
+        groups: dict[Hashable, list[Decoded]] = {}
+        limits: dict[Hashable, int] = {}
+        for item in decoded:
+            try:
+                key = pipeline.batch_key(item.item)
+                group = ("batch", key) if key is not None else ("alone", item.request.request_id)
+                limits.setdefault(group, max(1, int(pipeline.batch_limit(item.item))))
+            except Exception as error:
+                self._fail(item.request, "group", error)
+                continue
+            groups.setdefault(group, []).append(item)
+        for group, members in groups.items():
+            limit = limits[group]
+            self._claim_limits[pipeline.endpoint_id] = min(self._max_claim[pipeline.endpoint_id], limit)
+            for start in range(0, len(members), limit):
+                yield members[start : start + limit]
+
+    def _drop_cancelled(self, batch: list[Decoded]) -> list[Decoded]:
+        for decoded in batch:
+            if decoded.request.is_cancelled():
+                self._fail(decoded.request, "predict", Cancelled())
+        return [decoded for decoded in batch if not decoded.request.is_cancelled()]
+
+    def _predict(self, pipeline: Pipeline, live: list[Decoded]) -> list[Any] | None:
+        """The batch's predictions, or None when the step failed (its requests are then completed)."""
         if not live:
-            return
-        requests = [request for request, _ in live]
+            return None
+        requests = [decoded.request for decoded in live]
         try:
             start = time.perf_counter()
-            predictions = pipeline.predict([item for _, item in live], requests)
+            predictions = list(pipeline.predict([decoded.item for decoded in live], requests))
             elapsed = time.perf_counter() - start
         except torch.OutOfMemoryError:
-            self._release_memory(keep=pipeline)
+            self.pipelines.release_memory(keep=pipeline)
             if len(live) > 1:
                 logger.warning("out of memory on a batch of %d; running them one at a time", len(live))
-                for single in live:
-                    self._predict_and_finish(pipeline, [single])
+                for decoded in live:
+                    self._run(pipeline, [decoded])
             else:
-                self._fail(requests[0], OUT_OF_MEMORY)
-            return
+                self._fail(requests[0], "predict", OUT_OF_MEMORY)
+            return None
         except Exception as error:
             if is_fatal_device_error(error):
                 logger.critical("fatal device error on %s: %s", self.device, error)
                 self._on_fatal_error()
             for request in requests:
-                self._fail(request, error)
-            return
+                self._fail(request, "predict", error)
+            return None
         for request in requests:
             request.timings["predict"] = elapsed
-            request.provenance["batch_size"] = len(requests)
-        self._on_host(
-            lambda request, prediction: self._encode_and_complete(pipeline, request, prediction),
-            list(zip(requests, predictions)),
-        )
+            request.add_provenance({"batch_size": len(requests)})
+        return predictions
+
+    def _finish(self, pipeline: Pipeline, decoded: Decoded, prediction: Any) -> None:
+        request = decoded.request
+        try:
+            request.raise_if_cancelled()
+            with request.timed("encode"):
+                output = pipeline.encode(prediction, decoded.inputs, request)
+        except Exception as error:
+            self._fail(request, "encode", error)
+            return
+        try:
+            body = checked_output(pipeline, output)
+        except Exception as error:
+            self._fail(request, "output check", error)
+            return
+        self._succeed(request, body)
 
     def _on_host(self, fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
         """`fn(*args)` for each call, in parallel host threads when there are several; an exception
@@ -221,90 +277,78 @@ class Worker(threading.Thread):
             return [guarded(calls[0])]
         return list(self._host_threads.map(guarded, calls))
 
-    def _encode_and_complete(self, pipeline: Any, request: RequestContext, prediction: Any) -> None:
+    @contextmanager
+    def _tracking(self, requests: Sequence[RunningRequest]) -> Iterator[None]:
+        """Makes the requests visible to the heartbeat and to cancellation while they run."""
+        with self._running_lock:
+            self._running.update((r.request_id, r) for r in requests)
         try:
-            request.raise_if_cancelled()
-            with request.timed("encode"):
-                output = pipeline.encode(prediction, request)
-        except Exception as error:
-            self._fail(request, error)
-            return
-        self._succeed(request, output)
+            yield
+        finally:
+            with self._running_lock:
+                for request in requests:
+                    self._running.pop(request.request_id, None)
 
     # -- completion ------------------------------------------------------------------------
 
-    def _succeed(self, request: RequestContext, output: BaseModel) -> None:
+    def _succeed(self, request: RunningRequest, body: dict[str, Any]) -> None:
         inference_time = sum(request.timings.values())
-        body = output.model_dump(mode="json")
         body["provenance"] = {
-            "endpoint": request.endpoint,
+            "endpoint": request.job.endpoint,
             "request_id": request.request_id,
             "kiln_version": server.__version__,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "device": _device_name(self.device),
-            "attempt": request.attempt,
+            "attempt": request.job.attempts,
             **request.provenance,
             "timings": {stage: round(seconds, 6) for stage, seconds in request.timings.items()},
         }
-        request.log(f"Completed in {inference_time:.3f}s")
-        self._store.complete(
-            request.request_id, JobResult(status_code=200, body=body, metrics={"inference_time": inference_time})
-        )
+        self._log(request, f"Completed in {inference_time:.3f}s")
+        result = JobResult(status_code=200, body=body, metrics={"inference_time": inference_time})
+        try:
+            self._store.complete(request.request_id, result)
+        except Exception as error:
+            self._fail(request, "complete", error)
 
-    def _fail(self, request: RequestContext, error: BaseException) -> None:
+    def _fail(self, request: RunningRequest, step: str, error: BaseException) -> None:
+        """Completes the request with `error` in fal's shape and a status-log line naming the step."""
         if isinstance(error, Interrupted):
             self._store.release([request.request_id])
             return
         if isinstance(error, ValidationError):
-            error = FieldError(tuple(error.errors()[0]["loc"]), error.errors()[0]["msg"])
-        if not isinstance(error, KilnError):
-            logger.error("request %s failed", request.request_id, exc_info=error)
-            error = KilnError(f"{type(error).__name__}: {error}", error_type="runner_server_error")
-        request.log(error.message, level="ERROR")
-        self._store.complete(request.request_id, JobResult.from_error(error))
+            first = error.errors()[0]
+            error = FieldError(tuple(first["loc"]), first["msg"])
+        if isinstance(error, KilnError):
+            logger.info("request %s failed in %s: %s", request.request_id, step, error.message)
+        else:
+            logger.error("request %s failed in %s", request.request_id, step, exc_info=error)
+            error = runner_error(f"{type(error).__name__}: {error}")
+        self._log(request, error.message if isinstance(error, Cancelled) else f"{step} failed: {error.message}", "ERROR")
+        try:
+            self._store.complete(request.request_id, JobResult.from_error(error))
+        except Exception:
+            logger.critical(
+                "request %s: its failure could not be stored either; it runs again once its lease expires",
+                request.request_id,
+                exc_info=True,
+            )
 
-    # -- warm pipelines --------------------------------------------------------------------
+    def _log(self, request: RunningRequest, message: str, level: str = "INFO") -> None:
+        try:
+            request.log(message, level)
+        except Exception:
+            logger.exception("request %s: could not append to its logs: %s", request.request_id, message)
 
-    def _pipeline_for(self, endpoint_id: str, pipeline_class: type) -> Any:
-        if endpoint_id in self._loaded:
-            self._loaded.move_to_end(endpoint_id)
-            return self._loaded[endpoint_id]
-        reason = pipeline_class.unavailable_reason(self._weights)
-        if reason:
-            raise EndpointUnavailable(reason)
-        while True:
-            pipeline = pipeline_class()
-            try:
-                pipeline.setup(self.device, self._weights)
-                break
-            except torch.OutOfMemoryError:
-                del pipeline
-                if not self._evict_one():
-                    raise OUT_OF_MEMORY from None
-        self._loaded[endpoint_id] = pipeline
-        logger.info("%s is warm on %s (%d pipeline(s) loaded)", endpoint_id, self.device, len(self._loaded))
-        return pipeline
 
-    def _evict_one(self, keep: Any = None) -> bool:
-        for endpoint_id, pipeline in self._loaded.items():
-            if pipeline is not keep:
-                del self._loaded[endpoint_id]
-                logger.info("evicted %s from %s to free memory", endpoint_id, self.device)
-                del pipeline
-                self._empty_cache()
-                return True
-        return False
-
-    def _release_memory(self, keep: Any) -> None:
-        while self._evict_one(keep=keep):
-            pass
-        self._empty_cache()
-
-    def _empty_cache(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+def checked_output(pipeline: Pipeline, output: Any) -> dict[str, Any]:
+    """The JSON body of an `encode` result, checked against the endpoint's `Output` model."""
+    if not isinstance(output, pipeline.Output):
+        raise runner_error(f"`encode` returned {type(output).__name__}, not the endpoint's {pipeline.Output.__name__}")
+    body = output.model_dump(mode="json")
+    # a model made with `model_construct` or mutated after validation is checked here
+    pipeline.Output.model_validate(body)
+    return body
 
 
 def _device_name(device: torch.device) -> str:
@@ -321,7 +365,8 @@ class WorkerPool:
         instance_id: str,
         store: JobStore,
         registry: Registry,
-        weights: WeightsStore,
+        weights: Weights,
+        settings: PipelineSettings,
         media: MediaIO,
         max_batch_size: int,
         heartbeat_seconds: float,
@@ -337,6 +382,7 @@ class WorkerPool:
                 store=store,
                 registry=registry,
                 weights=weights,
+                settings=settings,
                 media=media,
                 max_batch_size=max_batch_size,
                 on_fatal_error=on_fatal_error,
@@ -357,6 +403,7 @@ class WorkerPool:
         self._store.changes.publish_work()
         for worker in self.workers:
             worker.join(timeout)
+        self._heartbeat.join(timeout)
 
     def cancel(self, request_id: str) -> None:
         """Signals a running request in this process to stop at its next step."""
@@ -367,6 +414,10 @@ class WorkerPool:
 
     def states(self) -> dict[str, str]:
         return {str(worker.device): worker.state if worker.is_alive() else "stopped" for worker in self.workers}
+
+    def pipeline_states(self) -> dict[str, dict[str, str]]:
+        """Device -> endpoint -> `loading`, `ready` or `error: …` (cold endpoints are absent)."""
+        return {str(worker.device): worker.pipelines.states() for worker in self.workers}
 
     def _beat(self) -> None:
         while not self._stopping.wait(self._heartbeat_seconds):

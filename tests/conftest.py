@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_PIPELINES = ("tests.fixtures.pipelines:StepsPipeline", "tests.fixtures.pipelines:UnavailablePipeline")
+TEST_PIPELINES = ("tests.fixtures.pipelines",)
 
 
 def free_port() -> int:

@@ -2,13 +2,12 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query, Request, Response
 
 import server
 from server.deps import ServicesDep
 from server.errors import NotFound
-from server.schemas import ErrorBody, Health
+from server.schemas import ErrorBody, Health, Jwks
 
 router = APIRouter(tags=["meta"])
 
@@ -18,12 +17,12 @@ SCHEMA_REF = "#/components/schemas/"
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-def health(services: ServicesDep) -> JSONResponse:
+def health(response: Response, services: ServicesDep) -> Health:
     """200 once every worker is up; 503 if one has stopped."""
     workers = services.pool.states()
     endpoints = {
-        endpoint.endpoint_id: endpoint.unavailable_reason(services.weights) or "available"
-        for endpoint in services.registry
+        pipeline.endpoint_id: pipeline.unavailable_reason(services.weights) or "available"
+        for pipeline in services.registry
     }
     healthy = all(state in ("ready", "busy") for state in workers.values())
     body = Health(
@@ -32,14 +31,17 @@ def health(services: ServicesDep) -> JSONResponse:
         devices=list(workers),
         workers=workers,
         endpoints=endpoints,
+        pipelines=services.pool.pipeline_states(),
+        broken_modules={broken.module: broken.error for broken in services.registry.broken},
     )
-    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+    response.status_code = 200 if healthy else 503
+    return body
 
 
-@router.get("/.well-known/jwks.json")
-def jwks(services: ServicesDep) -> dict:
+@router.get("/.well-known/jwks.json", response_model=Jwks)
+def jwks(services: ServicesDep) -> Jwks:
     """The Ed25519 public key that verifies Kiln's `X-Fal-Webhook-Signature`."""
-    return services.webhook_signer.jwks()
+    return Jwks.model_validate(services.webhook_signer.jwks())
 
 
 @router.get("/api/openapi/queue/openapi.json", responses={404: {"model": ErrorBody}})

@@ -10,12 +10,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from server.deps import OwnerDep, ServicesDep
 from server.errors import NotFound, PayloadTooLarge, Unauthorized
 from server.files import INLINE_TYPES, new_file_id, safe_file_name
-from server.schemas import CdnToken, ErrorBody, UploadedFile, UploadInitiate, UploadTarget
+from server.schemas import (
+    CdnToken,
+    ErrorBody,
+    UploadedFile,
+    UploadInitiate,
+    UploadTarget,
+)
 from server.services import Services
 
 TOKEN_TTL_SECONDS = 3600.0
@@ -101,13 +107,13 @@ def initiate_upload(
     responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody}},
     openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-async def put_upload(request: Request, services: ServicesDep, file_id: str, token: str) -> JSONResponse:
+async def put_upload(request: Request, services: ServicesDep, file_id: str, token: str) -> dict[str, str]:
     claims = services.tokens.verify(token)
     if claims is None or claims.get("kind") != "upload" or claims.get("file_id") != file_id:
         raise Unauthorized("The upload URL is invalid or expired; initiate the upload again")
     data = await read_body(request, services.settings.max_upload_bytes)
     services.files.save(data, content_type=claims["content_type"], file_name=claims["file_name"], file_id=file_id)
-    return JSONResponse({})
+    return {}
 
 
 @router.get("/files/{file_id}/{file_name}", response_class=FileResponse, responses={404: {"model": ErrorBody}})

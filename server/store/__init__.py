@@ -32,6 +32,10 @@ class Priority(enum.IntEnum):
     LOW = 1
 
 
+class StoreClosed(RuntimeError):
+    """The store was closed (the server is shutting down)."""
+
+
 class CancelOutcome(str, enum.Enum):
     """The body of fal's cancel response; each maps to one HTTP status."""
 
@@ -163,6 +167,10 @@ class JobStore(abc.ABC):
         deadline passed in the queue; returns the ids it completed."""
 
     @abc.abstractmethod
+    def next_start_deadline(self) -> float | None:
+        """The earliest start deadline of a queued job, or None."""
+
+    @abc.abstractmethod
     def webhooks_due(self, limit: int) -> list[WebhookDelivery]: ...
 
     @abc.abstractmethod
@@ -178,4 +186,5 @@ class JobStore(abc.ABC):
         """Blocks a worker thread until a job may be claimable or the timeout passes."""
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Releases the store; later calls raise StoreClosed instead of touching freed resources."""

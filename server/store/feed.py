@@ -37,6 +37,8 @@ class ChangeFeed:
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._work = threading.Condition()
         self._work_pending = False
+        # set when a start deadline is added, so the thread that enforces them re-plans its sleep
+        self.schedule_changed = threading.Event()
 
     @contextmanager
     def subscribe(self, request_id: str) -> Iterator[Subscription]:

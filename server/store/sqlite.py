@@ -24,6 +24,7 @@ from typing import Any
 from server.errors import Cancelled, KilnError, QueueFull, StartTimeout
 from server.store import (
     CancelOutcome,
+    StoreClosed,
     Job,
     JobResult,
     JobStatus,
@@ -66,6 +67,7 @@ CREATE INDEX IF NOT EXISTS jobs_queued ON jobs(priority, seq) WHERE status = 'IN
 CREATE INDEX IF NOT EXISTS jobs_queued_endpoint ON jobs(endpoint) WHERE status = 'IN_QUEUE';
 CREATE INDEX IF NOT EXISTS jobs_leased ON jobs(lease_expires) WHERE status = 'IN_PROGRESS';
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs(completed_at) WHERE status = 'COMPLETED';
+CREATE INDEX IF NOT EXISTS jobs_start_deadline ON jobs(start_deadline) WHERE status = 'IN_QUEUE';
 CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL,
@@ -112,6 +114,7 @@ class SqliteJobStore(JobStore):
         self._clock = clock
         self._lock_file = _lock_exclusively(path.with_suffix(".lock"))
         self._write_lock = threading.Lock()
+        self._closed = False
         self._durable_writer = self._connect(synchronous="FULL")
         self._writer = self._connect(synchronous="NORMAL")
         self._writer.executescript(SCHEMA)
@@ -136,6 +139,8 @@ class SqliteJobStore(JobStore):
         """Runs `fn(connection)` in one IMMEDIATE transaction and returns its result; a durable
         transaction is on disk (fsynced) when this returns."""
         with self._write_lock:
+            if self._closed:
+                raise StoreClosed("the queue is closed")
             connection = self._durable_writer if durable else self._writer
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -191,6 +196,8 @@ class SqliteJobStore(JobStore):
 
         position = self._write(insert, durable=True)
         self.changes.publish_work()
+        if job.start_deadline is not None:
+            self.changes.schedule_changed.set()
         return position
 
     def get(self, request_id: str) -> Job | None:
@@ -330,7 +337,10 @@ class SqliteJobStore(JobStore):
                 "SELECT request_id FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline < ?", (now,)
             ).fetchall()
         ]
-        timeout = StartTimeout("The request did not start before the deadline set by `X-Fal-Request-Timeout`")
+        timeout = StartTimeout(
+            "The request did not start before the deadline its `X-Fal-Request-Start-Timeout` "
+            "(or `X-Fal-Request-Timeout`) header set"
+        )
         for request_id in late:
             if self.complete(request_id, JobResult.from_error(timeout)):
                 completed.append(request_id)
@@ -380,6 +390,12 @@ class SqliteJobStore(JobStore):
 
     # -- webhooks and retention ------------------------------------------------------------
 
+    def next_start_deadline(self) -> float | None:
+        row = self._reader.execute(
+            "SELECT MIN(start_deadline) FROM jobs WHERE status = 'IN_QUEUE' AND start_deadline IS NOT NULL"
+        ).fetchone()
+        return row[0]
+
     def webhooks_due(self, limit: int) -> list[WebhookDelivery]:
         rows = self._reader.execute(
             "SELECT request_id, url, attempts FROM webhooks WHERE delivered_at IS NULL "
@@ -415,9 +431,15 @@ class SqliteJobStore(JobStore):
         self.changes.wait_for_work(timeout)
 
     def close(self) -> None:
-        self._writer.close()
-        self._durable_writer.close()
-        self._lock_file.close()
+        # under the write lock, so a write in flight on another thread finishes before the
+        # connections go and a later one raises StoreClosed instead of using a freed handle
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._writer.close()
+            self._durable_writer.close()
+            self._lock_file.close()
 
 
 def _complete(db: sqlite3.Connection, request_id: str, result: JobResult, now: float) -> bool:

@@ -18,8 +18,9 @@ from tests.fixtures.tiny_diffusion import TinyWeights
 from tests.server.conftest import wait_completed
 
 
-def start(data_dir: Path, weights: TinyWeights, registry: Registry) -> TestClient:
-    settings = Settings(data_dir=data_dir, weights_dir=weights.store, weights_lock=weights.lock)
+def start(data_dir: Path, weights: TinyWeights, registry: Registry, **overrides) -> TestClient:
+    """A started in-process server on the tiny weights; `overrides` are Settings fields."""
+    settings = Settings(data_dir=data_dir, weights_dir=weights.store, weights_lock=weights.lock, **overrides)
     client = TestClient(create_app(settings, registry))
     client.__enter__()
     return client

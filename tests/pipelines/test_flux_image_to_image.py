@@ -17,15 +17,21 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pipelines.diffusion import SPEEDUPS_SWITCH
+from kernels.convert import quantize
 from pipelines.flux import output_size
 from pipelines.flux_image_to_image import MAX_AREA
-from server.media import quantize
 from server.registry import Registry
 from tests.conftest import TEST_PIPELINES, data_uri, gradient_image, png_bytes
 from tests.fixtures.tiny_diffusion import TinyWeights
-from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT, build_flux_store
-from tests.pipelines.diffusion_http import image_bytes, pixels, result_of, run, start, submit
+from tests.fixtures.tiny_flux import FLUX_DEV, build_flux_store
+from tests.pipelines.diffusion_http import (
+    image_bytes,
+    pixels,
+    result_of,
+    run,
+    start,
+    submit,
+)
 from tests.server.conftest import wait_completed
 
 ENDPOINT = "fal-ai/flux/dev/image-to-image"
@@ -38,12 +44,12 @@ FAST = {"image_url": SOURCE_URL, "prompt": "a cat dressed as a wizard", "num_inf
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> TinyWeights:
-    return build_flux_store(tmp_path_factory.mktemp("flux"), endpoints={FLUX_DEV: [ENDPOINT], FLUX_KONTEXT: []})
+    return build_flux_store(tmp_path_factory.mktemp("flux"))
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry.load(extra=TEST_PIPELINES)
+    return Registry.discover(("pipelines", *TEST_PIPELINES))
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +164,10 @@ def stock_diffusers(folder, *, image: np.ndarray, prompt: str, steps: int, stren
     return quantize(images)[0].permute(1, 2, 0).numpy()
 
 
-def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(tmp_path, tiny_weights, registry, monkeypatch):
+def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(tmp_path, tiny_weights, registry):
     source = gradient_image(80, 48)  # already a multiple of 16: no resize on either side
     inputs = {"image_url": data_uri(png_bytes(source)), "output_format": "png", "strength": 0.8}
-    monkeypatch.setenv(SPEEDUPS_SWITCH, "off")
-    plain_kiln = start(tmp_path / "data", tiny_weights, registry)
+    plain_kiln = start(tmp_path / "data", tiny_weights, registry, speedups=False)
     try:
         plain = run(plain_kiln, ENDPOINT, {**FAST, **inputs})
         kiln_pixels = pixels(plain_kiln, plain["images"][0])

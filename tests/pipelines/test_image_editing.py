@@ -15,17 +15,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from pipelines.diffusion import SPEEDUPS_SWITCH
+from kernels.convert import quantize
 from pipelines.image_editing_background_change import TEMPLATE as BACKGROUND_TEMPLATE
 from pipelines.image_editing_color_correction import TEMPLATE as COLOR_TEMPLATE
 from pipelines.image_editing_face_enhancement import TEMPLATE as FACE_TEMPLATE
 from pipelines.image_editing_object_removal import TEMPLATE as REMOVAL_TEMPLATE
 from pipelines.kontext_editing import reference_sizes
-from server.media import decode_image, quantize
+from server.media import decode_image
 from server.registry import Registry
 from tests.conftest import TEST_PIPELINES, data_uri, gradient_image, png_bytes
 from tests.fixtures.tiny_diffusion import TinyWeights
-from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT, build_flux_store
+from tests.fixtures.tiny_flux import FLUX_KONTEXT, build_flux_store
 from tests.pipelines.diffusion_http import image_bytes, pixels, run, start
 
 IMAGE_EDITING = {
@@ -66,12 +66,12 @@ FILE_KEYS = {"url", "content_type", "file_name", "file_size"}
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> TinyWeights:
-    return build_flux_store(tmp_path_factory.mktemp("kontext"), endpoints={FLUX_DEV: [], FLUX_KONTEXT: ENDPOINTS})
+    return build_flux_store(tmp_path_factory.mktemp("kontext"))
 
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry.load(extra=TEST_PIPELINES)
+    return Registry.discover(("pipelines", *TEST_PIPELINES))
 
 
 @pytest.fixture(scope="module")
@@ -252,14 +252,13 @@ def as_float(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].to(torch.float32) / 255
 
 
-def test_one_reference_is_exactly_stock_kontext(tmp_path, tiny_weights, registry, monkeypatch):
+def test_one_reference_is_exactly_stock_kontext(tmp_path, tiny_weights, registry):
     """Kiln's reference path (encode each image alone, join the latents) is, for one image, what
     stock FluxKontextPipeline does with that image at the output size."""
     from diffusers import FluxKontextPipeline
 
     source = gradient_image(80, 48)
-    monkeypatch.setenv(SPEEDUPS_SWITCH, "off")
-    plain_kiln = start(tmp_path / "data", tiny_weights, registry)
+    plain_kiln = start(tmp_path / "data", tiny_weights, registry, speedups=False)
     try:
         result = run(
             plain_kiln,

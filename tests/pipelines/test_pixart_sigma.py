@@ -23,15 +23,20 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pipelines.diffusion import SPEEDUPS_SWITCH, Speedups
-from pipelines.pixart_sigma import IMAGE_SIZE_PRESETS, STYLES, PixArtSigmaPipeline, apply_style
-from server.app import create_app
+from kernels.convert import quantize
+from pipelines.contract import PipelineSettings
+from pipelines.diffusion import Speedups
+from pipelines.pixart_sigma import (
+    IMAGE_SIZE_PRESETS,
+    STYLES,
+    PixArtSigmaPipeline,
+    apply_style,
+)
 from server.cli import main as kiln
-from server.config import Settings
-from server.media import quantize
 from server.registry import Registry
 from tests.conftest import TEST_PIPELINES
 from tests.fixtures.tiny_diffusion import PIXART, TinyWeights, build_pixart_store
+from tests.pipelines.diffusion_http import start
 from tests.server.conftest import wait_completed
 
 ENDPOINT = "fal-ai/pixart-sigma"
@@ -47,14 +52,7 @@ def tiny_weights(tmp_path_factory) -> TinyWeights:
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry.load(extra=TEST_PIPELINES)
-
-
-def start(data_dir: Path, weights: TinyWeights, registry: Registry) -> TestClient:
-    settings = Settings(data_dir=data_dir, weights_dir=weights.store, weights_lock=weights.lock)
-    client = TestClient(create_app(settings, registry))
-    client.__enter__()
-    return client
+    return Registry.discover(("pipelines", *TEST_PIPELINES))
 
 
 @pytest.fixture(scope="module")
@@ -238,13 +236,12 @@ def stock_diffusers(
 
 
 def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(
-    tmp_path, tiny_weights, registry, monkeypatch, client
+    tmp_path, tiny_weights, registry, client
 ):
     # the module's server runs with the switch at its default, `on`: fused QKV, same maths
     fast = generate(client, image_size=SMALL, negative_prompt="blurry, ugly")
     assert fast["provenance"]["speedups"]["fused_qkv"] is True
-    monkeypatch.setenv(SPEEDUPS_SWITCH, "off")
-    stock_kiln = start(tmp_path / "data", tiny_weights, registry)
+    stock_kiln = start(tmp_path / "data", tiny_weights, registry, speedups=False)
     try:
         plain = generate(stock_kiln, image_size=SMALL, negative_prompt="blurry, ugly")
         plain_pixels = pixels(stock_kiln, plain["images"][0])
@@ -259,22 +256,19 @@ def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(
     assert difference.max() <= 2
 
 
-def test_speedups_switch_and_text_embedding_cache(tiny_weights, monkeypatch):
+def test_speedups_switch_and_text_embedding_cache(tiny_weights):
     cpu = torch.device("cpu")
-    assert Speedups.for_device(cpu, "off") == Speedups()
-    assert Speedups.for_device(cpu, "on") == Speedups(fuse_qkv=True, cache_text_embeddings=True)
-    cuda = Speedups.for_device(torch.device("cuda", 0), "on")
+    assert Speedups.for_device(cpu, enabled=False) == Speedups()
+    assert Speedups.for_device(cpu, enabled=True) == Speedups(fuse_qkv=True, cache_text_embeddings=True)
+    cuda = Speedups.for_device(torch.device("cuda", 0), enabled=True)
     assert cuda.compile and cuda.fuse_qkv and cuda.attention_backends[-1] == "_native_cudnn"
-    with pytest.raises(ValueError, match=SPEEDUPS_SWITCH):
-        Speedups.for_device(cpu, "fast")
 
     from server.weights import WeightsLock, WeightsStore
 
     store = WeightsStore(tiny_weights.store, WeightsLock.load(tiny_weights.lock))
-    for switch, fused, hits in (("on", True, 1), ("off", False, 0)):
-        monkeypatch.setenv(SPEEDUPS_SWITCH, switch)
+    for switch, fused, hits in ((True, True, 1), (False, False, 0)):
         pipeline = PixArtSigmaPipeline()
-        pipeline.setup(cpu, store)
+        pipeline.setup(cpu, store, PipelineSettings(speedups=switch))
         attention = [module for module in pipeline.pipe.transformer.modules() if hasattr(module, "fused_projections")]
         assert attention and all(module.fused_projections == fused for module in attention)
         first = pipeline.encode_text("ugly, blurry")

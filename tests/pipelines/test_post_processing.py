@@ -22,6 +22,7 @@ from PIL import Image
 from kernels.blur import gaussian_blur, kuwahara_blur
 from kernels.chromatic import shift_channels
 from kernels.color import correct_color
+from kernels.convert import quantize
 from kernels.desaturate import desaturate
 from kernels.dissolve import dissolve, resize_to
 from kernels.dodge_burn import dodge_burn
@@ -32,8 +33,15 @@ from kernels.sharpen import sharpen_basic, sharpen_cas, sharpen_smart
 from kernels.solarize import solarize
 from kernels.tint import tint
 from kernels.vignette import apply_vignette
-from pipelines.post_processing import EFFECTS, Item, PostProcessingInput, PostProcessingPipeline, apply_effects
-from server.media import RawImage, decode_image, quantize
+from pipelines.contract import RawImage
+from pipelines.post_processing import (
+    EFFECTS,
+    Item,
+    PostProcessingInput,
+    PostProcessingPipeline,
+    apply_effects,
+)
+from server.media import decode_image
 from tests.conftest import data_uri, gradient_image, png_bytes
 from tests.server.conftest import wait_completed
 from tests.server.test_protocol import occupy_worker, submit

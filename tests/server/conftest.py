@@ -17,7 +17,7 @@ from tests.conftest import TEST_PIPELINES
 
 @pytest.fixture(scope="session")
 def registry() -> Registry:
-    return Registry.load(extra=TEST_PIPELINES)
+    return Registry.discover(("pipelines", *TEST_PIPELINES))
 
 
 @pytest.fixture

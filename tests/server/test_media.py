@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from server.media import ImageDecodeError, decode_image, encode_image, quantize
+from kernels.convert import quantize
+from server.media import ImageDecodeError, decode_image, encode_image
 from tests.conftest import gradient_image
 
 LIMIT = 10_000_000

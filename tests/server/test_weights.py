@@ -46,7 +46,6 @@ def lock_document(files: dict[str, bytes] = FILES, **overrides) -> dict:
         "revision": COMMIT,
         "license": "apache-2.0",
         "gated": False,
-        "endpoints": ["kiln-test/needs-weights"],
         "files": [{"path": path, "size": len(data), "sha256": sha256(data)} for path, data in files.items()],
         **overrides,
     }

@@ -10,11 +10,11 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from pipelines.base import Pipeline
+from pipelines.contract import Pipeline, PipelineSettings
 from server.context import MediaIO
 from server.fetch import FetchPolicy, UrlFetcher
 from server.files import FileStore
-from server.registry import Endpoint, Registry
+from server.registry import Registry
 from server.store import JobStatus, NewJob
 from server.store.sqlite import SqliteJobStore
 from server.weights import WeightsLock, WeightsStore
@@ -40,8 +40,8 @@ class SizedPipeline(Pipeline):
     size: ClassVar[int]
     max_batch_size = 4
 
-    def setup(self, device, weights):
-        super().setup(device, weights)
+    def setup(self, device, weights, settings):
+        super().setup(device, weights, settings)
         if memory["used"] + self.size > CAPACITY:
             raise torch.OutOfMemoryError("simulated: device full")
         memory["used"] += self.size
@@ -61,7 +61,7 @@ class SizedPipeline(Pipeline):
     def predict(self, items, requests):
         return [Result(batch_size=len(items)) for _ in items]
 
-    def encode(self, prediction, request):
+    def encode(self, prediction, inputs, request):
         return prediction
 
 
@@ -123,8 +123,9 @@ def harness(tmp_path):
         torch.device("cpu"),
         worker_id="test-worker",
         store=store,
-        registry=Registry(Endpoint(p.endpoint_id, p) for p in pipelines),
+        registry=Registry(pipelines),
         weights=WeightsStore(tmp_path / "weights", WeightsLock(tmp_path / "weights.lock")),
+        settings=PipelineSettings(),
         media=MediaIO(fetcher=UrlFetcher(FetchPolicy()), files=FileStore(tmp_path / "files", "http://k"), max_image_pixels=10**6),
         max_batch_size=8,
         on_fatal_error=fatal.set,
@@ -135,7 +136,7 @@ def harness(tmp_path):
         for _ in range(count):
             store.submit(NewJob(request_id=str(uuid.uuid4()), endpoint=endpoint, owner="o", payload={}))
         jobs = store.claim("test-worker", {endpoint: 8})
-        worker.process(jobs)
+        worker.run_batch(jobs)
         return [store.get(job.request_id) for job in jobs]
 
     yield worker, run, fatal
@@ -143,7 +144,7 @@ def harness(tmp_path):
 
 
 def loaded(worker) -> list[str]:
-    return list(worker._loaded)
+    return worker.pipelines.warm()
 
 
 def test_least_recently_used_pipelines_are_evicted_when_memory_runs_short(harness):
