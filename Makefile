@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 ARGS ?=
 
-.PHONY: serve test bench clean
+.PHONY: serve test test-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ serve: $(VENV)/.serve-deps
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(ARGS)
+
+# the inner loop: everything but the tests marked slow (server processes, diffusion models, fuzzing)
+test-fast: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.queue_overhead $(ARGS)

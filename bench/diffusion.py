@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from bench.common import write_result
-from tests.fixtures.architectures import (
+from testkit.architectures import (
     clip_text_encoder,
     flux_transformer,
     flux_vae,
@@ -57,7 +57,7 @@ from tests.fixtures.architectures import (
     sdxl_vae,
     t5_encoder,
 )
-from tests.fixtures.tiny_diffusion import (
+from testkit.tiny_diffusion import (
     PIXART,
     SAFETY_CHECKER,
     lock_entry,
@@ -159,7 +159,7 @@ def measure(
 
 def kiln_predict_seconds(client, endpoint: str, body: dict) -> float:
     """One request through the HTTP API and the worker pool; the worker's `predict` time."""
-    from tests.server.conftest import wait_completed
+    from testkit.servers import wait_completed
 
     queued = client.post(f"/queue/{endpoint}", json=body).json()
     status = wait_completed(client, queued["status_url"], timeout=3600)
@@ -253,7 +253,7 @@ def build_flux_store(root: Path) -> tuple[Path, Path]:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5Tokenizer
 
-    from tests.fixtures.tiny_flux import (
+    from testkit.tiny_flux import (
         FLUX_DEV,
         FLUX_KONTEXT,
         SCHEDULER_CONFIG,
@@ -351,7 +351,7 @@ def measure_stock_flux(store: Path, repeats: int) -> tuple[dict[str, dict], dict
     from diffusers import FluxImg2ImgPipeline, FluxKontextPipeline
     from PIL import Image
 
-    from tests.fixtures.tiny_flux import FLUX_DEV, FLUX_KONTEXT
+    from testkit.tiny_flux import FLUX_DEV, FLUX_KONTEXT
 
     image = Image.new("RGB", (SIZE, SIZE), (128, 96, 64))
     prompts = iter(PROMPTS * (4 * repeats + 4))

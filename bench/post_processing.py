@@ -50,8 +50,8 @@ from pipelines.post_processing import (
 )
 from server.media import decode_image, encode_image
 from server.weights import WeightsLock, WeightsStore
-from tests.conftest import free_port, png_bytes
-from tests.kernels.reference import (
+from testkit.images import png_bytes
+from testkit.reference import (
     reference_basic,
     reference_cas,
     reference_color,
@@ -70,6 +70,7 @@ from tests.kernels.reference import (
     reference_tint,
     reference_vignette,
 )
+from testkit.servers import free_port
 
 ENDPOINT = "fal-ai/post-processing"
 SEED = 1234

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 
 from bench.common import percentile, write_result
-from tests.conftest import data_uri, free_port, gradient_image, png_bytes
+from testkit.images import data_uri, gradient_image, png_bytes
+from testkit.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ENDPOINT = "fal-ai/post-processing"

@@ -316,7 +316,8 @@ class Worker(threading.Thread):
         if isinstance(error, Interrupted):
             self._store.release([request.request_id])
             return
-        if isinstance(error, ValidationError):
+        if isinstance(error, ValidationError) and step == "decode":
+            # the stored inputs no longer validate (a schema changed since submit): the caller's to fix
             first = error.errors()[0]
             error = FieldError(tuple(first["loc"]), first["msg"])
         if isinstance(error, KilnError):
@@ -345,8 +346,8 @@ def checked_output(pipeline: Pipeline, output: Any) -> dict[str, Any]:
     """The JSON body of an `encode` result, checked against the endpoint's `Output` model."""
     if not isinstance(output, pipeline.Output):
         raise runner_error(f"`encode` returned {type(output).__name__}, not the endpoint's {pipeline.Output.__name__}")
-    body = output.model_dump(mode="json")
-    # a model made with `model_construct` or mutated after validation is checked here
+    # a model made with `model_construct` or mutated after validation is caught by the validation
+    body = output.model_dump(mode="json", warnings=False)
     pipeline.Output.model_validate(body)
     return body
 

@@ -48,7 +48,7 @@ def wants_logs(flag: str | None) -> bool:
 
 
 def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter(prefix="/queue", tags=["queue"])
+    router = APIRouter(prefix="/queue", tags=["queue"], responses={401: {"model": ErrorBody}})
     for pipeline in registry:
         router.add_api_route(
             f"/{pipeline.endpoint_id}",

@@ -22,7 +22,7 @@ from server.schemas import ErrorBody, ValidationErrorBody
 
 
 def build_router(registry: Registry) -> APIRouter:
-    router = APIRouter(prefix="/run", tags=["run"])
+    router = APIRouter(prefix="/run", tags=["run"], responses={401: {"model": ErrorBody}})
     for pipeline in registry:
         router.add_api_route(
             f"/{pipeline.endpoint_id}",

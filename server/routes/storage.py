@@ -42,7 +42,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/rest/storage/auth/token", response_model=CdnToken)
+@router.post("/rest/storage/auth/token", response_model=CdnToken, responses={401: {"model": ErrorBody}})
 def issue_cdn_token(
     services: ServicesDep, owner: OwnerDep, storage_type: Annotated[str | None, Query()] = None
 ) -> CdnToken:
@@ -86,7 +86,7 @@ async def upload_file(
     return UploadedFile(access_url=services.files.url(stored))
 
 
-@router.post("/rest/storage/upload/initiate", response_model=UploadTarget)
+@router.post("/rest/storage/upload/initiate", response_model=UploadTarget, responses={401: {"model": ErrorBody}})
 def initiate_upload(
     body: UploadInitiate,
     services: ServicesDep,

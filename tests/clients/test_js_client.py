@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, gradient_image, png_bytes
+from testkit.images import gradient_image, png_bytes
+from testkit.servers import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import REPO, KilnProcess, gradient_image, png_bytes
+from testkit.images import gradient_image, png_bytes
+from testkit.servers import REPO, KilnProcess
+from tests.fixtures.apps import TEST_PIPELINES
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +162,7 @@ def self_signed_certificate(folder) -> tuple:
 TLS_SCRIPT = r"""
 import json, sys, time
 import fal_client
-from tests.conftest import data_uri, gradient_image, png_bytes
+from testkit.images import data_uri, gradient_image, png_bytes
 
 report = {}
 image = data_uri(png_bytes(gradient_image(20, 10)))
@@ -198,7 +200,7 @@ print(json.dumps(report))
 
 def test_tls_with_environment_variables_only(tmp_path):
     cert, key = self_signed_certificate(tmp_path)
-    server = KilnProcess(tmp_path / "data", tls=(cert, key)).start()
+    server = KilnProcess(tmp_path / "data", pipelines=TEST_PIPELINES, tls=(cert, key)).start()
     try:
         host = f"127.0.0.1:{server.port}"
         env = {

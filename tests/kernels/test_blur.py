@@ -7,9 +7,13 @@ import pytest
 import torch
 
 from kernels.blur import gaussian_blur, kuwahara_blur
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import reference_gaussian, reference_kuwahara, reference_kuwahara_blur
+from testkit.reference import (
+    reference_gaussian,
+    reference_kuwahara,
+    reference_kuwahara_blur,
+)
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 
 class TestGaussianBlur(KernelTester):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kernels.chromatic import DIRECTIONS, shift_channels
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, rounded, tensor
-from tests.kernels.reference import reference_shift
+from testkit.reference import reference_shift
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, rounded, tensor
 
 
 def call(image, moves):

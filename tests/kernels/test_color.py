@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kernels.color import correct_color
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor
-from tests.kernels.reference import hls_to_rgb, reference_color, rgb_to_hls
+from testkit.reference import hls_to_rgb, reference_color, rgb_to_hls
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor
 
 CASES = {
     "mixed": ([30, -40], [20, -10], [25, -60], [40, -50], [0.7, 1.6]),

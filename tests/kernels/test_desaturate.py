@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kernels.desaturate import DESATURATE_METHODS, desaturate
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import reference_desaturate
+from testkit.reference import reference_desaturate
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 
 class TestDesaturate(KernelTester):

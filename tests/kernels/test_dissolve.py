@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from kernels.dissolve import dissolve, resize_to
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import (
+from testkit.reference import (
     reference_dissolve,
     reference_dissolve_average,
     reference_dissolve_draw,
     reference_resize,
 )
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 OTHER = tensor(make_image(batch=3, seed=1), dtype=torch.float32)
 DRAWS = 4096

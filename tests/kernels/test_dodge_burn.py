@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kernels.dodge_burn import DODGE_BURN_MODES, dodge_burn
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor
-from tests.kernels.reference import reference_dodge_burn
+from testkit.reference import reference_dodge_burn
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor
 
 DODGES = ("dodge", "color_dodge", "linear_dodge")
 BURNS = ("burn", "color_burn", "linear_burn")

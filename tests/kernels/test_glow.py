@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kernels.glow import glow
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import reference_glow
+from testkit.reference import reference_glow
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 
 class TestGlow(KernelTester):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kernels.grain import GRAIN_STYLES, _draw_gradient_words, add_film_grain
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import SHAPES, assert_close, make_image, tensor
-from tests.kernels.reference import reference_base_noise, reference_grain, unpack
+from testkit.reference import reference_base_noise, reference_grain, unpack
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import SHAPES, assert_close, make_image, tensor
 
 
 class TestAddFilmGrain(KernelTester):

@@ -8,9 +8,14 @@ import pytest
 import torch
 
 from kernels.sharpen import sharpen_basic, sharpen_cas, sharpen_smart
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor
-from tests.kernels.reference import correlate2d, reference_basic, reference_cas, reference_smart
+from testkit.reference import (
+    correlate2d,
+    reference_basic,
+    reference_cas,
+    reference_smart,
+)
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor
 
 
 class TestSharpenBasic(KernelTester):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kernels.solarize import solarize
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, rounded, tensor
-from tests.kernels.reference import reference_solarize
+from testkit.reference import reference_solarize
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, rounded, tensor
 
 
 class TestSolarize(KernelTester):

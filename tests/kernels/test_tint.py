@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kernels.tint import TINT_MODES, tint
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import FACTORS, reference_tint
+from testkit.reference import FACTORS, reference_tint
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 
 class TestTint(KernelTester):

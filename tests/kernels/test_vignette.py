@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kernels.vignette import apply_vignette
-from tests.kernels.base import KernelTester
-from tests.kernels.conftest import assert_close, make_image, tensor, tolerance
-from tests.kernels.reference import reference_vignette
+from testkit.reference import reference_vignette
+from tests.fixtures.kernel_tester import KernelTester
+from tests.fixtures.kernels import assert_close, make_image, tensor, tolerance
 
 
 class TestApplyVignette(KernelTester):

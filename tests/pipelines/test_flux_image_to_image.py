@@ -1,6 +1,6 @@
 """fal-ai/flux/dev/image-to-image through the HTTP API, on a tiny random-weight FLUX.1 [dev].
 
-The model is built offline (tests/fixtures/tiny_flux.py), locked and loaded as real weights are.
+The model is built offline (testkit/tiny_flux.py), locked and loaded as real weights are.
 With random weights the pictures mean nothing, so the tests check what holds whatever the weights:
 the seed's output shape, sizes, determinism, that Kiln computes what stock diffusers computes with
 fal's settings, the acceleration levels and the refusals.
@@ -20,19 +20,20 @@ from PIL import Image
 from kernels.convert import quantize
 from pipelines.flux import output_size
 from pipelines.flux_image_to_image import MAX_AREA
-from server.registry import Registry
-from tests.conftest import TEST_PIPELINES, data_uri, gradient_image, png_bytes
-from tests.fixtures.tiny_diffusion import TinyWeights
-from tests.fixtures.tiny_flux import FLUX_DEV, build_flux_store
-from tests.pipelines.diffusion_http import (
+from testkit.images import data_uri, gradient_image, png_bytes
+from testkit.servers import wait_completed
+from testkit.tiny_diffusion import TinyWeights
+from testkit.tiny_flux import FLUX_DEV, build_flux_store
+from tests.fixtures.apps import (
     image_bytes,
     pixels,
     result_of,
     run,
-    start,
+    start_with_weights,
     submit,
 )
-from tests.server.conftest import wait_completed
+
+pytestmark = pytest.mark.slow  # tiny diffusion models: seconds per test
 
 ENDPOINT = "fal-ai/flux/dev/image-to-image"
 OUTPUT_KEYS = {"images", "timings", "seed", "has_nsfw_concepts", "prompt", "provenance"}
@@ -48,14 +49,9 @@ def tiny_weights(tmp_path_factory) -> TinyWeights:
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.discover(("pipelines", *TEST_PIPELINES))
-
-
-@pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_weights, registry) -> Iterator[TestClient]:
     """One server for the module, so the pipeline is set up once and stays warm, as in production."""
-    client = start(tmp_path_factory.mktemp("data"), tiny_weights, registry)
+    client = start_with_weights(tmp_path_factory.mktemp("data"), tiny_weights, registry)
     yield client
     client.__exit__(None, None, None)
 
@@ -98,7 +94,7 @@ def test_png_output(client):
 
 
 def test_progress_is_logged_per_denoising_step(client):
-    queued = submit(client, ENDPOINT, {**FAST, "num_inference_steps": 10, "strength": 0.5})
+    queued = submit(client, {**FAST, "num_inference_steps": 10, "strength": 0.5}, path=f"/queue/{ENDPOINT}")
     result_of(client, queued)
     logs = [line["message"] for line in client.get(queued["status_url"] + "?logs=1").json()["logs"]]
     assert [line for line in logs if line.startswith("step")] == [f"step {i}/5" for i in range(1, 6)]
@@ -167,7 +163,7 @@ def stock_diffusers(folder, *, image: np.ndarray, prompt: str, steps: int, stren
 def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(tmp_path, tiny_weights, registry):
     source = gradient_image(80, 48)  # already a multiple of 16: no resize on either side
     inputs = {"image_url": data_uri(png_bytes(source)), "output_format": "png", "strength": 0.8}
-    plain_kiln = start(tmp_path / "data", tiny_weights, registry, speedups=False)
+    plain_kiln = start_with_weights(tmp_path / "data", tiny_weights, registry, speedups=False)
     try:
         plain = run(plain_kiln, ENDPOINT, {**FAST, **inputs})
         kiln_pixels = pixels(plain_kiln, plain["images"][0])
@@ -198,7 +194,7 @@ def test_bad_inputs_are_422_naming_the_field(client, inputs, field):
 
 def test_without_weights_the_endpoint_names_the_pull_command(tmp_path, tiny_weights, registry):
     empty = TinyWeights(store=tmp_path / "no-weights", lock=tiny_weights.lock)
-    client = start(tmp_path / "data", empty, registry)
+    client = start_with_weights(tmp_path / "data", empty, registry)
     try:
         refused = client.post(f"/queue/{ENDPOINT}", json=FAST)
         assert refused.status_code == 503

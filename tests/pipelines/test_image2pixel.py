@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from kernels.pixel_downscale import DOWNSCALE_METHODS
 from pipelines.image2pixel import Image2PixelInput, Image2PixelPipeline, pixelate
 from server.config import Settings
-from tests.conftest import data_uri, png_bytes
+from testkit.images import data_uri, png_bytes
 from tests.kernels.test_pixel_cleanup import background_fixture, reference_fill
 
 ENDPOINT = "fal-ai/image2pixel"

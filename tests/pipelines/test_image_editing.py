@@ -22,11 +22,17 @@ from pipelines.image_editing_face_enhancement import TEMPLATE as FACE_TEMPLATE
 from pipelines.image_editing_object_removal import TEMPLATE as REMOVAL_TEMPLATE
 from pipelines.kontext_editing import reference_sizes
 from server.media import decode_image
-from server.registry import Registry
-from tests.conftest import TEST_PIPELINES, data_uri, gradient_image, png_bytes
-from tests.fixtures.tiny_diffusion import TinyWeights
-from tests.fixtures.tiny_flux import FLUX_KONTEXT, build_flux_store
-from tests.pipelines.diffusion_http import image_bytes, pixels, run, start
+from testkit.images import data_uri, gradient_image, png_bytes
+from testkit.tiny_diffusion import TinyWeights
+from testkit.tiny_flux import FLUX_KONTEXT, build_flux_store
+from tests.fixtures.apps import (
+    image_bytes,
+    pixels,
+    run,
+    start_with_weights,
+)
+
+pytestmark = pytest.mark.slow  # tiny diffusion models: seconds per test
 
 IMAGE_EDITING = {
     "fal-ai/image-editing/background-change": BACKGROUND_TEMPLATE.replace("{prompt}", "beach sunset with palm trees"),
@@ -70,13 +76,8 @@ def tiny_weights(tmp_path_factory) -> TinyWeights:
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.discover(("pipelines", *TEST_PIPELINES))
-
-
-@pytest.fixture(scope="module")
 def client(tmp_path_factory, tiny_weights, registry) -> Iterator[TestClient]:
-    client = start(tmp_path_factory.mktemp("data"), tiny_weights, registry)
+    client = start_with_weights(tmp_path_factory.mktemp("data"), tiny_weights, registry)
     yield client
     client.__exit__(None, None, None)
 
@@ -258,7 +259,7 @@ def test_one_reference_is_exactly_stock_kontext(tmp_path, tiny_weights, registry
     from diffusers import FluxKontextPipeline
 
     source = gradient_image(80, 48)
-    plain_kiln = start(tmp_path / "data", tiny_weights, registry, speedups=False)
+    plain_kiln = start_with_weights(tmp_path / "data", tiny_weights, registry, speedups=False)
     try:
         result = run(
             plain_kiln,
@@ -287,7 +288,7 @@ def test_one_reference_is_exactly_stock_kontext(tmp_path, tiny_weights, registry
 
 def test_without_weights_every_editing_endpoint_names_the_pull_command(tmp_path, tiny_weights, registry):
     empty = TinyWeights(store=tmp_path / "no-weights", lock=tiny_weights.lock)
-    client = start(tmp_path / "data", empty, registry)
+    client = start_with_weights(tmp_path / "data", empty, registry)
     try:
         for endpoint in ENDPOINTS:
             refused = client.post(f"/queue/{endpoint}", json=MINIMAL[endpoint][0])

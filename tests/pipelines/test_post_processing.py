@@ -8,7 +8,6 @@ effects in another order, or batching changes a result.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import io
 from collections.abc import Callable
@@ -42,9 +41,9 @@ from pipelines.post_processing import (
     apply_effects,
 )
 from server.media import decode_image
-from tests.conftest import data_uri, gradient_image, png_bytes
-from tests.server.conftest import wait_completed
-from tests.server.test_protocol import occupy_worker, submit
+from testkit.images import data_uri, gradient_image, png_bytes
+from testkit.servers import wait_completed
+from tests.fixtures.apps import image_bytes, occupy_worker, result_of, submit
 
 POST_PROCESSING = "fal-ai/post-processing"
 SHARPEN = "fal-ai/post-processing/sharpen"
@@ -259,25 +258,7 @@ def run(client, endpoint: str, **fields) -> dict:
 
 
 def run_queued(client, endpoint: str, **fields) -> dict:
-    queued = submit(client, {"image_url": SOURCE_URL, **fields}, path=f"/queue/{endpoint}")
-    wait_completed(client, queued["status_url"])
-    return result_of(client, queued)
-
-
-def result_of(client, queued: dict) -> dict:
-    response = client.get(queued["response_url"])
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def image_bytes(client, image: dict) -> bytes:
-    """The file behind an output Image: inline data URI, or downloaded from this server."""
-    if image["url"].startswith("data:"):
-        return base64.b64decode(image["url"].partition(",")[2])
-    download = client.get(urlsplit(image["url"]).path)
-    assert download.status_code == 200
-    assert download.headers["content-type"] == image["content_type"]
-    return download.content
+    return result_of(client, submit(client, {"image_url": SOURCE_URL, **fields}, path=f"/queue/{endpoint}"))
 
 
 def decoded(client, result: dict) -> Image.Image:

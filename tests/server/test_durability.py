@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import KilnProcess
-from tests.server.conftest import wait_completed
+from testkit.servers import KilnProcess, wait_completed
+from tests.fixtures.apps import TEST_PIPELINES
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_request_that_kills_its_worker_is_failed_after_max_attempts(kiln_process
     poison = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"fail_with": "crash", "step_seconds": 0.3}).json()
     server.process.wait(60)
     for _ in range(2):  # each start claims the poisoned request again and dies
-        assert KilnProcess(server.data_dir).spawn().process.wait(60) == 9
+        assert KilnProcess(server.data_dir, pipelines=TEST_PIPELINES).spawn().process.wait(60) == 9
     server = kiln_process(data_dir=server.data_dir)
     status_url = f"{server.url}/queue/kiln-test/steps/requests/{poison['request_id']}/status"
     deadline = time.monotonic() + 30

@@ -11,7 +11,7 @@ from PIL import Image
 
 from kernels.convert import quantize
 from server.media import ImageDecodeError, decode_image, encode_image
-from tests.conftest import gradient_image
+from testkit.images import gradient_image
 
 LIMIT = 10_000_000
 

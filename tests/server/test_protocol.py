@@ -7,33 +7,9 @@ import time
 
 import pytest
 
-from tests.conftest import data_uri, gradient_image, png_bytes
-from tests.server.conftest import wait_completed
-
-STEPS = "/queue/kiln-test/steps"
-
-
-def submit(client, body=None, path=STEPS, **kwargs):
-    response = client.post(path, json=body if body is not None else {}, **kwargs)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_status(client, status_url, wanted, timeout=20.0, **headers):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(status_url, headers=headers).json()
-        if body["status"] == wanted:
-            return body
-        time.sleep(0.01)
-    raise AssertionError(f"never reached {wanted}")
-
-
-def occupy_worker(client, **headers):
-    """Starts a long request and waits until the only worker is running it."""
-    blocker = submit(client, {"steps": 500, "step_seconds": 0.02, "tag": "blocker"}, headers=headers)
-    wait_status(client, blocker["status_url"], "IN_PROGRESS", **headers)
-    return blocker
+from testkit.images import data_uri, gradient_image, png_bytes
+from testkit.servers import wait_completed
+from tests.fixtures.apps import STEPS, occupy_worker, submit
 
 
 def test_submit_status_result_round_trip(client):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import gradient_image, png_bytes
+from testkit.images import gradient_image, png_bytes
 
 
 def test_cdn_token_then_upload(client):

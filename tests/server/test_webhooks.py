@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from server.keys import load_webhook_key
 from server.webhooks import WebhookSigner
-from tests.server.conftest import wait_completed
+from testkit.servers import wait_completed
 
 
 class Listener:

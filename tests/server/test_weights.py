@@ -16,6 +16,8 @@ import pytest
 
 import server.weights as weights_module
 from server.cli import main
+from server.config import Settings
+from server.registry import Registry
 from server.weights import (
     MISMATCH,
     MISSING,
@@ -29,6 +31,7 @@ from server.weights import (
     WeightsUnavailable,
     lock_from_hub,
 )
+from testkit.servers import REPO
 
 MODEL = "tiny-model"
 COMMIT = "a" * 40
@@ -359,3 +362,10 @@ class TestCommandLine:
         path.write_text(json.dumps(lock_document(revision="main")))
         message = kiln_weights(tmp_path, path, "pull", MODEL)
         assert isinstance(message, str) and f"kiln weights lock {MODEL}" in message
+
+
+def test_the_lock_holds_exactly_the_models_the_endpoints_load():
+    """An endpoint's models are named once, on its class; the lock must hold each of them and no other."""
+    locked = set(WeightsLock.load(REPO / "weights.lock").models)
+    used = Registry.discover(Settings.pipeline_modules).models()
+    assert locked == set(used), f"unused in the lock: {locked - set(used)}; missing: {set(used) - locked}"

@@ -113,10 +113,41 @@ class DeviceFault(SizedPipeline):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 
+class WrongOutput(SizedPipeline):
+    """`encode` returns another model than the endpoint's Output."""
+
+    endpoint_id = "test/wrong-output"
+    size = 0
+
+    def encode(self, prediction, inputs, request):
+        return Empty()
+
+
+class InvalidOutput(SizedPipeline):
+    """`encode` returns the Output type built without validation, holding a value its schema refuses."""
+
+    endpoint_id = "test/invalid-output"
+    size = 0
+
+    def encode(self, prediction, inputs, request):
+        return Result.model_construct(batch_size="many")
+
+
+class TooFewPredictions(SizedPipeline):
+    endpoint_id = "test/too-few-predictions"
+    size = 0
+
+    def predict(self, items, requests):
+        return super().predict(items, requests)[1:]
+
+
 @pytest.fixture
 def harness(tmp_path):
     memory["used"] = 0
-    pipelines = [Small1, Small2, Large, TooLarge, NoBatchMemory, PairsOnly, DeviceFault]
+    pipelines = [
+        Small1, Small2, Large, TooLarge, NoBatchMemory, PairsOnly, DeviceFault,
+        WrongOutput, InvalidOutput, TooFewPredictions,
+    ]
     store = SqliteJobStore(tmp_path / "q.sqlite3", lease_seconds=30, max_attempts=3)
     fatal = threading.Event()
     worker = Worker(
@@ -139,6 +170,7 @@ def harness(tmp_path):
         worker.run_batch(jobs)
         return [store.get(job.request_id) for job in jobs]
 
+    worker.store = store
     yield worker, run, fatal
     store.close()
 
@@ -185,3 +217,55 @@ def test_fatal_device_error_asks_for_a_restart(harness):
     _, run, fatal = harness
     run("test/device-fault")
     assert fatal.is_set()
+
+
+def failed_on_first_attempt(store, job, step: str) -> None:
+    """COMPLETED with fal's error shape, on attempt 1, and a status-log line naming `step`."""
+    assert job.status is JobStatus.COMPLETED and job.attempts == 1
+    assert job.result.status_code == 500 and job.result.error_type == "runner_server_error"
+    assert job.result.body == {"detail": job.result.error, "error_type": "runner_server_error"}
+    errors = [entry.message for entry in store.logs(job.request_id) if entry.level == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{step} failed: "), errors
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "step", "message"),
+    [
+        ("test/wrong-output", "output check", "`encode` returned Empty, not the endpoint's Result"),
+        ("test/invalid-output", "output check", "batch_size"),
+        ("test/too-few-predictions", "predict", "`predict` returned 1 prediction(s) for 2 request(s)"),
+    ],
+)
+def test_a_broken_step_completes_its_requests_with_an_error_at_once(harness, endpoint, step, message):
+    worker, run, _ = harness
+    jobs = run(endpoint, count=2)
+    for job in jobs:
+        failed_on_first_attempt(worker.store, job, step)
+        assert message in job.result.error
+
+
+def test_a_result_the_store_refuses_completes_the_request_with_an_error(harness, monkeypatch):
+    worker, run, _ = harness
+    complete = worker.store.complete
+
+    def refuse_results(request_id, result):
+        if result.ok:
+            raise ValueError("the database refused the row")
+        return complete(request_id, result)
+
+    monkeypatch.setattr(worker.store, "complete", refuse_results)
+    [job] = run("test/small-1")
+    failed_on_first_attempt(worker.store, job, "complete")
+    assert "the database refused the row" in job.result.error
+
+
+def test_the_next_claim_takes_only_what_the_last_batch_could_run(harness):
+    """Requests past what one `predict` call takes stay queued, so they can still be cancelled at once."""
+    worker, run, _ = harness
+    run("test/pairs-only", count=3)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    for request_id in ids:
+        worker.store.submit(NewJob(request_id=request_id, endpoint="test/pairs-only", owner="o", payload={}))
+    claimed = worker.store.claim("test-worker", worker._claim_limits)
+    assert [job.request_id for job in claimed] == ids[:2]
+    assert [worker.store.get(request_id).status for request_id in ids[2:]] == [JobStatus.IN_QUEUE] * 3

@@ -1,0 +1,102 @@
+"""Kiln servers for tests and benchmarks: free ports, `kiln serve` in a subprocess, waiting on a request."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class KilnProcess:
+    """`kiln serve` in a subprocess, as a user starts it; restartable on the same data dir."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        pipelines: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
+        env: dict | None = None,
+    ):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.extra_args = extra_args
+        self.pipelines = pipelines
+        self.tls = tls
+        self.env = env or {}
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def spawn(self) -> KilnProcess:
+        """Starts the process without waiting for it to become healthy."""
+        args = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        for module in self.pipelines:
+            args += ["--pipeline", module]
+        if self.tls:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
+        args += list(self.extra_args)
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def start(self, timeout: float = 90.0) -> KilnProcess:
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kiln exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", verify=False, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"kiln did not become healthy:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+
+def wait_completed(client, status_url: str, timeout: float = 30.0, **headers) -> dict:
+    """Polls a status URL with an httpx-like client until the request is COMPLETED; its status body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(status_url, headers=headers)
+        if response.json()["status"] == "COMPLETED":
+            return response.json()
+        time.sleep(0.02)
+    raise AssertionError(f"{status_url} did not complete in {timeout}s")
