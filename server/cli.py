@@ -27,6 +27,7 @@ from server.weights import (
     WeightsUnavailable,
     lock_from_hub,
 )
+from server.worker import DeviceUnavailable, resolve_devices
 
 logger = logging.getLogger("kiln")
 
@@ -159,6 +160,10 @@ def serve(args: argparse.Namespace) -> None:
     from server.app import create_app
 
     settings = settings_from_args(args)
+    try:
+        resolve_devices(settings.device)
+    except DeviceUnavailable as error:
+        raise SystemExit(f"kiln serve: {error}") from None
     if not settings.api_keys:
         logger.warning("no API key configured: every local caller is accepted; Kiln listens on loopback only")
     uvicorn.run(

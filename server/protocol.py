@@ -7,6 +7,7 @@ async code go through a thread, so the event loop never waits on the database.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -74,6 +75,18 @@ QueueOptionsDep = Annotated[QueueOptions, Depends(queue_options)]
 
 
 # -- accepting -------------------------------------------------------------------------------
+
+
+@functools.cache
+def request_model(pipeline: type[Pipeline]) -> type[BaseModel]:
+    """The endpoint's `Input` as a request body that also keeps the fields it does not declare.
+
+    fal accepts and ignores unknown fields; Kiln keeps them in the stored payload so the worker can
+    name them as ignored (the pipeline itself validates against its own `Input`, which drops them).
+    """
+    model = pipeline.Input
+    namespace = {"model_config": {**model.model_config, "extra": "allow"}, "__module__": model.__module__}
+    return type(model.__name__, (model,), {**namespace, "__doc__": model.__doc__})
 
 
 def accept(

@@ -42,14 +42,40 @@ from server.store import Job, JobResult, JobStore
 logger = logging.getLogger(__name__)
 
 
+class DeviceUnavailable(RuntimeError):
+    """A device the operator asked for cannot run work; Kiln refuses to start rather than queue forever."""
+
+
 def resolve_devices(setting: str) -> list[torch.device]:
-    """`auto` -> every CUDA device, else the CPU; otherwise a comma-separated list like `cuda:0,cuda:1`."""
+    """`auto` -> every CUDA device, else the CPU; otherwise `cpu`, `cuda` (every CUDA device) or a
+    comma-separated list like `cuda:0,cuda:1`. Each named device must run a kernel, or DeviceUnavailable."""
     if setting == "auto":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
-    if setting == "cuda":
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [torch.device(part.strip()) for part in setting.split(",") if part.strip()]
+    try:
+        if setting == "cuda":
+            devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        else:
+            devices = [torch.device(part.strip()) for part in setting.split(",") if part.strip()]
+    except RuntimeError as error:
+        raise DeviceUnavailable(f"--device {setting!r} is not a device list: {error}") from None
+    if not devices:
+        raise DeviceUnavailable(f"--device {setting!r}: no CUDA device is visible to PyTorch")
+    for device in devices:
+        check_device(device)
+    return devices
+
+
+def check_device(device: torch.device) -> None:
+    """Runs one tiny kernel on `device`; raises DeviceUnavailable saying why it cannot."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"{device}: this PyTorch has no working CUDA (is the driver installed?)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"{device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    try:
+        (torch.ones(1, device=device) + 1).cpu()
+    except Exception as error:
+        raise DeviceUnavailable(f"{device} cannot run work: {error}") from None
 
 
 def is_fatal_device_error(error: BaseException) -> bool:
@@ -118,8 +144,13 @@ class Worker(threading.Thread):
             return dict(self._running)
 
     def run(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        try:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        except Exception as error:
+            logger.critical("worker on %s cannot start: %s", self.device, error)
+            self.state = f"failed: {error}"
+            return
         self.state = "ready"
         while not self._stopping.is_set():
             try:
@@ -182,7 +213,9 @@ class Worker(threading.Thread):
             with request.timed("decode"):
                 inputs = pipeline.Input.model_validate(request.job.payload)
                 request.raise_if_cancelled()
-                return Decoded(request, inputs, pipeline.decode(inputs, request))
+                item = pipeline.decode(inputs, request)
+            report_unknown_fields(request, pipeline.Input)
+            return Decoded(request, inputs, item)
 
         decoded = []
         for request, outcome in zip(requests, self._on_host(decode, [(r,) for r in requests])):
@@ -342,6 +375,17 @@ class Worker(threading.Thread):
             logger.exception("request %s: could not append to its logs: %s", request.request_id, message)
 
 
+def report_unknown_fields(request: RunningRequest, model: type[BaseModel]) -> None:
+    """Names the fields the endpoint does not know, which fal accepts and ignores, in the status logs
+    and in `provenance.ignored` beside the known fields the endpoint ignores (a misspelt
+    `enable_vinyette` would otherwise do nothing silently)."""
+    unknown = {name: value for name, value in request.job.payload.items() if name not in model.model_fields}
+    if not unknown:
+        return
+    request.log(f"Ignored field(s) this endpoint does not have: {', '.join(sorted(unknown))}", "WARN")
+    request.add_provenance({"ignored": {**request.provenance.get("ignored", {}), **unknown}})
+
+
 def checked_output(pipeline: Pipeline, output: Any) -> dict[str, Any]:
     """The JSON body of an `encode` result, checked against the endpoint's `Output` model."""
     if not isinstance(output, pipeline.Output):
@@ -414,7 +458,11 @@ class WorkerPool:
                 request.cancelled.set()
 
     def states(self) -> dict[str, str]:
-        return {str(worker.device): worker.state if worker.is_alive() else "stopped" for worker in self.workers}
+        """Device -> `starting`, `ready`, `busy`, `failed: <why>` or `stopped`."""
+        return {
+            str(worker.device): worker.state if worker.is_alive() or worker.state.startswith("failed") else "stopped"
+            for worker in self.workers
+        }
 
     def pipeline_states(self) -> dict[str, dict[str, str]]:
         """Device -> endpoint -> `loading`, `ready` or `error: …` (cold endpoints are absent)."""

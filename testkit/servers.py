@@ -15,6 +15,13 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 
 
+def tied_to_this_process(command: list[str]) -> list[str]:
+    """`command`, started so that the kernel kills it when the process that starts it dies: a test
+    run that crashes or is killed never leaves a server listening (util-linux `setpriv --pdeathsig`,
+    which sets Linux's PR_SET_PDEATHSIG and execs the command; no Python code runs in the forked child)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *command]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -55,7 +62,9 @@ class KilnProcess:
         args += list(self.extra_args)
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            tied_to_this_process(args), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         return self
 
     def start(self, timeout: float = 90.0) -> KilnProcess:

@@ -18,13 +18,13 @@ SCHEMA_REF = "#/components/schemas/"
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(response: Response, services: ServicesDep) -> Health:
-    """200 once every worker is up; 503 if one has stopped."""
+    """200 once every worker is up; 503 while none is, or one has stopped or failed."""
     workers = services.pool.states()
     endpoints = {
         pipeline.endpoint_id: pipeline.unavailable_reason(services.weights) or "available"
         for pipeline in services.registry
     }
-    healthy = all(state in ("ready", "busy") for state in workers.values())
+    healthy = bool(workers) and all(state in ("ready", "busy") for state in workers.values())
     body = Health(
         status="ok" if healthy else "degraded",
         version=server.__version__,

@@ -21,6 +21,7 @@ from server.protocol import (
     queue_base,
     queue_status,
     request_headers,
+    request_model,
     result_response,
     status_of,
     unknown_endpoint,
@@ -125,7 +126,7 @@ def result_model(registry: Registry) -> Any:
 
 
 def submit_route(pipeline: type[Pipeline]):
-    Input = pipeline.Input
+    Input = request_model(pipeline)
 
     def submit(
         request: Request,

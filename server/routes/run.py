@@ -13,6 +13,7 @@ from server.deps import OwnerDep, ServicesDep
 from server.protocol import (
     QueueOptionsDep,
     accept,
+    request_model,
     result_response,
     unknown_endpoint,
     wait_until_completed,
@@ -44,7 +45,7 @@ def build_router(registry: Registry) -> APIRouter:
 
 
 def run_route(pipeline: type[Pipeline]):
-    Input = pipeline.Input
+    Input = request_model(pipeline)
 
     async def run(
         request: Request, services: ServicesDep, owner: OwnerDep, inputs: Input, options: QueueOptionsDep

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from testkit.servers import KilnProcess, wait_completed
+from testkit.servers import REPO, KilnProcess, wait_completed
 from tests.fixtures.apps import TEST_PIPELINES
 
 pytestmark = pytest.mark.slow
@@ -82,3 +85,37 @@ def test_long_request_is_not_handed_out_twice_while_its_worker_lives(make_client
     logs = client.get(queued["status_url"] + "?logs=1").json()["logs"]
     assert not any("Requeued" in line["message"] for line in logs)
     assert sum(line["message"].startswith("Running on") for line in logs) == 1
+
+
+ORPHANING_RUN = """
+import sys
+from pathlib import Path
+from testkit.servers import KilnProcess
+server = KilnProcess(Path(sys.argv[1])).start()
+print(server.process.pid, server.port, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_test_run_leaves_no_server_listening(tmp_path):
+    """A crashed run once left a Kiln server listening 34 minutes later: servers die with their test process."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", ORPHANING_RUN, str(tmp_path / "data")],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    pid, port = map(int, run.stdout.readline().split())
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3] == [sys.executable.encode(), b"-m", b"server.cli"]
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    run.kill()
+    run.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and "zombie" not in process_state(pid):
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in process_state(pid)
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (FileNotFoundError, IndexError):
+        return "zombie"
