@@ -14,7 +14,7 @@ does the rest:
   final 8-bit images; a flagged image is replaced by a black one of the same size and reported in
   `has_nsfw_concepts`, as fal does.
 - Out of memory inside a call, the call's activations are released before the worker sees the error
-  (the worker then evicts other pipelines and retries, or answers 503 `out_of_memory`).
+  (the worker then evicts other pipelines and retries, or answers 413 `out_of_memory`).
 - Results record their provenance: the weights' lock entry (repo, revision, digest), seed, library
   versions, dtype and the speed-ups in force, plus what the endpoint adds (scheduler, steps...).
 

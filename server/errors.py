@@ -49,9 +49,13 @@ class PayloadTooLarge(KilnError):
 
 
 class EndpointUnavailable(KilnError):
-    """The endpoint is registered but cannot run here, e.g. its weights are not installed."""
+    """The endpoint is registered but cannot run here, e.g. its weights are not installed.
 
-    status_code = 503
+    501, not 503: both official clients retry 503 (the JS client three times, `fal.run` included),
+    and no retry can install weights; the operator's `kiln weights` command can.
+    """
+
+    status_code = 501
     error_type = "endpoint_unavailable"
 
 

@@ -21,9 +21,11 @@ from server.errors import EndpointUnavailable
 
 logger = logging.getLogger(__name__)
 
+# 413, not 503: the worker has already evicted every other pipeline and run the request alone, so
+# only a smaller request can fit; the official clients retry 503 and would run it again in vain
 OUT_OF_MEMORY = KilnError(
-    "The device ran out of memory running this request; try a smaller image or fewer images",
-    status_code=503,
+    "The device ran out of memory running this request alone; try a smaller image or fewer images",
+    status_code=413,
     error_type="out_of_memory",
 )
 

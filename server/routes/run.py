@@ -32,9 +32,10 @@ def build_router(registry: Registry) -> APIRouter:
             response_model=pipeline.Output,
             responses={
                 422: {"model": ValidationErrorBody},
+                413: {"model": ErrorBody},
                 499: {"model": ErrorBody},
                 500: {"model": ErrorBody},
-                503: {"model": ErrorBody},
+                501: {"model": ErrorBody},
                 504: {"model": ErrorBody},
             },
             summary=f"Run {pipeline.endpoint_id} and wait for the result",

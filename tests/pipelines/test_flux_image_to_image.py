@@ -197,7 +197,7 @@ def test_without_weights_the_endpoint_names_the_pull_command(tmp_path, tiny_weig
     client = start_with_weights(tmp_path / "data", empty, registry)
     try:
         refused = client.post(f"/queue/{ENDPOINT}", json=FAST)
-        assert refused.status_code == 503
+        assert refused.status_code == 501
         assert f"`kiln weights pull {FLUX_DEV}`" in refused.json()["detail"]
         steps = client.post("/queue/kiln-test/steps", json={"steps": 1}).json()
         assert wait_completed(client, steps["status_url"]).get("error") is None

@@ -292,7 +292,7 @@ def test_without_weights_every_editing_endpoint_names_the_pull_command(tmp_path,
     try:
         for endpoint in ENDPOINTS:
             refused = client.post(f"/queue/{endpoint}", json=MINIMAL[endpoint][0])
-            assert refused.status_code == 503, endpoint
+            assert refused.status_code == 501, endpoint
             assert f"`kiln weights pull {FLUX_KONTEXT}`" in refused.json()["detail"]
     finally:
         client.__exit__(None, None, None)

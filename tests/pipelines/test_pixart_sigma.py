@@ -295,7 +295,7 @@ def test_out_of_memory_fails_only_that_request(client, monkeypatch):
     oom = submit(client, image_size=SMALL)
     status = wait_completed(client, oom["status_url"], timeout=60)
     assert status["error_type"] == "out_of_memory"
-    assert client.get(oom["response_url"]).status_code == 503
+    assert client.get(oom["response_url"]).status_code == 413
     assert generate(client, image_size=SMALL)["images"]
 
 
@@ -322,7 +322,7 @@ def test_without_weights_the_endpoint_names_the_pull_command_and_the_rest_keeps_
     client = start_with_weights(tmp_path / "data", empty, registry)
     try:
         refused = client.post(f"/queue/{ENDPOINT}", json=FAST)
-        assert refused.status_code == 503
+        assert refused.status_code == 501
         assert f"`kiln weights pull {PIXART}`" in refused.json()["detail"]
         assert f"kiln weights pull {PIXART}" in client.get("/health").json()["endpoints"][ENDPOINT]
         steps = client.post("/queue/kiln-test/steps", json={"steps": 1}).json()
@@ -357,7 +357,7 @@ def test_weights_verified_by_the_cli_load_and_a_changed_byte_is_refused(tmp_path
         assert f"`kiln weights pull {PIXART}`" in detail
         # now that the mismatch is known, the endpoint refuses at submit
         again = client.post(f"/queue/{ENDPOINT}", json=FAST)
-        assert again.status_code == 503 and "sha256 mismatch" in again.json()["detail"]
+        assert again.status_code == 501 and "sha256 mismatch" in again.json()["detail"]
     finally:
         client.__exit__(None, None, None)
     with pytest.raises(SystemExit) as reverified:

@@ -64,7 +64,7 @@ def test_every_route_answers_as_its_schema_says(client, make_client, conformance
     steps, needs_weights = "/queue/kiln-test/steps", "/queue/kiln-test/needs-weights"
     processing = "/queue/fal-ai/post-processing"
 
-    # submit: 200, 422, 429, 503
+    # submit: 200, 422, 429, 501
     done = check(client.post(steps, json={"steps": 1, "tag": "done"}), steps).json()
     check(client.post(steps, json={"steps": 0}), steps)
     check(client.post(needs_weights, json={}), needs_weights)
@@ -105,7 +105,7 @@ def test_every_route_answers_as_its_schema_says(client, make_client, conformance
     assert events[-1]["status"] == "COMPLETED"
     check(client.get(done["status_url"].replace(done["request_id"], "0" * 8) + "/stream"), REQUEST + "/status/stream")
 
-    # sync run: 200, 422, 500, 503
+    # sync run: 200, 422, 500, 501
     run = "/run/kiln-test/steps"
     assert check(client.post(run, json={"steps": 1}), run).status_code == 200
     check(client.post(run, json={"steps": "many"}), run)

@@ -2,7 +2,7 @@
 
 Runs on the built-in endpoints only (the test pipelines fail and crash on purpose), with DNS
 answered locally so generated http URLs fail fast instead of waiting on a resolver. No model weights
-are installed here, so a valid request to a diffusion endpoint gets the documented 503 naming the
+are installed here, so a valid request to a diffusion endpoint gets the documented 501 naming the
 `kiln weights` command, and a generated `X-Fal-Request-Timeout` of a few microseconds gets the
 documented 504 of a request that did not start in time; those two answers are allowed, every other
 5xx fails.
@@ -50,7 +50,7 @@ def offline_dns():
 
 
 def not_a_server_error_except_documented(ctx, response, case):
-    if response.status_code == 503 and response.json().get("error_type") == "endpoint_unavailable":
+    if response.status_code == 501 and response.json().get("error_type") == "endpoint_unavailable":
         assert "kiln weights" in response.json()["detail"]
         return None
     if response.status_code == 504 and response.json().get("error_type") == "request_timeout":

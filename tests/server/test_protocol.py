@@ -124,7 +124,7 @@ def test_out_of_memory_fails_the_request_and_the_worker_carries_on(client):
     oom = submit(client, {"fail_with": "oom"})
     after = submit(client, {"tag": "after"})
     assert wait_completed(client, oom["status_url"])["error_type"] == "out_of_memory"
-    assert client.get(oom["response_url"]).status_code == 503
+    assert client.get(oom["response_url"]).status_code == 413
     wait_completed(client, after["status_url"])
     assert client.get(after["response_url"]).json()["tag"] == "after"
 
@@ -211,7 +211,7 @@ def test_sync_run_returns_output_and_errors_directly(client):
 
 def test_endpoint_without_weights_answers_clearly(client):
     response = client.post("/queue/kiln-test/needs-weights", json={})
-    assert response.status_code == 503
+    assert response.status_code == 501
     assert "kiln weights pull" in response.json()["detail"]
     health = client.get("/health").json()
     assert "kiln weights pull" in health["endpoints"]["kiln-test/needs-weights"]

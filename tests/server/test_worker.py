@@ -196,7 +196,7 @@ def test_a_pipeline_that_never_fits_fails_cleanly(harness):
     worker, run, _ = harness
     [failed] = run("test/too-large")
     assert failed.status is JobStatus.COMPLETED
-    assert failed.result.status_code == 503 and failed.result.error_type == "out_of_memory"
+    assert failed.result.status_code == 413 and failed.result.error_type == "out_of_memory"
     [after] = run("test/small-1")
     assert after.result.status_code == 200
 
