@@ -17,7 +17,7 @@ from server.config import Settings
 from server.errors import KilnError
 from server.middleware import ProtocolRouting
 from server.registry import Registry
-from server.routes import meta, queue, run, storage
+from server.routes import docs, meta, queue, run, storage
 from server.services import Services
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         description="fal.ai's queue, sync and storage protocol for image endpoints on your own GPUs.",
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
     )
+    docs.mount(app)
     app.include_router(queue.build_router(registry))
     app.include_router(run.build_router(registry))
     app.include_router(storage.router)
