@@ -7,12 +7,13 @@ from fastapi import APIRouter, Query, Request, Response
 import server
 from server.deps import ServicesDep
 from server.errors import NotFound
+from server.protocol import queue_base
 from server.schemas import ErrorBody, Health, Jwks
 
 router = APIRouter(tags=["meta"])
 
-# the protocol routes every endpoint document includes beside the endpoint's own submit and run
-SHARED_QUEUE_PATHS = "/queue/{app_path}/requests/"
+# the request routes every endpoint shares, by the app part of its id
+SHARED_REQUEST_PATH = "/queue/{app_path}/requests/{request_id}"
 SCHEMA_REF = "#/components/schemas/"
 
 
@@ -38,6 +39,13 @@ def health(response: Response, services: ServicesDep) -> Health:
     return body
 
 
+@router.head("/health", include_in_schema=False)
+def health_head(response: Response, services: ServicesDep) -> Response:
+    """`GET /health`'s status code without its body, for probes and load balancers that use HEAD."""
+    health(response, services)
+    return Response(status_code=response.status_code)
+
+
 @router.get("/.well-known/jwks.json", response_model=Jwks)
 def jwks(services: ServicesDep) -> Jwks:
     """The Ed25519 public key that verifies Kiln's `X-Fal-Webhook-Signature`."""
@@ -45,16 +53,46 @@ def jwks(services: ServicesDep) -> Jwks:
 
 
 @router.get("/api/openapi/queue/openapi.json", responses={404: {"model": ErrorBody}})
-def endpoint_openapi(request: Request, endpoint_id: Annotated[str, Query()]) -> dict:
-    """The OpenAPI document of one endpoint: its submit and run routes and the queue routes."""
+def endpoint_openapi(request: Request, services: ServicesDep, endpoint_id: Annotated[str, Query()]) -> dict:
+    """One endpoint's queue API in the shape fal publishes for it: the server is the queue base, the
+    paths are the full endpoint id (submit, `requests/{request_id}` for the result, and its `status`,
+    `status/stream` and `cancel`), submit answers `QueueStatus` and the result the endpoint's output."""
     whole = request.app.openapi()
-    own = (f"/queue/{endpoint_id}", f"/run/{endpoint_id}")
-    if own[0] not in whole["paths"]:
+    paths = whole["paths"]
+    if f"/queue/{endpoint_id}" not in paths:
         raise NotFound(f"Endpoint {endpoint_id} is not served here")
-    paths = {path: item for path, item in whole["paths"].items() if path in own or path.startswith(SHARED_QUEUE_PATHS)}
-    schemas = whole.get("components", {}).get("schemas", {})
-    components = {**whole.get("components", {}), "schemas": {name: schemas[name] for name in referenced(paths, schemas)}}
-    return {**whole, "info": {**whole["info"], "title": endpoint_id}, "paths": paths, "components": components}
+    own = f"/{endpoint_id}/requests/{{request_id}}"
+    result = paths[SHARED_REQUEST_PATH]["get"]
+    output = paths[f"/run/{endpoint_id}"]["post"]["responses"]["200"]
+    endpoint_paths = {
+        f"/{endpoint_id}": {"post": paths[f"/queue/{endpoint_id}"]["post"]},
+        own: {"get": for_endpoint({**result, "responses": {**result["responses"], "200": output}})},
+        **{
+            own + suffix: {method: for_endpoint(paths[SHARED_REQUEST_PATH + suffix][method])}
+            for suffix, method in (("/status", "get"), ("/status/stream", "get"), ("/cancel", "put"))
+        },
+    }
+    schemas = whole["components"]["schemas"]
+    return {
+        "openapi": whole["openapi"],
+        "info": {
+            "title": f"Queue OpenAPI for {endpoint_id}",
+            "version": whole["info"]["version"],
+            "x-fal-metadata": {"endpointId": endpoint_id},
+        },
+        "servers": [{"url": queue_base(request, services)}],
+        "paths": endpoint_paths,
+        "components": {
+            **whole["components"],
+            "schemas": {name: schemas[name] for name in sorted(referenced(endpoint_paths, schemas))},
+        },
+    }
+
+
+def for_endpoint(operation: dict) -> dict:
+    """A shared request operation without its `app_path` parameter, which the endpoint's own path fixes."""
+    parameters = [parameter for parameter in operation.get("parameters", []) if parameter["name"] != "app_path"]
+    return {**operation, "parameters": parameters}
 
 
 def referenced(document: Any, schemas: dict[str, Any]) -> set[str]:

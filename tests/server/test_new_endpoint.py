@@ -62,6 +62,6 @@ def test_a_module_with_a_pipeline_class_is_served_over_http(tmp_path):
             assert client.post(f"/run/{ENDPOINT}", json={"text": "x" * 101}).status_code == 422
             assert client.get("/health").json()["endpoints"][ENDPOINT] == "available"
             document = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": ENDPOINT}).json()
-            assert f"/queue/{ENDPOINT}" in document["paths"] and "ReverseInput" in document["components"]["schemas"]
+            assert f"/{ENDPOINT}" in document["paths"] and "ReverseInput" in document["components"]["schemas"]
     finally:
         server.stop()
