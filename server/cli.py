@@ -114,15 +114,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--retention-hours", type=float, default=7 * 24, help="how long results and files are kept (default: 168)"
     )
+    serve.add_argument(
+        "--max-upload-mib", type=float, default=1024, help="largest file one upload may store (default: %(default)s)"
+    )
+    serve.add_argument(
+        "--upload-quota-mib",
+        type=float,
+        default=10 * 1024,
+        help="most upload bytes one key may keep stored until retention deletes them (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--upload-quota-files",
+        type=int,
+        default=10_000,
+        help="most uploaded files one key may keep stored until retention deletes them (default: %(default)s)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_weights_commands(commands, [storage])
     return parser
 
 
+def api_keys_from(args: argparse.Namespace) -> tuple[str, ...]:
+    """`--api-key` values and `KILN_API_KEYS`; an empty or blank key is refused, never dropped, because
+    `--api-key "$UNSET_VARIABLE"` must not start a server without authentication."""
+    for key in args.api_key:
+        if not key.strip():
+            raise SystemExit(
+                "kiln: `--api-key` was given an empty value (an unset shell variable?); pass the key itself, "
+                "or leave out --api-key to serve on loopback without keys"
+            )
+    environment = os.environ.get("KILN_API_KEYS")
+    from_environment = tuple(key.strip() for key in (environment or "").split(",") if key.strip())
+    if environment is not None and not from_environment:
+        raise SystemExit(
+            f"kiln: KILN_API_KEYS is set but holds no key ({environment!r}); set it to comma-separated keys, "
+            "or unset it to serve on loopback without keys"
+        )
+    return tuple(key.strip() for key in args.api_key) + from_environment
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    keys = tuple(args.api_key) + tuple(
-        key.strip() for key in os.environ.get("KILN_API_KEYS", "").split(",") if key.strip()
-    )
+    keys = api_keys_from(args)
     host = args.host
     if not keys and not is_loopback_host(host):
         logger.warning(
@@ -149,6 +181,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         speedups=args.speedups == "on",
         max_batch_size=args.max_batch_size,
         retention_seconds=args.retention_hours * 3600,
+        max_upload_bytes=int(args.max_upload_mib * 1024 * 1024),
+        upload_quota_bytes=int(args.upload_quota_mib * 1024 * 1024),
+        upload_quota_files=args.upload_quota_files,
         weights_dir=args.weights_dir,
         weights_lock=args.weights_lock,
     )

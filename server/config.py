@@ -66,7 +66,11 @@ class Settings:
 
     download_timeout_seconds: float = 30.0
     max_download_bytes: int = 64 * 1024 * 1024
-    max_upload_bytes: int = 100 * 1024 * 1024
+    # uploads: one file (multipart included), and what one key may keep stored at once (its uploads
+    # live until the retention period deletes them); over either limit is 413
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    upload_quota_bytes: int = 10 * 1024 * 1024 * 1024
+    upload_quota_files: int = 10_000
     max_body_bytes: int = 96 * 1024 * 1024
     max_image_pixels: int = 8192 * 8192
 

@@ -69,3 +69,6 @@ class Maintenance(threading.Thread):
             files = self._files.purge(now - self._retention)
             if jobs or files:
                 logger.info("retention: removed %d request(s) and %d file(s)", jobs, files)
+            partial = self._files.purge_partial(now)
+            if partial:
+                logger.info("removed %d unfinished upload(s) or write(s) left by writers that died", partial)

@@ -72,6 +72,29 @@ class UploadedFile(BaseModel):
     access_url: str
 
 
+class MultipartCreated(BaseModel):
+    """The Python client's multipart upload: PUT parts to `{access_url}/multipart/{uploadId}/{n}`."""
+
+    access_url: str
+    uploadId: str
+
+
+class UploadedPart(BaseModel):
+    """One stored part; the etag is also the response's `ETag` header."""
+
+    partNumber: int
+    etag: str
+
+
+class CompletedPart(BaseModel):
+    partNumber: int = Field(ge=1)
+    etag: str
+
+
+class MultipartComplete(BaseModel):
+    parts: list[CompletedPart] = Field(min_length=1)
+
+
 class Jwk(BaseModel):
     kty: str
     crv: str

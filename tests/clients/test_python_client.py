@@ -23,9 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from server.files import FileStore
 from testkit.images import gradient_image, png_bytes
 from testkit.servers import REPO, KilnProcess
 from tests.fixtures.apps import TEST_PIPELINES
+from tests.fixtures.large_files import MIB, sha256_of, write_padded_png
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +104,27 @@ def test_upload_image_helper_and_data_uri_inputs(fal):
     assert fal.run(PP, {"image_url": url})["images"][0]["width"] == 12
     data_uri = fal_client.encode_image(Image.fromarray(gradient_image(7, 5)), format="png")
     assert fal.run(PP, {"image_url": data_uri})["images"][0]["height"] == 5
+
+
+def test_multipart_upload_of_120_mib_used_as_an_input(fal, shared_kiln, tmp_path):
+    """Issue 11 item 2: fal-client uploads a file over 100 MiB in 10 MiB parts
+    (`/files/upload/multipart`, an ETag per part, complete with the part list), which answered 404.
+    The real client uploads 120 MiB with `upload_file`; the file arrives byte for byte and its URL
+    works as an input."""
+    path = tmp_path / "large.png"
+    digest = write_padded_png(path, 120 * MIB)
+    try:
+        url = fal.upload_file(path)
+    finally:
+        path.unlink()
+    stored = FileStore(shared_kiln.data_dir / "files", shared_kiln.url).resolve(url)
+    try:
+        assert url.startswith(shared_kiln.url + "/files/") and url.endswith("/large.png")
+        assert stored.size == 120 * MIB and sha256_of(stored.path) == digest
+        result = fal.run(PP, {"image_url": url, "enable_vignette": True})
+        assert (result["images"][0]["width"], result["images"][0]["height"]) == (24, 16)
+    finally:
+        stored.path.unlink()
 
 
 def test_cancel(fal):

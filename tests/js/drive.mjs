@@ -1,15 +1,34 @@
 // Drives the real @fal-ai/client against Kiln through its proxy mode (no custom client code)
 // and prints what each call returned as one JSON object for the Python test to check.
-// usage: node drive.mjs <kiln base url> <png file>
+// usage: node drive.mjs <kiln base url> <png file> [multipart]
+// With `multipart` it only uploads the (large) file, which the client sends in 10 MiB parts, and runs
+// one request with its URL; it also lists the HTTP calls the client made.
+import { openAsBlob } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { createFalClient, ValidationError } from "@fal-ai/client";
 
-const [base, imagePath] = process.argv.slice(2);
+const [base, imagePath, mode] = process.argv.slice(2);
+const calls = [];
 const fal = createFalClient({
   credentials: "kiln-js-test",
   proxyUrl: { url: `${base}/api/fal/proxy`, when: "always" },
+  // the runtime's own fetch, only noting each call
+  fetch: (url, init) => {
+    calls.push(`${init?.method ?? "GET"} ${new URL(url).pathname}`);
+    return globalThis.fetch(url, init);
+  },
 });
 const report = {};
+
+if (mode === "multipart") {
+  // a file-backed Blob: the client slices it into parts without the file ever being read whole
+  const blob = await openAsBlob(imagePath, { type: "image/png" });
+  const uploadedUrl = await fal.storage.upload(blob);
+  const uploadCalls = [...calls];
+  const result = await fal.subscribe("fal-ai/post-processing", { input: { image_url: uploadedUrl, enable_vignette: true } });
+  console.log(JSON.stringify({ uploadedUrl, uploadCalls, image: result.data.images[0] }));
+  process.exit(0);
+}
 
 const png = await readFile(imagePath);
 const imageUrl = await fal.storage.upload(new Blob([png], { type: "image/png" }));

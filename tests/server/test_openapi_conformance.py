@@ -126,6 +126,40 @@ def test_every_route_answers_as_its_schema_says(client, make_client, conformance
     ).json()
     check(client.put(target["upload_url"], content=b"png"), "/cdn/uploads/{file_id}")
     check(client.put(target["upload_url"] + "x", content=b"png"), "/cdn/uploads/{file_id}")
+    check(client.put(target["upload_url"], content=b"again"), "/cdn/uploads/{file_id}")
+
+    # multipart uploads, as the Python client (CDN token) and the JS client (signed URL) make them
+    created = check(client.post("/cdn/files/upload/multipart", headers=headers), "/cdn/files/upload/multipart").json()
+    python_part = "/files/{file_id}/{file_name}/multipart/{upload_id}/{part_number}"
+    python_complete = "/files/{file_id}/{file_name}/multipart/{upload_id}/complete"
+    parts_url = f"{created['access_url']}/multipart/{created['uploadId']}"
+    part = check(client.put(parts_url + "/1", content=b"png", headers=headers), python_part).json()
+    check(client.put(parts_url + "/1", content=b"png", headers={"Authorization": "Bearer x"}), python_part)
+    wrong = {"parts": [{"partNumber": 2, "etag": "x"}]}
+    check(client.post(parts_url + "/complete", json=wrong, headers=headers), python_complete)
+    check(client.post(parts_url + "/complete", json={"parts": [part]}, headers=headers), python_complete)
+    check(client.put(parts_url + "/2", content=b"png", headers=headers), python_part)
+    signed = check(
+        client.post("/rest/storage/upload/initiate-multipart", json={"file_name": "b.png"}),
+        "/rest/storage/upload/initiate-multipart",
+    ).json()
+    signed_base, signed_query = signed["upload_url"].split("?")
+    js_part, js_complete = "/cdn/multipart/{upload_id}/{part_number}", "/cdn/multipart/{upload_id}/complete"
+    part = check(client.put(f"{signed_base}/1?{signed_query}", content=b"png"), js_part).json()
+    check(client.put(f"{signed_base}/1?token=x", content=b"png"), js_part)
+    check(client.post(f"{signed_base}/complete?token=x", json={"parts": [part]}), js_complete)
+    check(client.post(f"{signed_base}/complete?{signed_query}", json={"parts": [part]}), js_complete)
+    check(client.put(f"{signed_base}/2?{signed_query}", content=b"png"), js_part)
+
+    # the upload limits: a file too large, a key over its file quota (413 both)
+    limited = make_client(max_upload_bytes=4, upload_quota_files=1)
+    limited_token = limited.post("/rest/storage/auth/token", json={}).json()["token"]
+    limited_headers = {"Authorization": f"Bearer {limited_token}"}
+    check(limited.post("/cdn/files/upload", content=b"12345", headers=limited_headers), "/cdn/files/upload")
+    check(limited.post("/cdn/files/upload", content=b"1", headers=limited_headers), "/cdn/files/upload")
+    check(limited.post("/cdn/files/upload", content=b"2", headers=limited_headers), "/cdn/files/upload")
+    check(limited.post("/rest/storage/upload/initiate-multipart", json={}), "/rest/storage/upload/initiate-multipart")
+    check(limited.post("/cdn/files/upload/multipart", headers=limited_headers), "/cdn/files/upload/multipart")
     path = uploaded["access_url"].split("://", 1)[1].split("/", 1)[1]
     check(client.get("/" + path), "/files/{file_id}/{file_name}")
     check(client.get("/files/none/a.png"), "/files/{file_id}/{file_name}")
@@ -142,6 +176,8 @@ def test_every_route_answers_as_its_schema_says(client, make_client, conformance
     check(keyed.post(steps, json={}), steps)
     check(keyed.post("/rest/storage/auth/token", json={}), "/rest/storage/auth/token")
     check(keyed.post("/rest/storage/upload/initiate", json={}), "/rest/storage/upload/initiate")
+    check(keyed.post("/rest/storage/upload/initiate-multipart", json={}), "/rest/storage/upload/initiate-multipart")
+    check(keyed.post("/cdn/files/upload/multipart"), "/cdn/files/upload/multipart")
 
     operations = {
         (method, path)

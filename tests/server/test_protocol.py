@@ -285,7 +285,8 @@ def test_js_proxy_dispatches_on_target_url(client):
     assert client.post("/api/fal/proxy", json={}).status_code == 400
 
 
-def test_queue_host_serves_the_queue_api_at_the_root(client):
+def test_queue_host_serves_the_queue_api_at_the_root(make_client):
+    client = make_client(allowed_hosts=("kiln.example",))
     queue_host = {"Host": "queue.kiln.example"}
     queued = client.post("/kiln-test/steps", json={"tag": "host"}, headers=queue_host)
     assert queued.status_code == 200 and queued.json()["status"] == "IN_QUEUE"
@@ -303,8 +304,67 @@ def test_openapi_documents(client):
     whole = client.get("/openapi.json").json()
     assert "/queue/kiln-test/steps" in whole["paths"] and "/run/kiln-test/steps" in whole["paths"]
     one = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "kiln-test/steps"}).json()
-    assert "/queue/kiln-test/steps" in one["paths"]
-    assert "/queue/{app_path}/requests/{request_id}/status" in one["paths"]
+    assert "/kiln-test/steps" in one["paths"]
+    assert "/kiln-test/steps/requests/{request_id}/status" in one["paths"]
     assert not any("post-processing" in path for path in one["paths"])
     assert "StepsInput" in one["components"]["schemas"] and "StepsOutput" in one["components"]["schemas"]
     assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "nope/nope"}).status_code == 404
+
+
+class TestHostHeader:
+    """Regression (issue 10, item 21): the Host header of a request that reached the queue API as
+    `queue.<name>` was put into `response_url`, `status_url` and `cancel_url` whatever it was, so a
+    client (or anything in front of Kiln) could make the server hand out URLs of another host."""
+
+    FORGED = {"Host": "queue.attacker.example"}
+
+    def test_an_unconfigured_host_is_not_reflected(self, client):
+        queued = submit(client, {}, path="/kiln-test/steps", headers=self.FORGED)
+        base = client.app.state.services.settings.base_url
+        for key in ("response_url", "status_url", "cancel_url"):
+            assert queued[key].startswith(f"{base}/queue/kiln-test/steps/requests/"), queued[key]
+        assert client.get(queued["status_url"]).status_code in (200, 202)
+
+    def test_public_url_wins_over_any_host(self, make_client):
+        client = make_client(public_url="https://kiln.example.com/prefix/", allowed_hosts=("attacker.example",))
+        for host in (self.FORGED, {"Host": "queue.kiln.example.com"}):
+            queued = submit(client, {}, path="/kiln-test/steps", headers=host)
+            assert queued["status_url"].startswith("https://kiln.example.com/prefix/queue/kiln-test/steps/requests/")
+
+    def test_only_configured_names_are_kept(self, make_client):
+        client = make_client(allowed_hosts=("kiln.example",))
+        kept = submit(client, {}, path="/kiln-test/steps", headers={"Host": "queue.kiln.example:8443"})
+        assert kept["status_url"].startswith("http://queue.kiln.example:8443/kiln-test/steps/requests/")
+        for forged in ("queue.attacker.example", "queue.kiln.example.attacker.example", "queue.kiln.example@evil", "queue.kiln.example:80/x"):
+            queued = submit(client, {}, path="/kiln-test/steps", headers={"Host": forged})
+            assert queued["status_url"].startswith(client.app.state.services.settings.base_url + "/queue/"), forged
+
+    def test_allowed_host_flag(self):
+        from server.cli import build_parser, settings_from_args
+
+        args = build_parser().parse_args(["serve", "--allowed-host", "Kiln.Example", "--allowed-host", "gpu.lan"])
+        assert settings_from_args(args).allowed_hosts == ("kiln.example", "gpu.lan")
+
+
+class TestFalProtocolDetails:
+    """Issue 11, item 5: small differences from fal's gateway that clients trip over."""
+
+    def test_trailing_slash_on_submit_is_the_same_endpoint(self, client):
+        """Regression: `POST /queue/fal-ai/post-processing/` answered 404 "Endpoint ... is not served here"."""
+        queued = submit(client, {"tag": "slash"}, path=STEPS + "/")
+        assert queued["status_url"].startswith(client.app.state.services.settings.base_url + STEPS + "/requests/")
+        run = client.post("/run/kiln-test/steps/", json={"tag": "slash"})
+        assert run.status_code == 200 and run.json()["tag"] == "slash"
+
+    @pytest.mark.parametrize("path", [STEPS, "/queue/fal-ai/no-such-model", "/queue/kiln-test/steps/requests", "/run/kiln-test/steps"])
+    def test_unknown_get_under_queue_is_404_not_405(self, client, path):
+        """Regression: a GET that only a POST route matched answered 405."""
+        response = client.get(path)
+        assert response.status_code == 404, response.text
+        assert response.json()["error_type"] == "not_found" and response.headers["x-fal-request-id"]
+
+    def test_head_health(self, client):
+        """Regression: `HEAD /health` answered 405; load balancers probe with HEAD."""
+        response = client.head("/health")
+        assert response.status_code == client.get("/health").status_code == 200
+        assert response.content == b""
