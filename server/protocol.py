@@ -2,7 +2,9 @@
 
 A request is accepted (checked, enqueued) the same way by both; its state is reported in fal's
 status body; its result is the endpoint's own response with its own status code. Store reads from
-async code go through a thread, so the event loop never waits on the database.
+async code go through a thread, so the event loop never waits on the database. Status reads use the
+store's `info`, never the payload or the result body, so a request's size does not slow its polling;
+only the result itself reads the body.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from server.errors import EndpointUnavailable, NotFound
 from server.fetch import FetchError
 from server.schemas import LogLine, QueueStatus
 from server.services import Services
-from server.store import Job, JobResult, JobStatus, LogEntry, NewJob, Priority
+from server.store import JobInfo, JobResult, JobStatus, LogEntry, NewJob, Priority
 
 # ids Kiln issues are UUIDs; anything outside this shape cannot exist and is never echoed in a header
 REQUEST_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -140,7 +142,7 @@ def queue_status(
     *,
     position: int | None = None,
     logs: list[LogEntry] | None = None,
-    result: JobResult | None = None,
+    info: JobInfo | None = None,
 ) -> QueueStatus:
     """fal's status body: the request's URLs, its state, position while queued, logs when asked.
 
@@ -151,8 +153,8 @@ def queue_status(
     fields: dict = {}
     if status is JobStatus.IN_QUEUE:
         fields["queue_position"] = position
-    if result is not None and result.error is not None:
-        fields.update(error=result.error, error_type=result.error_type)
+    if info is not None and info.error is not None:
+        fields.update(error=info.error, error_type=info.error_type)
     return QueueStatus(
         status=status.value,
         request_id=request_id,
@@ -161,15 +163,13 @@ def queue_status(
         status_url=response_url + "/status",
         cancel_url=response_url + "/cancel",
         logs=None if logs is None else [log_line(entry) for entry in logs],
-        metrics=dict(result.metrics) if result is not None else {},
+        metrics=dict(info.metrics) if info is not None else {},
         **fields,
     )
 
 
-def status_of(job: Job, base: str, *, position: int | None, logs: list[LogEntry] | None) -> QueueStatus:
-    return queue_status(
-        base, job.endpoint, job.request_id, job.status, position=position, logs=logs, result=job.result
-    )
+def status_of(job: JobInfo, base: str, *, position: int | None, logs: list[LogEntry] | None) -> QueueStatus:
+    return queue_status(base, job.endpoint, job.request_id, job.status, position=position, logs=logs, info=job)
 
 
 def log_line(entry: LogEntry) -> LogLine:
@@ -181,28 +181,56 @@ def log_line(entry: LogEntry) -> LogLine:
     )
 
 
-def find_job(services: Services, owner: str, app_path: str, request_id: str) -> Job:
+def find_job(services: Services, owner: str, app_path: str, request_id: str) -> JobInfo:
     """The caller's job, or NotFound: another key's request does not exist for this caller."""
-    job = services.store.get(request_id) if REQUEST_ID.match(request_id) else None
+    job = services.store.info(request_id) if REQUEST_ID.match(request_id) else None
     if job is None or job.owner != owner or not matches_app(job.endpoint, app_path):
         raise NotFound("Request not found")
     return job
 
 
-def result_response(job: Job) -> JSONResponse:
+def queue_position(services: Services, job: JobInfo) -> tuple[JobInfo, int | None]:
+    """The job's place in the queue while it waits; re-read if it left the queue in the meantime."""
+    if job.status is not JobStatus.IN_QUEUE:
+        return job, None
+    position = services.store.queue_position(job.request_id)
+    if position is None:
+        job = services.store.info(job.request_id) or job
+        if job.status is JobStatus.IN_QUEUE:  # back in the queue already (a requeue in between)
+            return job, services.store.queue_position(job.request_id) or 0
+    return job, position
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A completed request's stored result: what the result route and the sync API answer with."""
+
+    request_id: str
+    result: JobResult
+
+
+def finished(services: Services, request_id: str) -> Finished:
+    """The stored result of a COMPLETED request (NotFound once retention removed it)."""
+    result = services.store.result(request_id)
+    if result is None:
+        raise NotFound("Request not found")
+    return Finished(request_id, result)
+
+
+def result_response(job: Finished) -> JSONResponse:
     """The endpoint's response as the worker stored it, with its own status code and headers."""
     result = job.result
     headers = {**result.headers, **request_headers(job.request_id)}
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
 
-async def wait_until_completed(services: Services, request: Request, request_id: str) -> Job | None:
+async def wait_until_completed(services: Services, request: Request, request_id: str) -> Finished | None:
     """Waits for a request to complete; cancels it and returns None if the HTTP client goes away."""
     with services.store.changes.subscribe(request_id) as subscription:
         while True:
-            job = await run_in_threadpool(services.store.get, request_id)
+            job = await run_in_threadpool(services.store.info, request_id)
             if job.status is JobStatus.COMPLETED:
-                return job
+                return await run_in_threadpool(finished, services, request_id)
             await subscription.wait(1.0)
             if await request.is_disconnected():
                 await run_in_threadpool(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pipelines.contract import Pipeline
 from server.auth import KeyRing
 from server.config import Settings
 from server.context import MediaIO
@@ -65,9 +66,16 @@ class Services:
             registry=registry,
             weights=weights,
             settings=settings.pipeline_settings,
-            media=MediaIO(fetcher=fetcher, files=files, max_image_pixels=settings.max_image_pixels),
+            media=MediaIO(
+                fetcher=fetcher,
+                files=files,
+                max_image_pixels=settings.max_image_pixels,
+                memory_budget_bytes=settings.memory_budget_bytes,
+                base_url=settings.base_url,
+            ),
             max_batch_size=settings.max_batch_size,
             heartbeat_seconds=settings.heartbeat_seconds,
+            warm=warm_endpoints(registry, settings.warm_endpoints),
         )
         services = cls(
             settings=settings,
@@ -105,3 +113,11 @@ class Services:
         self.pool.stop()
         self.fetcher.close()
         self.store.close()
+
+
+def warm_endpoints(registry: Registry, endpoint_ids: tuple[str, ...]) -> list[type[Pipeline]]:
+    """The pipeline classes of `--warm`; an id this server does not serve stops the start."""
+    unknown = [endpoint_id for endpoint_id in endpoint_ids if registry.get(endpoint_id) is None]
+    if unknown:
+        raise ValueError(f"--warm names endpoint(s) this server does not serve: {', '.join(unknown)}")
+    return [registry.get(endpoint_id) for endpoint_id in endpoint_ids]

@@ -119,6 +119,7 @@ class Worker(threading.Thread):
         max_batch_size: int,
         on_fatal_error: Callable[[], None],
         stopping: threading.Event,
+        warm: Sequence[type[Pipeline]] = (),
     ) -> None:
         super().__init__(name=f"kiln-worker-{device}", daemon=True)
         self.device = device
@@ -136,6 +137,7 @@ class Worker(threading.Thread):
         self._running_lock = threading.Lock()
         self._host_threads = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)))
         self._stopping = stopping
+        self._warm = list(warm)
 
     # -- what the pool sees ----------------------------------------------------------------
 
@@ -151,6 +153,8 @@ class Worker(threading.Thread):
             logger.critical("worker on %s cannot start: %s", self.device, error)
             self.state = f"failed: {error}"
             return
+        # set up (and warm) before claiming, so /health says ready only once the first request can run
+        self.pipelines.preload(self._warm)
         self.state = "ready"
         while not self._stopping.is_set():
             try:
@@ -171,8 +175,19 @@ class Worker(threading.Thread):
 
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """Runs claimed requests of one endpoint to completion, each step checked."""
-        requests = [RunningRequest(job, store=self._store, media=self._media, stopping=self._stopping) for job in jobs]
+        requests = [
+            RunningRequest(
+                job,
+                store=self._store,
+                media=self._media,
+                stopping=self._stopping,
+                pixel_limit=self._media.pixel_limit(self._registry.get(job.endpoint)),
+            )
+            for job in jobs
+        ]
         with self._tracking(requests):
+            # A worker death is charged only to the requests marked running (see server.store).
+            self._mark_running(requests, True)
             # 1. The endpoint's pipeline, set up on this device.
             try:
                 pipeline = self.pipelines.get(self._pipeline_class(jobs[0].endpoint))
@@ -182,13 +197,17 @@ class Worker(threading.Thread):
                 return
             # 2. Validate and decode every request's inputs, on host threads.
             decoded = self._decode(pipeline, requests)
-            # 3. Group the requests that can share one `predict` call.
-            for batch in self._batches(pipeline, decoded):
+            # 3. Group the requests that can share one `predict` call; the groups that wait their
+            # turn are not running.
+            batches = list(self._batches(pipeline, decoded))
+            self._mark_running([item.request for batch in batches[1:] for item in batch], False)
+            for batch in batches:
                 self._run(pipeline, batch)
 
     def _run(self, pipeline: Pipeline, batch: list[Decoded]) -> None:
         # 4. Predict, one device call for the batch.
         live = self._drop_cancelled(batch)
+        self._mark_running([decoded.request for decoded in live], True)
         predictions = self._predict(pipeline, live)
         if predictions is None:
             return
@@ -310,6 +329,13 @@ class Worker(threading.Thread):
             return [guarded(calls[0])]
         return list(self._host_threads.map(guarded, calls))
 
+    def _mark_running(self, requests: Sequence[RunningRequest], running: bool) -> None:
+        try:
+            self._store.mark_running(self.worker_id, [request.request_id for request in requests], running=running)
+        except Exception as error:
+            # they run all the same; only a worker death in the meantime would be charged wrongly
+            logger.warning("could not record which requests are running: %s", error)
+
     @contextmanager
     def _tracking(self, requests: Sequence[RunningRequest]) -> Iterator[None]:
         """Makes the requests visible to the heartbeat and to cancellation while they run."""
@@ -416,6 +442,7 @@ class WorkerPool:
         max_batch_size: int,
         heartbeat_seconds: float,
         on_fatal_error: Callable[[], None] = exit_process,
+        warm: Sequence[type[Pipeline]] = (),
     ) -> None:
         self._store = store
         self._heartbeat_seconds = heartbeat_seconds
@@ -432,6 +459,7 @@ class WorkerPool:
                 max_batch_size=max_batch_size,
                 on_fatal_error=on_fatal_error,
                 stopping=self._stopping,
+                warm=warm,
             )
             for device in devices
         ]

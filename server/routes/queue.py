@@ -18,7 +18,9 @@ from server.protocol import (
     QueueOptionsDep,
     accept,
     find_job,
+    finished,
     queue_base,
+    queue_position,
     queue_status,
     request_headers,
     request_model,
@@ -168,11 +170,11 @@ def get_status(
     logs: LogsFlag = None,
 ) -> QueueStatus:
     """The request's state; 202 while it waits or runs, 200 once COMPLETED."""
-    job = find_job(services, owner, app_path, request_id)
+    job, position = queue_position(services, find_job(services, owner, app_path, request_id))
     status = status_of(
         job,
         queue_base(request, services),
-        position=services.store.queue_position(job) if job.status is JobStatus.IN_QUEUE else None,
+        position=position,
         logs=services.store.logs(request_id) if wants_logs(logs) else None,
     )
     response.status_code = 200 if job.status is JobStatus.COMPLETED else 202
@@ -190,11 +192,11 @@ async def stream_status(
 
     def snapshot(after_log: int) -> tuple[QueueStatus | None, int]:
         """The request's status with the logs after `after_log`, and the last log's number."""
-        job = services.store.get(request_id)
+        job = services.store.info(request_id)
         if job is None:
             return None, after_log
+        job, position = queue_position(services, job)
         new_logs = services.store.logs(request_id, after_seq=after_log) if with_logs else None
-        position = services.store.queue_position(job) if job.status is JobStatus.IN_QUEUE else None
         return status_of(job, base, position=position, logs=new_logs), new_logs[-1].seq if new_logs else after_log
 
     async def events():
@@ -223,7 +225,7 @@ def get_result(services: ServicesDep, owner: OwnerDep, app_path: str, request_id
     job = find_job(services, owner, app_path, request_id)
     if job.status is not JobStatus.COMPLETED:
         raise BadRequest("Request is still in progress")
-    return result_response(job)
+    return result_response(finished(services, request_id))
 
 
 def cancel_request(

@@ -1,17 +1,42 @@
 """The durable job queue behind fal's protocol, as an interface with an embedded SQLite backend.
 
 States are fal's three: IN_QUEUE, IN_PROGRESS, COMPLETED (failed and cancelled requests are
-COMPLETED with an error). Delivery is at least once: a job is leased to a worker, the lease is
-renewed by a heartbeat while the worker lives, and an expired lease puts the job back in the queue
-until it has been tried `max_attempts` times. Completion is idempotent: the first result wins and
-only that completion schedules a webhook.
+COMPLETED with an error). Every backend keeps the rules below; the tests in tests/server/ hold
+each of them.
+
+Order (fairness). Priorities are strict: no LOW job starts while a NORMAL one waits. Within a
+priority, owners (API keys) take turns: each queued job has a round, one more than the latest round
+its owner has waiting at that priority, and never earlier than the round now being served; jobs are
+served by round, then by arrival. So a key that queues 8000 jobs delays another key's next job by at
+most one job per key waiting, not by 8000. `queue_position` counts the queued jobs ahead in exactly
+this order, and it and `submit` cost O(log n) in the queue length, whatever one key has queued.
+
+Reads. `info` is a job's state without its payload or result body, which may be tens of megabytes:
+status polls, status streams and waits read only that. `result` reads the body for the result route
+and webhooks; `get` (everything) is for the worker, which needs the payload, and for tests.
+
+Execution is at least once. A job is leased to a worker, the lease is renewed by a heartbeat while
+the worker lives, and an expired lease (or a restart) puts the job back in the queue. A worker marks
+the jobs it is actually working on (`mark_running`); only those are charged when it dies: jobs it
+had merely claimed, or decoded and left waiting for the device, go back uncharged. A job whose
+worker died while running it is a suspect: it is next leased alone, only once nothing else runs,
+and nothing else is leased while it runs, so a second death is certainly its own. A job is failed
+(`runner_server_error`) once its worker has died `max_attempts` times while running it: with the
+suspect rule, all but the first of those times it ran alone, so it is the likely cause.
+Completion is idempotent: the first result wins and only that completion schedules a webhook.
+
+Webhooks are delivered at least once. Each attempt is recorded (`webhook_sending`) before it is
+sent, with the time of the next try, so a delivery interrupted by a crash is retried, never lost;
+a crash after the receiver got it and before `webhook_attempted` recorded that means a second
+delivery, which the receiver de-duplicates on the request id it carries.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +109,32 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class JobInfo:
+    """A job's state without its payload or result body: what status reads need, cheap to read
+    however large the request or its result is."""
+
+    request_id: str
+    endpoint: str
+    owner: str
+    priority: Priority
+    status: JobStatus
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    # how many times a worker has claimed it (the attempt a run reports); deaths are counted apart
+    attempts: int
+    cancel_requested: bool
+    # once COMPLETED: the result's HTTP status, error and metrics (`JobStore.result` has the body)
+    status_code: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Job:
+    """Everything about a job, payload and result included."""
+
     request_id: str
     endpoint: str
     owner: str
@@ -110,9 +160,26 @@ class LogEntry:
 
 @dataclass(frozen=True)
 class WebhookDelivery:
+    """A webhook to deliver. `attempts` counts the tries recorded so far; `owner` and `destination`
+    (see `webhook_destination`) are what concurrent deliveries are bounded by."""
+
     request_id: str
     url: str
     attempts: int
+    owner: str = ""
+    destination: str = ""
+
+
+def webhook_destination(url: str) -> str:
+    """The receiver a webhook URL names, as `host:port` in lower case: deliveries to one destination
+    share a bound, so a receiver that hangs delays only its own webhooks."""
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    return f"{(parts.hostname or '').lower()}:{port}"
 
 
 class JobStore(abc.ABC):
@@ -120,19 +187,32 @@ class JobStore(abc.ABC):
 
     changes: ChangeFeed
 
+    # -- accepting and reading ---------------------------------------------------------------
+
     @abc.abstractmethod
     def submit(self, job: NewJob, *, max_queue_length: int | None = None) -> int:
-        """Enqueues a job and returns its queue position.
+        """Enqueues a job and returns its queue position (as `queue_position`).
 
         Raises QueueFull when `max_queue_length` jobs of the same endpoint are already waiting.
         """
 
     @abc.abstractmethod
-    def get(self, request_id: str) -> Job | None: ...
+    def get(self, request_id: str) -> Job | None:
+        """The whole job, payload and result body included: for the worker and for tests. Status
+        reads use `info`, and the result route `result`, which never load the payload."""
 
     @abc.abstractmethod
-    def queue_position(self, job: Job) -> int:
-        """How many queued jobs run before this one (0 = next)."""
+    def info(self, request_id: str) -> JobInfo | None:
+        """The job's state without its payload or result body."""
+
+    @abc.abstractmethod
+    def result(self, request_id: str) -> JobResult | None:
+        """The stored result of a COMPLETED job (None while it is not completed, or when unknown)."""
+
+    @abc.abstractmethod
+    def queue_position(self, request_id: str) -> int | None:
+        """How many queued jobs are served before this one (0 = next), in the order the module
+        docstring gives; None when the job is not queued (any more)."""
 
     @abc.abstractmethod
     def logs(self, request_id: str, *, after_seq: int = 0) -> list[LogEntry]: ...
@@ -141,9 +221,21 @@ class JobStore(abc.ABC):
     def append_logs(self, request_id: str, entries: Iterable[tuple[str, str]]) -> None:
         """Appends `(level, message)` log lines to a job."""
 
+    # -- workers -------------------------------------------------------------------------------
+
     @abc.abstractmethod
     def claim(self, worker_id: str, batch_limits: Mapping[str, int], *, default_batch: int = 1) -> list[Job]:
-        """Leases the next job and up to `batch_limits[endpoint] - 1` queued jobs of its endpoint."""
+        """Leases the next job and up to `batch_limits[endpoint] - 1` queued jobs of its endpoint.
+
+        A suspect (a job whose worker died while running it) is leased alone, and only once no
+        other job is running; while it runs nothing else is leased (empty list).
+        """
+
+    @abc.abstractmethod
+    def mark_running(self, worker_id: str, request_ids: Sequence[str], *, running: bool = True) -> None:
+        """Records which of its leased jobs the worker is working on (set up, decode, predict,
+        encode: `running=True`) and which wait (`running=False`, e.g. decoded jobs waiting for
+        the device). A worker's death is charged only to the jobs marked running at the time."""
 
     @abc.abstractmethod
     def renew(self, worker_id: str, request_ids: Sequence[str]) -> set[str]:
@@ -151,7 +243,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def release(self, request_ids: Sequence[str]) -> None:
-        """Puts interrupted jobs back in the queue without counting the attempt (graceful shutdown)."""
+        """Puts interrupted jobs back in the queue uncharged, their claim not counted (graceful shutdown)."""
 
     @abc.abstractmethod
     def complete(self, request_id: str, result: JobResult) -> bool:
@@ -163,19 +255,33 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def recover(self) -> list[str]:
-        """Requeues jobs whose lease expired, fails those out of attempts and those whose start
-        deadline passed in the queue; returns the ids it completed."""
+        """Requeues jobs whose lease expired (charging those marked running, failing those charged
+        `max_attempts` times) and fails those whose start deadline passed in the queue; returns the
+        ids it completed."""
 
     @abc.abstractmethod
     def next_start_deadline(self) -> float | None:
         """The earliest start deadline of a queued job, or None."""
 
+    # -- webhooks and retention -------------------------------------------------------------
+
     @abc.abstractmethod
-    def webhooks_due(self, limit: int) -> list[WebhookDelivery]: ...
+    def webhooks_due(
+        self, limit: int, *, skip_destinations: Collection[str] = (), skip_owners: Collection[str] = ()
+    ) -> list[WebhookDelivery]:
+        """Up to `limit` deliveries whose next try is due, oldest first, leaving out those to the
+        given destinations and of the given owners (the dispatcher's busy ones)."""
+
+    @abc.abstractmethod
+    def webhook_sending(self, request_id: str, *, retry_in: float) -> bool:
+        """Records an attempt before it is sent: counts it and sets the next try `retry_in` seconds
+        ahead, which is when it is retried if the outcome is never recorded (the process died).
+        False when the delivery is no longer due (delivered, given up, purged, or taken already)."""
 
     @abc.abstractmethod
     def webhook_attempted(self, request_id: str, *, delivered: bool, retry_in: float | None, error: str | None) -> None:
-        """Records a delivery attempt; `retry_in=None` with `delivered=False` gives up."""
+        """Records the outcome of the attempt `webhook_sending` counted: delivered, retry in
+        `retry_in` seconds, or (`retry_in=None`, not delivered) give up."""
 
     @abc.abstractmethod
     def purge(self, older_than: float) -> int:
@@ -188,3 +294,22 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Releases the store; later calls raise StoreClosed instead of touching freed resources."""
+
+    # -- the web pages: a key's history and the home page's queue depths (server/routes/ui.py) --
+
+    @abc.abstractmethod
+    def owner_history(
+        self,
+        owner: str,
+        *,
+        endpoint: str | None = None,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> list[JobInfo]:
+        """The owner's jobs, newest first: at most `limit` of them, created before `before` when
+        given, of one endpoint and in one state when given. Never reads payloads or result bodies."""
+
+    @abc.abstractmethod
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        """Endpoint -> `{"IN_QUEUE": n, "IN_PROGRESS": m}` for every endpoint with jobs waiting or running."""

@@ -54,12 +54,32 @@ def test_sigkill_mid_way_then_restart_completes_all_50(kiln_process):
         assert result.status_code == 200 and result.json()["tag"] == str(index)
 
 
-def test_request_that_kills_its_worker_is_failed_after_max_attempts(kiln_process):
+def completed_count(data_dir, ids: list[str]) -> int:
+    return sum(status == "COMPLETED" for status in statuses_from_store(data_dir, ids))
+
+
+def wait_for_result(base: str, request_id: str, timeout: float = 60) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while (result := httpx.get(f"{base}/queue/kiln-test/steps/requests/{request_id}")).status_code == 400:
+        assert time.monotonic() < deadline, f"{request_id} did not complete"
+        time.sleep(0.1)
+    return result
+
+
+def test_request_that_kills_its_worker_is_failed_alone_after_max_attempts(kiln_process):
+    """Bug (#7): a request that crashes its worker took the requests claimed with it down too: every
+    death charged the whole claimed batch an attempt, so after three deaths the ordinary requests
+    batched with the poisoned one were failed as well ("stopped 3 time(s)"). A request running
+    when its worker died is now retried alone, so only the one that keeps killing it is failed."""
     server = kiln_process()
-    healthy = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"steps": 1, "tag": "healthy"}).json()
-    poison = httpx.post(f"{server.url}/queue/kiln-test/steps", json={"fail_with": "crash", "step_seconds": 0.3}).json()
-    server.process.wait(60)
-    for _ in range(2):  # each start claims the poisoned request again and dies
+    url = f"{server.url}/queue/kiln-test/steps"
+    # while the blocker runs, the next four queue up and are claimed (and batched) together
+    httpx.post(url, json={"steps": 1, "step_seconds": 1.0, "tag": "blocker"})
+    ordinary = [httpx.post(url, json={"steps": 3, "tag": f"ordinary-{i}"}).json() for i in range(2)]
+    poison = httpx.post(url, json={"steps": 3, "fail_with": "crash"}).json()
+    ordinary.append(httpx.post(url, json={"steps": 3, "tag": "ordinary-2"}).json())
+    assert server.process.wait(60) == 9
+    for _ in range(2):  # each start runs the poisoned request again, alone now, and dies
         assert KilnProcess(server.data_dir, pipelines=TEST_PIPELINES).spawn().process.wait(60) == 9
     server = kiln_process(data_dir=server.data_dir)
     status_url = f"{server.url}/queue/kiln-test/steps/requests/{poison['request_id']}/status"
@@ -69,11 +89,39 @@ def test_request_that_kills_its_worker_is_failed_after_max_attempts(kiln_process
         time.sleep(0.1)
     assert status["error_type"] == "runner_server_error"
     assert "3 time(s)" in status["error"]
-    result = httpx.get(f"{server.url}/queue/kiln-test/steps/requests/{healthy['request_id']}")
-    while result.status_code == 400:
-        time.sleep(0.1)
-        result = httpx.get(f"{server.url}/queue/kiln-test/steps/requests/{healthy['request_id']}")
-    assert result.json()["tag"] == "healthy"
+    for index, queued in enumerate(ordinary):
+        result = wait_for_result(server.url, queued["request_id"])
+        assert result.status_code == 200, result.text
+        assert result.json()["tag"] == f"ordinary-{index}"
+
+
+def test_three_kills_fail_none_of_the_ordinary_requests(kiln_process):
+    """Bug (#7): three `kill -9`s with ordinary requests running failed some of them ("stopped 3
+    time(s)"): a claim charged an attempt to each request it leased, also to those that only waited
+    in the claimed batch for the device. Only the requests running at a death are charged now."""
+    server = kiln_process()
+    ids = []
+    with httpx.Client(base_url=server.url) as client:
+        for index in range(8):
+            # distinct `steps` give each request a device batch of its own: one runs while the rest
+            # of its claim waits
+            body = {"steps": 2 + index, "step_seconds": 0.1, "tag": str(index)}
+            ids.append(client.post("/queue/kiln-test/steps", json=body).json()["request_id"])
+    done = 0
+    for _ in range(3):
+        # kill -9 as soon as one more request completed in this life, while the next one runs
+        deadline = time.monotonic() + 60
+        while completed_count(server.data_dir, ids) <= done:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.kill()
+        done = completed_count(server.data_dir, ids)
+        assert done < len(ids), "the kills must land while requests remain"
+        server = kiln_process(data_dir=server.data_dir)
+    for index, request_id in enumerate(ids):
+        result = wait_for_result(server.url, request_id)
+        assert result.status_code == 200, result.text
+        assert result.json()["tag"] == str(index)
 
 
 def test_long_request_is_not_handed_out_twice_while_its_worker_lives(make_client):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from server.errors import QueueFull
@@ -51,7 +53,7 @@ def test_positions_follow_priority_then_arrival(open_store):
     assert store.submit(job("a")) == 0
     assert store.submit(job("b", priority=Priority.LOW)) == 1
     assert store.submit(job("c")) == 1
-    positions = {rid: store.queue_position(store.get(rid)) for rid in "abc"}
+    positions = {rid: store.queue_position(rid) for rid in "abc"}
     assert positions == {"a": 0, "c": 1, "b": 2}
     assert [j.request_id for j in store.claim("w", {})] == ["a"]
     assert [j.request_id for j in store.claim("w", {})] == ["c"]
@@ -97,30 +99,41 @@ def test_webhook_retries_wait_and_give_up(open_store, clock):
     store = open_store()
     store.submit(job("a", webhook_url="https://example.com/hook"))
     store.complete("a", OK)
+    assert store.webhook_sending("a", retry_in=30)  # counted before it is sent
+    assert store.webhooks_due(10) == [] and not store.webhook_sending("a", retry_in=30)
     store.webhook_attempted("a", delivered=False, retry_in=60, error="HTTP 500")
     assert store.webhooks_due(10) == []
     clock.now += 61
     assert store.webhooks_due(10)[0].attempts == 1
+    assert store.webhook_sending("a", retry_in=30)
     store.webhook_attempted("a", delivered=False, retry_in=None, error="HTTP 500")
     clock.now += 10_000
     assert store.webhooks_due(10) == []
 
 
-def test_expired_lease_requeues_until_attempts_run_out(open_store, clock):
+def test_expired_lease_charges_only_a_running_job_until_it_runs_out(open_store, clock):
     store = open_store(max_attempts=2)
     store.submit(job("a"))
     store.claim("w1", {})
     clock.now += 31
     assert store.recover() == []
-    requeued = store.get("a")
-    assert requeued.status is JobStatus.IN_QUEUE and requeued.attempts == 1
-    assert "Requeued" in store.logs("a")[-1].message
+    assert store.get("a").status is JobStatus.IN_QUEUE
+    assert "not counted" in store.logs("a")[-1].message  # claimed, never started: not its fault
     store.claim("w2", {})
+    store.mark_running("w2", ["a"])
+    clock.now += 31
+    assert store.recover() == []
+    requeued = store.get("a")
+    assert requeued.status is JobStatus.IN_QUEUE and requeued.attempts == 2
+    assert "strike 1 of 2" in store.logs("a")[-1].message
+    store.claim("w3", {})
+    store.mark_running("w3", ["a"])
     clock.now += 31
     assert store.recover() == ["a"]
     failed = store.get("a")
     assert failed.status is JobStatus.COMPLETED
     assert failed.result.status_code == 500 and failed.result.error_type == "runner_server_error"
+    assert "2 time(s)" in failed.result.error
 
 
 def test_heartbeat_keeps_a_long_job_leased(open_store, clock):
@@ -195,3 +208,88 @@ def test_purge_removes_old_completed_jobs_with_their_logs(open_store, clock):
     assert store.purge(clock.now - 50) == 1
     assert store.get("old") is None and store.logs("old") == []
     assert store.get("waiting") is not None
+
+
+def test_a_suspect_runs_alone_and_nothing_runs_beside_it(open_store, clock):
+    """Bug (#7): a death was charged to every job its worker had claimed. Now only the jobs marked
+    running are charged; each becomes a suspect, leased alone once nothing else runs, with nothing
+    leased beside it, so a second death is certainly its own."""
+    store = open_store()
+    for rid in "abcd":
+        store.submit(job(rid))
+    assert [j.request_id for j in store.claim("w", {"e/a": 4})] == list("abcd")
+    store.mark_running("w", list("abcd"))
+    store.mark_running("w", list("bcd"), running=False)  # decoded, waiting for the device
+    store.close()
+    store = open_store()  # the process died: `a` was running, the others waited
+    assert "strike 1 of 3" in store.logs("a")[-1].message
+    assert all("not counted" in store.logs(rid)[-1].message for rid in "bcd")
+    assert [j.request_id for j in store.claim("w1", {"e/a": 4})] == ["a"]
+    assert store.claim("w2", {"e/a": 4}) == []  # nothing beside a suspect
+    store.complete("a", OK)
+    assert [j.request_id for j in store.claim("w1", {"e/a": 4})] == list("bcd")
+
+
+def test_a_suspect_waits_until_what_runs_has_finished(open_store, clock):
+    store = open_store()
+    store.submit(job("long"))
+    store.submit(job("crashed"))
+    store.claim("w1", {"e/a": 1})
+    store.claim("w2", {"e/a": 1})
+    store.mark_running("w2", ["crashed"])
+    store.submit(job("later"))
+    clock.now += 20
+    store.renew("w1", ["long"])  # w1 lives on; w2 died
+    clock.now += 20
+    assert store.recover() == []
+    assert store.get("crashed").status is JobStatus.IN_QUEUE
+    assert store.claim("w2", {"e/a": 4}) == []  # `long` still runs
+    store.complete("long", OK)
+    assert [j.request_id for j in store.claim("w2", {"e/a": 4})] == ["crashed"]
+
+
+def test_status_reads_leave_out_payload_and_result_body(open_store):
+    store = open_store()
+    store.submit(job("a"))
+    info = store.info("a")
+    assert (info.status, info.owner, info.status_code) == (JobStatus.IN_QUEUE, "o", None)
+    assert not hasattr(info, "payload") and store.result("a") is None
+    store.claim("w", {})
+    store.complete("a", JobResult(status_code=200, body={"big": "x" * 1000}, metrics={"inference_time": 1.5}))
+    info = store.info("a")
+    assert (info.status, info.status_code, info.metrics) == (JobStatus.COMPLETED, 200, {"inference_time": 1.5})
+    assert store.result("a").body == {"big": "x" * 1000}
+    assert store.get("a").payload == {"n": "a"}
+
+
+OLD_SCHEMA = """
+CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE, endpoint TEXT NOT NULL,
+    owner TEXT NOT NULL, payload TEXT NOT NULL, priority INTEGER NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
+    started_at REAL, completed_at REAL, start_deadline REAL, attempts INTEGER NOT NULL DEFAULT 0, lease_owner TEXT,
+    lease_expires REAL, cancel_requested INTEGER NOT NULL DEFAULT 0, webhook_url TEXT, result_status INTEGER,
+    result_body TEXT, error TEXT, error_type TEXT, metrics TEXT, result_headers TEXT);
+CREATE INDEX jobs_queued ON jobs(priority, seq) WHERE status = 'IN_QUEUE';
+CREATE INDEX jobs_queued_endpoint ON jobs(endpoint) WHERE status = 'IN_QUEUE';
+CREATE TABLE logs (seq INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, timestamp REAL NOT NULL,
+    level TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE webhooks (request_id TEXT PRIMARY KEY, url TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL, delivered_at REAL, last_error TEXT);
+INSERT INTO jobs (request_id, endpoint, owner, payload, priority, status, created_at)
+    VALUES ('queued', 'e/a', 'o', '{"n": 1}', 0, 'IN_QUEUE', 1);
+INSERT INTO jobs (request_id, endpoint, owner, payload, priority, status, created_at, completed_at, webhook_url,
+    result_status, result_body, metrics, result_headers)
+    VALUES ('done', 'e/a', 'o', '{"n": 2}', 0, 'COMPLETED', 1, 2, 'https://Hooks.example.com/x', 200, '{"ok": true}', '{}', '{}');
+INSERT INTO webhooks (request_id, url, next_attempt_at) VALUES ('done', 'https://Hooks.example.com/x', 2);
+"""
+
+
+def test_a_queue_written_by_the_previous_version_is_upgraded_in_place(open_store, tmp_path):
+    with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
+        db.executescript(OLD_SCHEMA)
+    store = open_store()
+    assert store.get("queued").payload == {"n": 1} and store.queue_position("queued") == 0
+    assert store.result("done").body == {"ok": True}
+    [delivery] = store.webhooks_due(10)
+    assert (delivery.request_id, delivery.owner, delivery.destination) == ("done", "o", "hooks.example.com:443")
+    store.submit(job("new"))
+    assert [j.request_id for j in store.claim("w", {"e/a": 2})] == ["queued", "new"]

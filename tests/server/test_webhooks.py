@@ -1,10 +1,15 @@
-"""`fal_webhook` delivery: fal's payload, Ed25519 signature verifiable with the published key, retries."""
+"""`fal_webhook` delivery: fal's payload, Ed25519 signature verifiable with the published key, retries,
+at least once with a stable id across a kill -9."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,9 +18,13 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from server.fetch import FetchPolicy, UrlFetcher
 from server.keys import load_webhook_key
-from server.webhooks import WebhookSigner
-from testkit.servers import wait_completed
+from server.store import JobResult, NewJob
+from server.store.sqlite import SqliteJobStore
+from server.webhooks import WebhookDispatcher, WebhookSigner
+from testkit.servers import REPO, wait_completed
+from tests.fixtures.webhook_receivers import Receiver
 
 
 class Listener:
@@ -123,3 +132,67 @@ def test_signing_key_is_kept_in_the_data_dir(tmp_path):
     assert WebhookSigner(load_webhook_key(tmp_path / "a")).jwks() == first
     assert WebhookSigner(load_webhook_key(tmp_path / "b")).jwks() != first
     assert (tmp_path / "a" / "keys" / "webhook-ed25519.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_delivery_cut_short_by_kill_9_was_recorded_first_and_is_retried_with_the_same_id(tmp_path):
+    """Bug (#15): webhooks were delivered twice across kills (5 of 603) although the dispatcher's
+    docstring said never, and nothing in a delivery let a receiver tell a repeat from a new one.
+    Delivery is at least once: the attempt is recorded before it is sent, a delivery that a crash
+    cuts short is retried after the restart, and every attempt carries the same `webhook-id` (and
+    `X-Fal-Webhook-Request-Id`), which receivers de-duplicate on."""
+    hold = threading.Event()
+    receiver = Receiver(hold=hold)  # keeps the first delivery unanswered while its sender is killed
+    store = SqliteJobStore(tmp_path / "queue.sqlite3", lease_seconds=30, max_attempts=3)
+    store.submit(NewJob(request_id="r-1", endpoint="e/a", owner="o", payload={}, webhook_url=receiver.url))
+    store.claim("w", {})
+    store.complete("r-1", JobResult(status_code=200, body={"ok": True}))
+    store.close()
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "tests.fixtures.webhook_sender", str(tmp_path), "3"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        receiver.wait_for(1, timeout=60)
+        sender.kill()
+        sender.wait(10)
+        with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
+            attempts, delivered_at = db.execute("SELECT attempts, delivered_at FROM webhooks").fetchone()
+        assert (attempts, delivered_at) == (1, None), "the attempt was not recorded before it was sent"
+
+        hold.set()  # from now on the receiver answers 200
+        store = SqliteJobStore(tmp_path / "queue.sqlite3", lease_seconds=30, max_attempts=3)
+        dispatcher = WebhookDispatcher(
+            store,
+            UrlFetcher(FetchPolicy(allow_private=True)),
+            WebhookSigner(load_webhook_key(tmp_path)),
+            max_attempts=5,
+            first_retry_seconds=0.2,
+            timeout_seconds=3,
+            poll_seconds=0.05,
+        )
+        dispatcher.start()
+        try:
+            receiver.wait_for(2, timeout=10)
+            time.sleep(0.3)
+        finally:
+            dispatcher.stop()
+            store.close()
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+        receiver.close()
+    assert len(receiver.deliveries) == 2
+    ids = [(headers.get("webhook-id"), headers["x-fal-webhook-request-id"]) for headers, _, _ in receiver.deliveries]
+    assert ids == [("r-1", "r-1")] * 2
+    assert receiver.deliveries[0][1] == receiver.deliveries[1][1]
+
+
+def test_every_attempt_carries_the_same_webhook_id(make_client, listener):
+    """Bug (#15): retries had no stable id a receiver could de-duplicate on (Standard Webhooks'
+    `webhook-id`); it is the request id on every attempt."""
+    client = make_client(allow_private_urls=True, webhook_first_retry_seconds=0.2)
+    receiver = listener(failures=2)
+    queued = client.post(f"/queue/kiln-test/steps?fal_webhook={receiver.url}", json={}).json()
+    receiver.wait_for(3)
+    assert [headers.get("webhook-id") for headers, _ in receiver.deliveries] == [queued["request_id"]] * 3

@@ -269,3 +269,16 @@ def test_the_next_claim_takes_only_what_the_last_batch_could_run(harness):
     claimed = worker.store.claim("test-worker", worker._claim_limits)
     assert [job.request_id for job in claimed] == ids[:2]
     assert [worker.store.get(request_id).status for request_id in ids[2:]] == [JobStatus.IN_QUEUE] * 3
+
+
+def test_warm_endpoints_are_set_up_before_the_worker_reports_ready(make_client):
+    client = make_client(warm_endpoints=("kiln-test/steps",))
+    health = client.get("/health").json()
+    while health["workers"]["cpu"] == "starting":
+        health = client.get("/health").json()
+    assert health["pipelines"]["cpu"] == {"kiln-test/steps": "ready"}
+
+
+def test_an_unknown_warm_endpoint_stops_the_start(make_client):
+    with pytest.raises(ValueError, match="kiln-test/nothing"):
+        make_client(warm_endpoints=("kiln-test/nothing",))
