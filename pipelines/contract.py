@@ -192,6 +192,9 @@ class Weights(Protocol):
     def provenance(self, name: str) -> dict[str, str]:
         """Repository, revision and digest of the model, for results' provenance."""
 
+    def folder(self, name: str) -> Path:
+        """Where the model's files are, unverified: for planning from their headers, never for loading."""
+
 
 @dataclass(frozen=True)
 class PipelineSettings:
@@ -200,6 +203,35 @@ class PipelineSettings:
     # lossless speed-ups (fused projections, fast attention, compile on CUDA, caches); off runs the
     # libraries as they ship, e.g. to compare against them
     speedups: bool = True
+
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Device memory (bytes) an endpoint needs, planned from its weights before they are loaded.
+
+    `weights` is the model's copy, shared by every endpoint of that model on a device; the safety
+    checker is shared by every diffusion endpoint of the device; `extra` is what the endpoint adds on
+    demand (FLUX image-to-image's FP8 transformer, for `acceleration: regular/high`); `activations`
+    is the estimated peak working memory of the largest request the endpoint accepts. The CUDA
+    context and allocator slack (about 1 GiB) come on top.
+    """
+
+    model: str
+    weights: int
+    safety_checker: int
+    extra: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.safety_checker + self.extra + self.activations
+
+    def as_json(self) -> dict[str, Any]:
+        names = ("weights", "safety_checker", "extra", "activations", "total")
+        return {"model": self.model, **{f"{name}_gib": round(getattr(self, name) / GIB, 2) for name in names}}
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -220,9 +252,23 @@ class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
     max_batch_size: ClassVar[int] = 1
     # the weights.lock models `setup` loads; the endpoint is unavailable until they are installed
     models: ClassVar[tuple[str, ...]] = ()
+    # peak working memory (bytes, host and device) one request needs per pixel of its input images,
+    # decode to encode; the server divides each worker's memory budget by it to get how many input
+    # pixels one request may bring, and refuses more from the image headers, before decoding. An
+    # endpoint that does not say is assumed to be heavier than any built-in one.
+    bytes_per_input_pixel: ClassVar[int] = 256
 
     device: torch.device
     settings: PipelineSettings
+    # pipelines holding one copy of a model on a device give it the same value, so the worker evicts
+    # them together (evicting one alone would free nothing); None: the pipeline holds its own
+    memory_group: Hashable | None = None
+
+    @classmethod
+    def memory_plan(cls, weights: Weights, device_type: str) -> MemoryPlan | None:
+        """The device memory this endpoint needs on a `device_type` device, planned from the installed
+        weights without loading them; None when there is nothing to plan or they are not installed."""
+        return None
 
     @classmethod
     def unavailable_reason(cls, weights: Weights) -> str | None:
@@ -262,3 +308,8 @@ class Pipeline(abc.ABC, Generic[InputT, ItemT, PredictionT]):
     @abc.abstractmethod
     def encode(self, prediction: PredictionT, inputs: InputT, request: RequestContext) -> BaseModel:
         """Turns one prediction into the endpoint's `Output` (storing its files)."""
+
+    def release_extra_memory(self) -> bool:
+        """After an out-of-memory error, frees what the pipeline keeps beside its model (extra copies,
+        caches); True if it freed anything. The worker has already evicted every other pipeline."""
+        return False

@@ -311,6 +311,7 @@ class EffectsPipeline(Pipeline[BaseModel, Item, np.ndarray]):
     """Shared by the post-processing endpoints: decode, batch by size, run `effects`, encode PNG."""
 
     max_batch_size: ClassVar[int] = 16
+    bytes_per_input_pixel: ClassVar[int] = 160  # measured peak 100-156 B/px, all effects, 1-9 Mpx, CPU
     effects: ClassVar[tuple[Effect, ...]]
 
     def decode(self, inputs: BaseModel, request: RequestContext) -> Item:

@@ -8,16 +8,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import server
 from server.config import Settings
-from server.errors import KilnError
-from server.middleware import ProtocolRouting
+from server.errors import KilnError, NotFound, PayloadTooLarge
+from server.middleware import BodyTooLarge, ProtocolRouting
 from server.registry import Registry
-from server.routes import docs, meta, queue, run, storage
+from server.routes import docs, meta, queue, run, storage, ui
 from server.services import Services
 
 logger = logging.getLogger(__name__)
@@ -49,14 +51,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.include_router(run.build_router(registry))
     app.include_router(storage.router)
     app.include_router(meta.router)
+    app.include_router(ui.router)
     app.add_exception_handler(KilnError, kiln_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.add_middleware(
         ProtocolRouting,
         owners=registry.owners,
         max_body_bytes=settings.max_body_bytes,
         scheme="https" if settings.base_url.startswith("https") else "http",
+        public_url=settings.public_url,
+        allowed_hosts=settings.allowed_hosts,
     )
     # browsers calling through the JS client's proxy mode need these; keys travel in headers, not cookies
     app.add_middleware(
@@ -85,6 +91,39 @@ async def validation_error_handler(request: Request, error: RequestValidationErr
         for item in error.errors()
     ]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def http_error_handler(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own HTTP errors, in fal's shapes where theirs would mislead a client.
+
+    - A body that could not be read as JSON (not UTF-8, nested past the parser's recursion limit, an
+      integer of more than 4300 digits) is FastAPI's 400 "There was an error parsing the body" with a
+      string `detail`; it is bad input like any other, so 422 in FastAPI's `detail` list shape.
+    - A GET for a path under `/queue/` or `/run/` that only a POST route matches is 404, not 405:
+      there is nothing to get there, and fal answers 404.
+    """
+    cause = error.__cause__
+    if error.status_code == 400 and cause is not None:
+        if isinstance(cause, BodyTooLarge):  # the middleware turns any answer into 413; be exact anyway
+            return await kiln_error_handler(request, PayloadTooLarge("The request body is too large"))
+        return JSONResponse(
+            {"detail": [{"loc": ["body"], "msg": body_parse_message(cause), "type": "json_invalid"}]},
+            status_code=422,
+        )
+    if error.status_code == 405 and request.method in ("GET", "HEAD") and request.url.path.startswith(("/queue/", "/run/")):
+        return await kiln_error_handler(request, NotFound(f"Nothing to {request.method} at {request.url.path}"))
+    return await http_exception_handler(request, error)
+
+
+def body_parse_message(cause: BaseException) -> str:
+    """What was wrong with a body that did not parse, in words for the caller (not Python's)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"The body is not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at position {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "The body's JSON is nested too deeply to parse"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "The body's JSON has an integer with more digits than the 4300 Python parses"
+    return f"The body could not be parsed as JSON ({type(cause).__name__})"
 
 
 async def unexpected_error_handler(request: Request, error: Exception) -> JSONResponse:

@@ -15,12 +15,14 @@ from server.config import (
     default_weights_lock,
     is_loopback_host,
 )
+from server.pipeline_cache import use_compile_cache
 from server.registry import Registry
 from server.weights import (
     MISMATCH,
     OK,
     WRONG_SIZE,
     FileCheck,
+    HubError,
     WeightsLock,
     WeightsLockError,
     WeightsStore,
@@ -57,18 +59,55 @@ def add_weights_commands(commands: argparse._SubParsersAction, parents: list[arg
     weights = commands.add_parser("weights", help="install and verify model weights against weights.lock")
     actions = weights.add_subparsers(dest="weights_command", required=True)
     actions.add_parser("list", parents=parents, help="the locked models and whether each is installed")
-    pull = actions.add_parser("pull", parents=parents, help="download a model's pinned revision, then verify it")
+    pull = actions.add_parser(
+        "pull",
+        parents=parents,
+        help="download a model's pinned revision and verify it; a model weights.lock leaves unpinned is pinned "
+        "on first use (in the store's local.lock)",
+    )
     pull.add_argument("name")
+    pull.add_argument("--revision", help="branch, tag or commit to pin where weights.lock pins none (default: its own)")
     verify = actions.add_parser("verify", parents=parents, help="rehash every installed file (all models by default)")
     verify.add_argument("names", nargs="*", metavar="NAME")
     import_ = actions.add_parser("import", parents=parents, help="verify a folder you already have and link it in")
     import_.add_argument("name")
     import_.add_argument("path", type=Path, help="a folder in the model repository's layout")
     import_.add_argument("--copy", action="store_true", help="copy the files instead of linking them")
+    import_.add_argument(
+        "--revision", help="the commit the folder holds, where neither an export pin nor hub metadata says it"
+    )
+    export = actions.add_parser(
+        "export", parents=parents, help="write a model's verified files and pin to DIR/NAME, for `import` elsewhere"
+    )
+    export.add_argument("name")
+    export.add_argument("directory", type=Path, metavar="DIR")
+    export.add_argument("--link", action="store_true", help="hard-link the files instead of copying them")
     lock = actions.add_parser(
         "lock", parents=parents, help="pin a model's revision and fill its missing sizes and sha256s from the hub"
     )
     lock.add_argument("name")
+    lock.add_argument("--revision", help="branch, tag or commit to pin (default: the lock's)")
+    lock.add_argument(
+        "--write-lock",
+        action="store_true",
+        help="write the pin into --weights-lock itself (to maintain the shipped lock), not the store's local.lock",
+    )
+
+
+MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def memory_size(text: str) -> int:
+    """`8GiB`, `512MiB`, `4096M` or a number of bytes -> bytes (binary units; `--memory-budget`)."""
+    number = text.strip().lower().rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text.strip().lower()[len(number) :]
+    try:
+        size = float(number) * MEMORY_UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write it like 8GiB, 512MiB or 1073741824") from None
+    if size < 1024**2:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1 MiB; a request could not decode any image")
+    return int(size)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=LOOPBACK_HOST, help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     serve.add_argument("--public-url", help="base URL clients reach this server at (default: from --host/--port)")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="without --public-url: a host name (or its `queue.` form) clients reach this server by, whose Host "
+        "header response URLs may use; repeatable (default: none, URLs use --host/--port)",
+    )
+    serve.add_argument(
+        "--memory-budget",
+        type=memory_size,
+        default="8GiB",
+        metavar="SIZE",
+        help="working memory one request may need on its worker, e.g. 8GiB or 512MiB; with each endpoint's "
+        "bytes per input pixel it caps the pixels of a request's images (default: %(default)s)",
+    )
     serve.add_argument(
         "--api-key",
         action="append",
@@ -110,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KILN_SPEEDUPS", "on"),
         help="the pipelines' lossless speed-ups; off runs diffusers as it ships; also KILN_SPEEDUPS (default: on)",
     )
+    serve.add_argument(
+        "--warm",
+        default=os.environ.get("KILN_WARM", ""),
+        metavar="ENDPOINT[,ENDPOINT...]",
+        help="endpoints to set up (and compile, on CUDA) at start-up, before /health reports them ready; "
+        "also KILN_WARM",
+    )
     serve.add_argument("--max-batch-size", type=int, default=8, help="most requests one device call runs together")
     serve.add_argument(
         "--retention-hours", type=float, default=7 * 24, help="how long results and files are kept (default: 168)"
@@ -131,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_weights_commands(commands, [storage])
+    # `kiln compare`: server/compare.py
+    from server.compare import add_compare_command
+
+    add_compare_command(commands)
     return parser
 
 
@@ -171,6 +237,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=host,
         port=args.port,
         public_url=args.public_url,
+        allowed_hosts=tuple(name.strip().lower() for name in args.allowed_host if name.strip()),
+        memory_budget_bytes=args.memory_budget,
         api_keys=keys,
         allow_private_urls=args.allow_private_urls,
         tls_cert=args.tls_cert,
@@ -186,6 +254,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         upload_quota_files=args.upload_quota_files,
         weights_dir=args.weights_dir,
         weights_lock=args.weights_lock,
+        warm_endpoints=tuple(endpoint.strip() for endpoint in args.warm.split(",") if endpoint.strip()),
     )
 
 
@@ -201,6 +270,7 @@ def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"kiln serve: {error}") from None
     if not settings.api_keys:
         logger.warning("no API key configured: every local caller is accepted; Kiln listens on loopback only")
+    use_compile_cache(settings.compile_cache_dir)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -218,19 +288,44 @@ def weights(args: argparse.Namespace) -> int:
     store = WeightsStore(args.weights_dir or args.data_dir / "weights", lock)
     if args.weights_command == "list":
         users = Registry.discover(Settings.pipeline_modules).models()
-        for name, model in lock.models.items():
+        for name, model in store.lock.models.items():
             print(f"{name}\t{model.repo}@{model.revision[:12]}\t{model.license}{' (gated)' if model.gated else ''}")
-            print(f"\t{describe(store, name)}\t{', '.join(users.get(name, ()))}")
+            state = describe(store, name)
+            if model.pinned:
+                state = f"{store.lock.pinned_where(name)}; {state}"
+            print(f"\t{state}\t{', '.join(users.get(name, ()))}")
         return 0
     if args.weights_command == "lock":
-        lock = WeightsLock(lock.path, {**lock.models, args.name: lock_from_hub(lock.get(args.name))})
-        lock.save()
-        print(f"{args.name}: pinned {lock.get(args.name).revision} in {lock.path}")
+        pinned = lock_from_hub(store.lock.get(args.name), args.revision)
+        if args.write_lock:
+            WeightsLock(lock.path, {**lock.models, args.name: pinned}).save()
+        else:
+            store.save_pin(pinned)
+        print(f"{args.name}: pinned {pinned.revision} in {lock.path if args.write_lock else store.pins_path}")
         return 0
     if args.weights_command == "pull":
-        return report(args.name, store.pull(args.name, on_file=announce))
+        first_use = store.unpinned_reason(args.name) is not None or args.revision is not None
+        if first_use:
+            print(
+                f"{args.name}: weights.lock pins no exact files for it: trusting what the hub serves now "
+                "(trust on first use); every file is checked against the hub's own sha256s and the result "
+                f"is pinned in {store.pins_path}",
+                file=sys.stderr,
+            )
+        status = report(args.name, store.pull(args.name, revision=args.revision, on_file=announce))
+        if first_use and status == 0:
+            print(f"{args.name}: pinned {store.lock.get(args.name).revision} in {store.pins_path}")
+        return status
     if args.weights_command == "import":
-        return report(args.name, store.import_folder(args.name, args.path, copy=args.copy, on_file=announce))
+        checks = store.import_folder(args.name, args.path, revision=args.revision, copy=args.copy, on_file=announce)
+        status = report(args.name, checks)
+        if status == 0 and args.name in store.lock.pinned_here:
+            print(f"{args.name}: {store.lock.pinned_where(args.name)}: {store.lock.get(args.name).note}")
+        return status
+    if args.weights_command == "export":
+        target = store.export(args.name, args.directory, link=args.link)
+        print(f"{args.name}: exported to {target}; on the other machine run `kiln weights import {args.name} PATH`")
+        return 0
     status = 0
     for name in args.names or [n for n in lock.models if store.folder(n).exists()]:
         unpinned = store.unpinned_reason(name)
@@ -279,8 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "weights":
         try:
             sys.exit(weights(args))
-        except (WeightsLockError, WeightsUnavailable) as error:
+        except (WeightsLockError, WeightsUnavailable, HubError) as error:
             raise SystemExit(f"kiln weights: {error}") from None
+    elif args.command == "compare":
+        from server.compare import compare_command
+
+        sys.exit(compare_command(args))
 
 
 if __name__ == "__main__":

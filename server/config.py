@@ -13,7 +13,10 @@ LOOPBACK_HOST = "127.0.0.1"
 
 
 def default_data_dir() -> Path:
-    """Kiln's folder under the user's data directory (XDG on Linux)."""
+    """`KILN_DATA_DIR` (the container image sets /data), else Kiln's folder under the user's data
+    directory (XDG on Linux)."""
+    if os.environ.get("KILN_DATA_DIR"):
+        return Path(os.environ["KILN_DATA_DIR"])
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "kiln"
 
@@ -42,6 +45,9 @@ class Settings:
     host: str = LOOPBACK_HOST
     port: int = 8000
     public_url: str | None = None
+    # without public_url, the host names (besides their `queue.` form) whose Host header may be put in
+    # the URLs of a response; any other Host gets URLs built from host and port
+    allowed_hosts: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
     allow_private_urls: bool = False
     tls_cert: Path | None = None
@@ -56,6 +62,8 @@ class Settings:
     # model weights are kept under data_dir unless given a folder of their own
     weights_dir: Path | None = None
     weights_lock: Path = field(default_factory=default_weights_lock)
+    # endpoints set up (and their compiled denoisers warmed) at start-up, before /health says ready
+    warm_endpoints: tuple[str, ...] = ()
 
     retention_seconds: float = 7 * 24 * 3600
     lease_seconds: float = 30.0
@@ -73,6 +81,9 @@ class Settings:
     upload_quota_files: int = 10_000
     max_body_bytes: int = 96 * 1024 * 1024
     max_image_pixels: int = 8192 * 8192
+    # working memory one request may need on its worker: with an endpoint's `bytes_per_input_pixel` it
+    # sets how many input pixels a request of that endpoint may bring (at most max_image_pixels)
+    memory_budget_bytes: int = 8 * 1024**3
 
     webhook_max_attempts: int = 10
     webhook_first_retry_seconds: float = 5.0
@@ -108,3 +119,8 @@ class Settings:
     @property
     def weights_store_dir(self) -> Path:
         return self.weights_dir or self.data_dir / "weights"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """Where torch.compile keeps its artefacts (inductor, Triton) across restarts."""
+        return self.data_dir / "compile-cache"

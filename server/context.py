@@ -12,11 +12,26 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.contract import Cancelled, FieldError, Image, RawImage
+from pipelines.contract import Cancelled, FieldError, Image, Pipeline, RawImage
+from server.config import Settings
 from server.fetch import Fetched, FetchError, UrlFetcher
 from server.files import FileStore
-from server.media import CONTENT_TYPES, ImageDecodeError, decode_image, encode_image
+from server.media import (
+    CONTENT_TYPES,
+    ImageDecodeError,
+    ImageTooLarge,
+    decode_image,
+    encode_image,
+)
 from server.store import Job, JobStore
+
+
+@dataclass(frozen=True)
+class PixelLimit:
+    """How many input pixels, all its images together, one request of an endpoint may decode, and why."""
+
+    pixels: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,31 @@ class MediaIO:
     max_image_pixels: int
     png_compression: int = 1
     jpeg_quality: int = 95
+    # working memory one request may need on its worker (Settings.memory_budget_bytes)
+    memory_budget_bytes: int = Settings.memory_budget_bytes
+    # this server's base URL: a `/files/` URL under it that does not resolve is missing, not remote
+    base_url: str | None = None
+
+    def pixel_limit(self, pipeline: type[Pipeline] | None) -> PixelLimit:
+        """The input pixels one request of `pipeline` may decode: its share of the memory budget at the
+        pipeline's bytes per input pixel, never more than `max_image_pixels`."""
+        if pipeline is None:
+            return PixelLimit(self.max_image_pixels, "the most this server decodes")
+        by_memory = self.memory_budget_bytes // max(1, pipeline.bytes_per_input_pixel)
+        if by_memory >= self.max_image_pixels:
+            return PixelLimit(self.max_image_pixels, "the most this server decodes")
+        return PixelLimit(
+            by_memory,
+            f"at {pipeline.bytes_per_input_pixel} bytes per pixel within the "
+            f"{_describe_bytes(self.memory_budget_bytes)} memory budget, `--memory-budget`",
+        )
+
+
+def _describe_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
 
 
 class Interrupted(Exception):
@@ -38,8 +78,19 @@ class RunningRequest:
     """A claimed job while its worker runs it: what the pipeline may ask of it (the contract's
     `RequestContext`) plus what the worker records about it (timings, provenance)."""
 
-    def __init__(self, job: Job, *, store: JobStore, media: MediaIO, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        job: Job,
+        *,
+        store: JobStore,
+        media: MediaIO,
+        stopping: threading.Event,
+        pixel_limit: PixelLimit | None = None,
+    ) -> None:
         self.job = job
+        self.pixel_limit = pixel_limit or media.pixel_limit(None)
+        # pixels of the images this request has decoded so far; they share one limit
+        self.pixels_decoded = 0
         self.cancelled = threading.Event()
         if job.cancel_requested:
             self.cancelled.set()
@@ -68,11 +119,25 @@ class RunningRequest:
             raise Cancelled()
 
     def fetch_image(self, url: str, field: str | tuple[str | int, ...]) -> RawImage:
+        """Fetches and decodes an image input; refuses from the image header, before decoding, an
+        image that would take the request past its pixel limit."""
         fetched = self._fetch(url, field)
+        limit = self.pixel_limit
         try:
-            return decode_image(fetched.data, max_pixels=self._media.max_image_pixels)
+            image = decode_image(fetched.data, max_pixels=limit.pixels - self.pixels_decoded)
+        except ImageTooLarge as error:
+            others = f" with the {self.pixels_decoded} pixels of its other images" if self.pixels_decoded else ""
+            raise FieldError(
+                field,
+                f"the image is {error.width}x{error.height} ({error.width * error.height} pixels){others}, "
+                f"more than the {limit.pixels} pixels one request of {self.job.endpoint} may bring "
+                f"({limit.reason}); downscale it first",
+                type=error.kind,
+            ) from None
         except ImageDecodeError as error:
             raise FieldError(field, str(error), type=error.kind) from None
+        self.pixels_decoded += image.width * image.height
+        return image
 
     def image_output(self, pixels: np.ndarray, *, image_format: str = "png", sync_mode: bool = False) -> Image:
         data = encode_image(
@@ -111,6 +176,13 @@ class RunningRequest:
         stored = self._media.files.resolve(url)
         if stored is not None:
             return Fetched(stored.path.read_bytes(), stored.content_type, url)
+        if self._media.base_url and url.strip().startswith(self._media.base_url.rstrip("/") + "/files/"):
+            raise FieldError(
+                field,
+                f"{url} is not a file on this server: it never existed or has expired (results and uploads are "
+                "kept for the retention period, `--retention-hours`); upload the file again",
+                type="file_download_error",
+            )
         try:
             return self._media.fetcher.fetch(url)
         except FetchError as error:

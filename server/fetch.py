@@ -229,7 +229,13 @@ def _decode_data_url(url: str, max_bytes: int) -> Fetched:
     if is_base64:
         data = _decode_base64(payload, max_bytes)
     else:
-        data = urllib.parse.unquote_to_bytes(payload)
+        try:
+            data = urllib.parse.unquote_to_bytes(payload)
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+            raise FetchError(
+                f"The data: URI holds a character that is not valid Unicode at position {exc.start}.",
+                "invalid_url",
+            ) from exc
     if len(data) > max_bytes:
         raise _too_large("the data: URI", max_bytes)
     return Fetched(data=data, content_type=media_type, url=url)
@@ -242,6 +248,11 @@ def _decode_base64(payload: str, max_bytes: int) -> bytes:
     text = "".join(urllib.parse.unquote(payload).split())
     if len(text) > (max_bytes + 2) // 3 * 4:  # the encoded length of max_bytes
         raise _too_large("the data: URI", max_bytes)
+    if not text.isascii():  # a non-ASCII character, or a %-escape of a byte over 0x7F
+        outside = next(char for char in text if not char.isascii())
+        raise FetchError(
+            f"The data: URI has invalid base64: {outside!r} is outside base64's alphabet.", "invalid_url"
+        )
     text += "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
@@ -259,10 +270,14 @@ def _parse_web_url(url: str) -> httpx.URL:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise FetchError(f"Invalid URL: {exc}.", "invalid_url") from exc
-    if parsed.scheme not in _WEB_SCHEMES:
-        scheme = f"scheme {parsed.scheme!r}" if parsed.scheme else "URLs without a scheme"
+    if not parsed.scheme:
         raise FetchError(
-            f"URL {scheme} is not allowed; use an http or https URL.", "url_not_allowed"
+            "The URL has no scheme; use an absolute http or https URL.", "url_not_allowed"
+        )
+    if parsed.scheme not in _WEB_SCHEMES:
+        raise FetchError(
+            f"The URL scheme {parsed.scheme!r} is not allowed; use an http or https URL.",
+            "url_not_allowed",
         )
     if parsed.userinfo:
         raise FetchError("URLs with a user name or password are not accepted.", "invalid_url")
@@ -516,7 +531,12 @@ class UrlFetcher:
                 timeout=self._timeout(url, deadline, read_timeout),
                 extensions=extensions,
             )
-            return self._client.send(request, stream=True)
+            try:
+                return self._client.send(request, stream=True)
+            except httpx.InvalidURL as exc:
+                # httpx builds the next request of any redirect, followed or not, and raises
+                # InvalidURL (not an HTTPError) on a Location such as `x:y`
+                raise FetchError(f"{url.host} redirected to an invalid URL: {exc}.") from exc
 
         for address in addresses[:-1]:
             try:

@@ -191,6 +191,9 @@ class Handler(BaseHTTPRequestHandler):
     def route_redirect_away(self) -> None:
         self._redirect(302, self.server.redirect_to)
 
+    def route_redirect_invalid(self) -> None:
+        self._redirect(302, "x:y")
+
     def route_hook(self) -> None:
         self._reply(204)
 
@@ -501,6 +504,13 @@ def test_other_schemes_are_refused(make_fetcher, url: str) -> None:
     fails("url_not_allowed", lambda: make_fetcher().fetch(url))
 
 
+@pytest.mark.parametrize("url", ["example.com/a.png", "//example.com/a.png", "/files/abc/a.png"])
+def test_url_without_a_scheme_says_so(make_fetcher, url: str) -> None:
+    """Regression (issue 10, item 22): the message read "URL URLs without a scheme is not allowed"."""
+    error = fails("url_not_allowed", lambda: make_fetcher().fetch(url))
+    assert str(error) == "The URL has no scheme; use an absolute http or https URL."
+
+
 @pytest.mark.parametrize("url", ["http://user:pw@images.example.test/", "http://[::1", "http:///path"])
 def test_malformed_urls_are_invalid(make_fetcher, connections: list, url: str) -> None:
     fails("invalid_url", lambda: make_fetcher().fetch(url))
@@ -537,6 +547,15 @@ def test_relative_redirect_is_followed(server: LocalServer, make_fetcher) -> Non
 
 def test_redirect_to_other_scheme_is_refused(server: LocalServer, make_fetcher) -> None:
     fails("url_not_allowed", lambda: make_fetcher().fetch(server.url("/redirect-file")))
+
+
+def test_redirect_to_an_invalid_url_is_a_fetch_error(server: LocalServer, make_fetcher) -> None:
+    """Regression (issue 10, item 3): `302 Location: x:y` raised httpx's InvalidURL, which is not an
+    HTTPError: httpx builds the next request of every redirect, followed or not. It escaped as a 500
+    for inputs, and out of the webhook dispatcher for webhooks (POST, never followed)."""
+    error = fails("file_download_error", lambda: make_fetcher().fetch(server.url("/redirect-invalid")))
+    assert "redirected to an invalid URL" in str(error)
+    fails("file_download_error", lambda: make_fetcher().post(server.url("/redirect-invalid"), b"{}", {}, timeout=2.0))
 
 
 # --------------------------------------------------------------------------- pinning
@@ -647,6 +666,22 @@ def test_data_uri_without_media_type(make_fetcher) -> None:
     "uri", ["data:image/png;base64,iVBOR*w0K", "data:image/png;base64,abcde", "data:image/png;base64"]
 )
 def test_malformed_data_uri(make_fetcher, uri: str) -> None:
+    fails("invalid_url", lambda: make_fetcher().fetch(uri))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "data:image/png;base64,AAAA\u00e9",
+        "data:image/png;base64,AAAA%FF",
+        "data:image/png;base64,AAAA\ud800",
+        "data:image/png;base64,\uff21AAA",  # a fullwidth A, which NFKC would make an A
+        "data:text/plain,ab\ud800",
+    ],
+)
+def test_non_ascii_data_uri_is_invalid_not_a_crash(make_fetcher, uri: str) -> None:
+    """Regression (issue 10, item 2): `b64decode` raises a plain ValueError (not `binascii.Error`) for
+    non-ASCII text, and `unquote_to_bytes` a UnicodeEncodeError for a lone surrogate: both were 500s."""
     fails("invalid_url", lambda: make_fetcher().fetch(uri))
 
 

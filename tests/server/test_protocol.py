@@ -311,15 +311,16 @@ def test_openapi_documents(client):
     assert client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": "nope/nope"}).status_code == 404
 
 
+FORGED_HOST = {"Host": "queue.attacker.example"}
+
+
 class TestHostHeader:
     """Regression (issue 10, item 21): the Host header of a request that reached the queue API as
     `queue.<name>` was put into `response_url`, `status_url` and `cancel_url` whatever it was, so a
     client (or anything in front of Kiln) could make the server hand out URLs of another host."""
 
-    FORGED = {"Host": "queue.attacker.example"}
-
     def test_an_unconfigured_host_is_not_reflected(self, client):
-        queued = submit(client, {}, path="/kiln-test/steps", headers=self.FORGED)
+        queued = submit(client, {}, path="/kiln-test/steps", headers=FORGED_HOST)
         base = client.app.state.services.settings.base_url
         for key in ("response_url", "status_url", "cancel_url"):
             assert queued[key].startswith(f"{base}/queue/kiln-test/steps/requests/"), queued[key]
@@ -327,7 +328,7 @@ class TestHostHeader:
 
     def test_public_url_wins_over_any_host(self, make_client):
         client = make_client(public_url="https://kiln.example.com/prefix/", allowed_hosts=("attacker.example",))
-        for host in (self.FORGED, {"Host": "queue.kiln.example.com"}):
+        for host in (FORGED_HOST, {"Host": "queue.kiln.example.com"}):
             queued = submit(client, {}, path="/kiln-test/steps", headers=host)
             assert queued["status_url"].startswith("https://kiln.example.com/prefix/queue/kiln-test/steps/requests/")
 

@@ -299,3 +299,18 @@ def test_stale_part_files_and_abandoned_multipart_uploads_are_purged(tmp_path, r
         assert fresh.exists()
     finally:
         client.__exit__(None, None, None)
+
+
+def test_an_upload_larger_than_the_json_body_limit_is_stored(make_client):
+    """fal-client sends files up to 100 MiB in one request, and the 96 MiB JSON body limit refused
+    those between 96 and 100 MiB on both of its upload paths; uploads have their own limits."""
+    client = make_client(max_body_bytes=1024, max_upload_bytes=4096)
+    token = client.post("/rest/storage/auth/token", json={}).json()["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+    stored = client.post("/cdn/files/upload", content=b"x" * 3000, headers=headers)
+    assert stored.status_code == 200, stored.text
+    target = client.post("/rest/storage/upload/initiate", json={"file_name": "a.bin"}).json()
+    assert client.put(path_of(target["upload_url"]), content=b"y" * 3000).status_code == 200
+    assert client.post("/cdn/files/upload", content=b"x" * 5000, headers=headers).status_code == 413
+    json_body = {"Content-Type": "application/json"}
+    assert client.post("/queue/kiln-test/steps", content=b"{" + b" " * 2000 + b"}", headers=json_body).status_code == 413
