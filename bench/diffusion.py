@@ -25,9 +25,10 @@ skipped, so its share of the bf16 peak is an effective figure against the nomina
 
     python -m bench.diffusion [--model pixart|flux|all] [--repeats 3] [--work-dir DIR]
 
-Needs a CUDA GPU; PixArt needs about 25 GB of disk and GPU memory, FLUX about 35 GB of disk and 70 GB
-of GPU memory (the bf16 transformer plus the FP8 copies `regular` and `high` keep warm). On a machine
-without CUDA it says so and exits without measuring anything.
+Needs a CUDA GPU; PixArt needs about 25 GB of disk and GPU memory, FLUX about 35 GB of disk and 60 GB
+of GPU memory (the bf16 pipeline plus the one FP8 transformer `regular` and `high` share; see the
+memory plan, `python -m bench.gpu_smoke --only memory_plan`). On a machine without CUDA it says so
+and exits without measuring anything.
 """
 
 from __future__ import annotations

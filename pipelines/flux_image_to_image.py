@@ -6,8 +6,11 @@ defaults); `guidance_scale` drives FLUX.1 [dev]'s distilled guidance embedding, 
 per step. The output keeps the input's size and aspect ratio, both sides rounded to multiples of 16
 and scaled down to at most 2 megapixels (FLUX.1's trained range), where diffusers would make 1024².
 
-`acceleration` picks the transformer; `regular` and `high` load their own copy on first use and keep
-it warm. Their quality costs below are what published FLUX results lead us to expect, not measured:
+`acceleration` picks the transformer. One bf16 transformer serves `none` (and, where FP8 cannot run,
+every level); `regular` and `high` share one FP8 copy, built on first use and kept warm (and dropped
+first when a request runs out of memory); the first-block cache of `high` is a hook put on that same
+module for the call and taken off after it. Their quality costs below are what published FLUX results
+lead us to expect, not measured:
 
 - `none`: the lossless set every diffusion endpoint gets (bf16, fused QKV projections, the fastest
   exact attention backend, `torch.compile`): exact up to float rounding.
@@ -18,8 +21,10 @@ it warm. Their quality costs below are what published FLUX results lead us to ex
 
 FP8 needs CUDA with FP8 tensor cores (compute capability 8.9+) and torchao; elsewhere `regular`
 runs as `none` and `high` as the cache alone. What was applied is in the result's provenance under
-`acceleration`. The cached transformer is compiled per block without `fullgraph`, since the cache's
-skip decision is a data-dependent branch.
+`acceleration`. A transformer that may carry the cache (the FP8 one; the bf16 one where FP8 cannot
+run) is compiled per block without `fullgraph`, since the cache's skip decision is a data-dependent
+branch; the bf16 transformer of a device with FP8 is compiled whole. torchao quantises without
+touching the process's global inductor settings (`set_inductor_config=False`).
 """
 
 from __future__ import annotations
@@ -44,9 +49,12 @@ from pipelines.contract import (
     Weights,
 )
 from pipelines.diffusion import (
+    COMPILE_DYNAMIC,
     COMPILE_MODE,
+    WARM_UP_STEPS,
     GeneratedImages,
     Generation,
+    Speedups,
     progress_arguments,
 )
 from pipelines.flux import (
@@ -115,6 +123,34 @@ LEVELS: dict[str, DenoiserSettings] = {
 }
 
 
+def quantize_fp8(module: torch.nn.Module) -> None:
+    """FP8 dynamic quantisation (e4m3, row-wise scales) of every linear layer, in place, without
+    torchao's default of changing the process's global inductor settings, which would alter every
+    later compile (the bf16 transformer's, the other endpoints')."""
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        PerRow,
+        quantize_,
+    )
+
+    # torchao 0.10+ (0.18 is current) keeps the switch on the config, whose default (True) calls
+    # `recommended_inductor_config_setter()`: coordinate-descent tuning and more, process-wide
+    if "set_inductor_config" in getattr(Float8DynamicActivationFloat8WeightConfig, "__dataclass_fields__", {}):
+        quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
+    else:  # older torchao took it as an argument of quantize_
+        quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), set_inductor_config=False)
+
+
+def set_first_block_cache(denoiser: torch.nn.Module, enabled: bool) -> None:
+    """Hooks diffusers' first-block cache on or off the transformer (no change when already so)."""
+    from diffusers import FirstBlockCacheConfig
+
+    if enabled and not denoiser.is_cache_enabled:
+        denoiser.enable_cache(FirstBlockCacheConfig(threshold=FIRST_BLOCK_CACHE_THRESHOLD))
+    elif not enabled and denoiser.is_cache_enabled:
+        denoiser.disable_cache()
+
+
 def fp8_unavailable_reason(device: torch.device) -> str | None:
     """Why FP8 quantisation cannot run on `device`, or None."""
     if device.type != "cuda":
@@ -155,12 +191,52 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
             )
         return super().prepare(inputs)
 
+    plan_pixels: ClassVar[int] = MAX_AREA
+    plan_images: ClassVar[int] = 4
+
+    @classmethod
+    def extra_bytes(cls, counts: dict[str, tuple[int, int]], itemsize: int) -> int:
+        """The FP8 transformer `regular` and `high` share: one byte per weight (scales and norms aside)."""
+        floats, other = counts.get("transformer", (0, 0))
+        return floats + other if itemsize == 2 else 0
+
+    def speedups_for(self, device: torch.device, enabled: bool) -> Speedups:
+        """Where FP8 cannot run, `high` hooks the cache onto the bf16 transformer: compiled per block."""
+        speedups = super().speedups_for(device, enabled)
+        if speedups.compile and self.fp8_unavailable is not None:
+            return dataclasses.replace(speedups, compile_regions=True)
+        return speedups
+
     def setup(self, device: torch.device, weights: Weights, settings: PipelineSettings) -> None:
-        super().setup(device, weights, settings)
-        self.transformer_folder = weights.verified_folder(self.model) / "transformer"
         self.fp8_unavailable = fp8_unavailable_reason(device)
-        # the transformer for each settings a request has needed, built on first use
-        self.denoisers: dict[DenoiserSettings, torch.nn.Module] = {DenoiserSettings(): self.pipe.transformer}
+        super().setup(device, weights, settings)
+
+    def setup_endpoint(self, weights: Weights) -> None:
+        self.transformer_folder = weights.verified_folder(self.model) / "transformer"
+        # the bf16 transformer, and the FP8 one once `regular` or `high` asked for it
+        self.denoisers: dict[bool, torch.nn.Module] = {False: self.pipe.transformer}
+
+    def release_extra_memory(self) -> bool:
+        """Drops the FP8 transformer (rebuilt on the next `regular` or `high` request) and the cached
+        prompt embeddings."""
+        freed = self.denoisers.pop(True, None) is not None
+        return super().release_extra_memory() or freed
+
+    def warm_up_generation(self, width: int, height: int) -> FluxImageToImageGeneration:
+        image = RawImage(torch.zeros(3, height, width, dtype=torch.uint8), 255)
+        return FluxImageToImageGeneration(
+            seed=0,
+            num_images=1,
+            enable_safety_checker=False,
+            prompt="",
+            image=image,
+            width=width,
+            height=height,
+            strength=1.0,
+            num_inference_steps=WARM_UP_STEPS,
+            guidance_scale=3.5,
+            acceleration="none",
+        )
 
     def plan(self, inputs: FluxImageToImageInput, request: RequestContext) -> FluxImageToImageGeneration:
         image = request.fetch_image(inputs.image_url, "image_url")
@@ -225,12 +301,14 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
 
     @contextmanager
     def denoiser(self, settings: DenoiserSettings) -> Iterator[torch.nn.Module]:
-        """Puts the transformer for `settings` into the pipeline for one call."""
+        """Puts the transformer for `settings` into the pipeline for one call, with the first-block
+        cache hooked on for the call when `settings` asks for it."""
         from diffusers.hooks import HookRegistry
 
-        if settings not in self.denoisers:
-            self.denoisers[settings] = self._build_denoiser(settings)
-        denoiser = self.denoisers[settings]
+        if settings.fp8 not in self.denoisers:
+            self.denoisers[settings.fp8] = self._build_fp8_denoiser()
+        denoiser = self.denoisers[settings.fp8]
+        set_first_block_cache(denoiser, settings.first_block_cache)
         base = self.pipe.transformer
         self.pipe.transformer = denoiser
         try:
@@ -243,31 +321,21 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
                 # a cancelled call leaves its last residual behind; the next request must not reuse it
                 HookRegistry.check_if_exists_or_initialize(denoiser).reset_stateful_hooks()
 
-    def _build_denoiser(self, settings: DenoiserSettings) -> torch.nn.Module:
-        """A fresh transformer from the verified weights with the lossless speed-ups and `settings`."""
-        from diffusers import FirstBlockCacheConfig, FluxTransformer2DModel
+    def _build_fp8_denoiser(self) -> torch.nn.Module:
+        """The FP8 transformer: a fresh copy from the verified weights with the lossless speed-ups (the
+        unfused q/k/v dropped before quantising), its linear layers quantised by torchao, compiled per
+        block (the first-block cache may be hooked on)."""
+        from diffusers import FluxTransformer2DModel
 
-        logger.info("building the %s FLUX.1 [dev] transformer on %s", settings, self.device)
+        logger.info("building the FP8 FLUX.1 [dev] transformer on %s", self.device)
         denoiser = FluxTransformer2DModel.from_pretrained(
             self.transformer_folder, dtype=self.dtype, use_safetensors=True, local_files_only=True
         ).to(self.device)
-        # compiled last, once quantised and cached
+        # compiled last, once quantised
         dataclasses.replace(self.speedups, compile=False).apply(denoiser)
-        if settings.fp8:
-            from torchao.quantization import (
-                Float8DynamicActivationFloat8WeightConfig,
-                PerRow,
-                quantize_,
-            )
-
-            quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-        if settings.first_block_cache:
-            denoiser.enable_cache(FirstBlockCacheConfig(threshold=FIRST_BLOCK_CACHE_THRESHOLD))
+        quantize_fp8(denoiser)
         if self.speedups.compile:
-            if settings.first_block_cache:
-                denoiser.compile_repeated_blocks(fullgraph=False, mode=COMPILE_MODE)
-            else:
-                denoiser.compile(fullgraph=True, mode=COMPILE_MODE)
+            denoiser.compile_repeated_blocks(fullgraph=False, mode=COMPILE_MODE, dynamic=COMPILE_DYNAMIC)
         return denoiser
 
     def output(

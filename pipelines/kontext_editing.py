@@ -39,7 +39,7 @@ import torch
 from pydantic import BaseModel
 
 from pipelines.contract import RawImage, RequestContext
-from pipelines.diffusion import Generation, progress_arguments
+from pipelines.diffusion import WARM_UP_STEPS, Generation, progress_arguments
 from pipelines.flux import (
     FluxDiffusionPipeline,
     output_size,
@@ -113,6 +113,24 @@ class KontextEditPipeline(FluxDiffusionPipeline[Edit]):
 
     diffusers_class: ClassVar[str] = "FluxKontextPipeline"
     model: ClassVar[str] = "flux-1-kontext-dev"
+    # the output and its references, as many tokens again
+    plan_images: ClassVar[int] = 4
+    plan_image_sequences: ClassVar[int] = 2
+
+    def warm_up_generation(self, width: int, height: int) -> Edit:
+        reference = RawImage(torch.zeros(3, height, width, dtype=torch.uint8), 255)
+        return Edit(
+            seed=0,
+            num_images=1,
+            enable_safety_checker=False,
+            instruction="",
+            references=(reference,),
+            width=width,
+            height=height,
+            num_inference_steps=WARM_UP_STEPS,
+            guidance_scale=KONTEXT_GUIDANCE,
+            denoise=None,
+        )
 
     @abc.abstractmethod
     def spec(self, inputs: BaseModel) -> EditSpec:

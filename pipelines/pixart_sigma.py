@@ -26,8 +26,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, Field
 
-from pipelines.contract import Image, PipelineSettings, RequestContext, Weights
+from pipelines.contract import Image, RequestContext, Weights
 from pipelines.diffusion import (
+    WARM_UP_STEPS,
     DiffusionPipeline,
     GeneratedImages,
     Generation,
@@ -198,6 +199,10 @@ class PixArtSigmaPipeline(DiffusionPipeline[PixArtGeneration]):
     Output = PixArtSigmaOutput
     diffusers_class: ClassVar[str] = "PixArtSigmaPipeline"
     model: ClassVar[str] = "pixart-sigma-xl-2-1024-ms"
+    # resolution binning generates about 1024² whatever the size asked; CFG doubles the batch
+    plan_images: ClassVar[int] = 8
+    plan_text_tokens: ClassVar[int] = MAX_SEQUENCE_LENGTH
+    plan_guidance_batch: ClassVar[int] = 2
 
     @classmethod
     def unavailable_reason(cls, weights: Weights) -> str | None:
@@ -207,9 +212,24 @@ class PixArtSigmaPipeline(DiffusionPipeline[PixArtGeneration]):
             return f"{cls.endpoint_id} cannot run: PixArt's caption cleaning needs {', '.join(missing)} installed"
         return super().unavailable_reason(weights)
 
-    def setup(self, device: torch.device, weights: Weights, settings: PipelineSettings) -> None:
-        super().setup(device, weights, settings)
+    def setup_endpoint(self, weights: Weights) -> None:
+        # the repository's configuration, before a request replaces the scheduler
         self.scheduler_config = self.pipe.scheduler.config
+
+    def warm_up_generation(self, width: int, height: int) -> PixArtGeneration:
+        return PixArtGeneration(
+            seed=0,
+            num_images=1,
+            enable_safety_checker=False,
+            prompt="",
+            styled_prompt="",
+            negative_prompt="",
+            width=width,
+            height=height,
+            num_inference_steps=WARM_UP_STEPS,
+            guidance_scale=4.5,
+            scheduler="DPM-SOLVER",
+        )
 
     def plan(self, inputs: PixArtSigmaInput, request: RequestContext) -> PixArtGeneration:
         if isinstance(inputs.image_size, ImageSize):

@@ -120,3 +120,12 @@ class Health(BaseModel):
     broken_modules: dict[str, str] = Field(
         default_factory=dict, description="Pipeline modules that could not be imported, and why"
     )
+    memory: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Endpoint id -> its planned device memory in GiB (the model it shares with other endpoints, "
+        "weights, safety checker, extra copies it loads on demand, activations of its largest request, total), "
+        "from the installed weights; absent for endpoints without weights or not installed",
+    )
+    device_memory: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="CUDA device -> `total_gib` and `free_gib` now"
+    )

@@ -1,7 +1,9 @@
 """Health, the webhook public key, and one OpenAPI document per endpoint (as fal publishes)."""
 
+import logging
 from typing import Annotated, Any
 
+import torch
 from fastapi import APIRouter, Query, Request, Response
 
 import server
@@ -9,7 +11,9 @@ from server.deps import ServicesDep
 from server.errors import NotFound
 from server.protocol import queue_base
 from server.schemas import ErrorBody, Health, Jwks
+from server.services import Services
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["meta"])
 
 # the request routes every endpoint shares, by the app part of its id
@@ -34,6 +38,8 @@ def health(response: Response, services: ServicesDep) -> Health:
         endpoints=endpoints,
         pipelines=services.pool.pipeline_states(),
         broken_modules={broken.module: broken.error for broken in services.registry.broken},
+        memory=memory_plans(services, workers),
+        device_memory=device_memory(workers),
     )
     response.status_code = 200 if healthy else 503
     return body
@@ -44,6 +50,34 @@ def health_head(response: Response, services: ServicesDep) -> Response:
     """`GET /health`'s status code without its body, for probes and load balancers that use HEAD."""
     health(response, services)
     return Response(status_code=response.status_code)
+
+
+def memory_plans(services: Services, workers: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each endpoint's memory plan (those that have one, with their weights installed) for the kind
+    of device this server runs on."""
+    kind = "cuda" if any(device.startswith("cuda") for device in workers) else "cpu"
+    plans = {}
+    for pipeline in services.registry:
+        try:
+            plan = pipeline.memory_plan(services.weights, kind)
+        except Exception:  # a plan is advice: a folder being written must not break /health
+            logger.debug("no memory plan for %s", pipeline.endpoint_id, exc_info=True)
+            continue
+        if plan is not None:
+            plans[pipeline.endpoint_id] = plan.as_json()
+    return plans
+
+
+def device_memory(workers: dict[str, str]) -> dict[str, dict[str, float]]:
+    found = {}
+    for name in workers:
+        if name.startswith("cuda"):
+            try:
+                free, total = torch.cuda.mem_get_info(torch.device(name))
+            except Exception:
+                continue
+            found[name] = {"total_gib": round(total / 1024**3, 2), "free_gib": round(free / 1024**3, 2)}
+    return found
 
 
 @router.get("/.well-known/jwks.json", response_model=Jwks)

@@ -29,7 +29,6 @@ from server.weights import (
     WeightsLockError,
     WeightsStore,
     WeightsUnavailable,
-    lock_from_hub,
 )
 from testkit.servers import REPO
 
@@ -159,7 +158,7 @@ class TestVerification:
         with pytest.raises(WeightsUnavailable, match=f"kiln weights pull {MODEL}"):
             store.verified_folder(MODEL)
 
-    def test_an_unpinned_model_names_the_lock_command(self, tmp_path):
+    def test_an_unpinned_model_names_the_commands_that_pin_it(self, tmp_path):
         path = tmp_path / "weights.lock"
         document = lock_document(revision="main")
         document["models"][MODEL]["files"][0]["sha256"] = None
@@ -168,8 +167,9 @@ class TestVerification:
         write_folder(store.folder(MODEL))
         problem = store.problem([MODEL])
         assert "revision 'main' is not a commit" in problem and "1 file(s) have no size or sha256" in problem
-        assert f"`kiln weights lock {MODEL}`" in problem
-        with pytest.raises(WeightsUnavailable, match="kiln weights lock"):
+        assert f"`kiln weights pull {MODEL}`, which pins what the hub serves on first use" in problem
+        assert f"`kiln weights import {MODEL} PATH`" in problem and f"`kiln weights lock {MODEL}`" in problem
+        with pytest.raises(WeightsUnavailable, match="kiln weights pull"):
             store.verified_folder(MODEL)
 
     def test_installed_files_are_hashed_once_then_trusted_until_they_change(self, store, hash_count):
@@ -255,66 +255,7 @@ class TestImportAndPull:
         assert [check.state for check in checks] == [OK, MISMATCH]
         assert not store.folder(MODEL).exists()
 
-    def test_pull_downloads_the_pinned_revision_and_deletes_a_file_that_does_not_match(
-        self, store, tmp_path, monkeypatch
-    ):
-        hub = tmp_path / "hub"
-        write_folder(hub)
-        calls = []
-
-        def fake_snapshot_download(repo_id, *, revision, local_dir, allow_patterns):
-            calls.append((repo_id, revision, sorted(allow_patterns)))
-            for path in allow_patterns:
-                target = Path(local_dir) / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes((hub / path).read_bytes())
-            return str(local_dir)
-
-        monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
-        assert [check.state for check in store.pull(MODEL)] == [OK, OK]
-        assert calls == [("kiln-test/tiny-model", COMMIT, sorted(FILES))]
-
-        flip_a_byte(hub / "unet/weights.safetensors")
-        (store.folder(MODEL) / "unet/weights.safetensors").unlink()
-        assert [check.state for check in store.pull(MODEL)] == [OK, MISMATCH]
-        assert not (store.folder(MODEL) / "unet/weights.safetensors").exists()
-
-    def test_lock_from_hub_pins_the_revision_and_fills_what_is_missing(self, lock_path, monkeypatch, tmp_path):
-        document = lock_document(revision="main")
-        for file in document["models"][MODEL]["files"]:
-            file["size"] = file["sha256"] = None
-        model = LockedModel.from_json(MODEL, document["models"][MODEL])
-        small_file = tmp_path / "model_index.json"
-        small_file.write_bytes(FILES["model_index.json"])
-        big = FILES["unet/weights.safetensors"]
-
-        class Lfs:
-            size, sha256 = len(big), sha256(big)
-
-        class Sibling:
-            def __init__(self, name, size, lfs):
-                self.rfilename, self.size, self.lfs = name, size, lfs
-
-        class Info:
-            sha = COMMIT
-            siblings = (
-                Sibling("model_index.json", len(FILES["model_index.json"]), None),
-                Sibling("unet/weights.safetensors", 134, Lfs),
-            )
-
-        monkeypatch.setattr("huggingface_hub.HfApi.model_info", lambda self, repo, **kwargs: Info)
-        monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda repo, path, revision: str(small_file))
-        pinned = lock_from_hub(model)
-        assert pinned.revision == COMMIT and pinned.pinned
-        assert pinned.files == WeightsLock.load(lock_path).get(MODEL).files
-
-        conflicting = LockedModel.from_json(
-            MODEL,
-            lock_document()["models"][MODEL]
-            | {"files": [{"path": "unet/weights.safetensors", "size": len(big), "sha256": "0" * 64}]},
-        )
-        with pytest.raises(WeightsLockError, match="the hub has"):
-            lock_from_hub(conflicting)
+    # pull and `lock` against a hub: tests/server/test_weights_hub.py (a local hub server)
 
 
 # -- the command line --------------------------------------------------------------------------------
@@ -357,11 +298,17 @@ class TestCommandLine:
         assert "unet/weights.safetensors: sha256 mismatch" in output
         assert "1 of 2 files do not match weights.lock" in output
 
-    def test_pull_of_an_unpinned_model_explains_what_to_run(self, tmp_path, capsys):
+    def test_pull_of_an_unpinned_model_without_a_hub_explains_what_to_run(self, tmp_path, monkeypatch):
+        """Pulling an unpinned model pins it on first use; with no hub in reach the message says how
+        to install from a copy instead of printing a traceback."""
+        from testkit.servers import free_port
+
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
         path = tmp_path / "weights.lock"
         path.write_text(json.dumps(lock_document(revision="main")))
         message = kiln_weights(tmp_path, path, "pull", MODEL)
-        assert isinstance(message, str) and f"kiln weights lock {MODEL}" in message
+        assert isinstance(message, str) and "cannot reach the Hugging Face hub" in message
+        assert f"kiln weights import {MODEL}" in message
 
 
 def test_the_lock_holds_exactly_the_models_the_endpoints_load():
