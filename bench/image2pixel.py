@@ -1,21 +1,28 @@
-"""fal-ai/image2pixel: Kiln against the reference `unfake` 1.0.7 on the same generated pixel art.
+"""fal-ai/image2pixel: Kiln against the reference `unfake` 1.0.7 on real pixel art (`bench.pixel_art_set`).
 
-Both run with fal's defaults (max 32 colours, auto detection, dominant downscale) on:
+Both run with fal's defaults (max 32 colours, auto detection, dominant downscale). The set is crops of real game
+tile sheets that Debian packages ship under free licences, upscaled at every scale 2-16 with random grid offsets,
+then JPEG (with and without 4:2:0 chroma subsampling), blur, slight resampling and combinations; see
+`bench/pixel_art_set.py` for the sources, their licences and the degradations.
 
-- clean aligned / clean offset: nearest-neighbour upscales at every scale 2-16 of random, blobby and textured
-  art, with the grid at the image's corner (where the reference's run lengths work) or offset (by s // 2 rows
-  and s - 1 columns);
-- degraded: the offset upscales under JPEG (q60, q75, q90), gaussian blur (0.6, 1.0) and bilinear resampling
-  (x1.02, x0.98), the acceptance fixtures of the tests;
-- timing: 1024x1024 JPEG upscales (scales 8 and 16), the time of the whole computation per image (no file
-  decoding or encoding on either side). Kiln runs with the server's CPU thread count (default 1).
+Reported per degradation, per degradation family and per scale bucket (2-3, 4-7, 8-16):
 
-Scale accuracy is the share of images whose detected scale is the true one (resampled images: the true cell
-size rounded); cell accuracy the share of ground-truth cells shown as the right palette colour (see
-`correct_cells`). `unfake` is installed for the benchmark only (`pip install unfake==1.0.7`); without it the
-reference columns are empty and the reason is printed.
+- scale accuracy: the share of images whose `pixel_scale` is the true one (resampled images: the true cell size
+  rounded);
+- cell accuracy: the share of ground-truth cells shown as the right colour (the truth colour nearest to the
+  result's cell), at the best alignment within one cell either way;
+- palette-size error: the output's colour count less the truth's (median of the absolute error, and the share of
+  images within 2), over art of at most 16 colours.
 
-    python -m bench.image2pixel [--quick]
+Timing: 1024x1024 JPEGs of real art (scales 8 and 16), the whole computation per image (no file decoding or
+encoding on either side), after a warm-up; Kiln runs with the server's CPU thread count. With
+`--baseline-tree DIR` (e.g. `git archive HEAD | tar -x -C DIR`) the same timing runs, interleaved, on that tree's
+Kiln, so before and after are measured in the same run.
+
+`unfake` is installed for the benchmark only (`pip install unfake==1.0.7`), and the set needs the art packages
+(`apt-get install nethack-common angband-data crawl-tiles-data freeciv-data`).
+
+    python -m bench.image2pixel [--quick] [--systems kiln,unfake] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -23,103 +30,88 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bench.common import write_result
-from pipelines.image2pixel import Image2PixelInput, pixelate
-from server.config import Settings
-from tests.pipelines.test_image2pixel import (
-    DEGRADATIONS,
-    blobby_art,
-    complete_cells,
-    correct_cells,
-    random_art,
-    textured_blobs,
+from bench.pixel_art_set import (
+    SCALES,
+    SOURCES,
+    build_cases,
+    crop_art,
+    describe,
+    jpeg,
+    missing_packages,
     upscale,
 )
 
-ART = {"random": random_art, "blobby": blobby_art, "textured": textured_blobs}
-SCALES = range(2, 17)
 TIMING_REPEATS = 3
+Runner = Callable[[np.ndarray], tuple[int, np.ndarray]]
 
 
-@dataclass
-class Case:
-    group: str
-    name: str
-    scale: int
-    image: np.ndarray  # (H, W, 3) uint8
-    truth: np.ndarray  # (h, w, 3) complete cells
-    palette: np.ndarray
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """``(..., 3)`` sRGB bytes -> CIELAB (D65), float64."""
+    x = rgb.astype(np.float64) / 255
+    linear = np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    matrix = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
+    xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(np.maximum(xyz, 0)), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-@dataclass
-class Tally:
-    images: int = 0
-    scale_right: int = 0
-    cells: int = 0
-    cells_right: int = 0
-    seconds: list[float] = field(default_factory=list)
-
-    def add(self, case: Case, scale: int, native: np.ndarray, seconds: float) -> None:
-        self.images += 1
-        self.scale_right += scale == case.scale
-        self.cells += case.truth[..., 0].size
-        self.cells_right += correct_cells(native, case.truth, case.palette)
-        self.seconds.append(seconds)
-
-    def summary(self) -> dict[str, float]:
-        return {
-            "images": self.images,
-            "scale_accuracy": round(self.scale_right / self.images, 4),
-            "cell_accuracy": round(self.cells_right / self.cells, 4),
-            "median_ms": round(1000 * statistics.median(self.seconds), 1),
-        }
+# A result cell within this CIELAB distance of its true colour is right even where the truth has a nearer
+# near-duplicate (some palettes hold both (0, 0, 0) and (1, 1, 1)): about one just noticeable difference.
+SAME_COLOUR = 2.5
 
 
-def accuracy_cases(cells: int, quick: bool) -> list[Case]:
-    cases = []
-    scales = SCALES if not quick else (2, 4, 8, 13, 16)
-    for art_name, make in ART.items():
-        for scale in scales:
-            art = make(cells, seed=1000 + scale)
-            palette = np.unique(art.reshape(-1, 3), axis=0)
-            cases.append(Case("clean aligned", art_name, scale, upscale(art, scale), art, palette))
-            offset = (scale // 2, scale - 1)
-            clean = upscale(art, scale, offset)
-            truth = complete_cells(art, scale, offset, (0, 0))
-            cases.append(Case("clean offset", art_name, scale, clean, truth, palette))
-            for name, degrade in DEGRADATIONS.items():
-                cases.append(Case("degraded", f"{art_name} {name}", scale, degrade(clean), truth, palette))
-    return cases
+def correct_cells(result: np.ndarray, truth: np.ndarray) -> int:
+    """How many cells of ``truth`` the ``result`` shows as the right colour: the truth colour nearest to the result
+    cell's colour is the true one, or the two are within `SAME_COLOUR`; at the best alignment within one cell
+    either way."""
+    palette = np.unique(truth.reshape(-1, 3), axis=0).astype(np.int64)
 
+    def labels(colours: np.ndarray) -> np.ndarray:
+        flat = colours.reshape(-1, 3).astype(np.int64)
+        distance = ((flat[:, None, :] - palette[None]) ** 2).sum(-1)
+        return distance.argmin(-1).reshape(colours.shape[:2])
 
-def timing_cases(quick: bool) -> list[Case]:
-    cases = []
-    for scale, seed in ((8, 1), (16, 2)) if not quick else ((16, 2),):
-        art = blobby_art(1024 // scale, seed=seed)
-        image = DEGRADATIONS["jpeg q75"](upscale(art, scale))
-        palette = np.unique(art.reshape(-1, 3), axis=0)
-        cases.append(Case("timing", f"1024x1024 jpeg q75 scale {scale}", scale, image, art, palette))
-    return cases
+    want, got = labels(truth), labels(result[..., :3])
+    want_lab, got_lab = srgb_to_lab(truth), srgb_to_lab(result[..., :3])
+    best = 0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
+            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
+            source = (slice(rows.start - dy, rows.stop - dy), slice(columns.start - dx, columns.stop - dx))
+            same = want[rows, columns] == got[source]
+            close = np.linalg.norm(want_lab[rows, columns] - got_lab[source], axis=-1) <= SAME_COLOUR
+            best = max(best, int((same | close).sum()))
+    return best
 
 
 def run_kiln(image: np.ndarray) -> tuple[int, np.ndarray]:
+    from pipelines.image2pixel import Image2PixelInput, pixelate
+
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
     tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0)
     result = pixelate(tensor, Image2PixelInput(image_url="bench"))
     return result.grid.scale, result.native.permute(1, 2, 0).numpy()
 
 
-def reference_runner() -> tuple[Callable[[np.ndarray], tuple[int, np.ndarray]] | None, str]:
+def reference_runner() -> tuple[Runner | None, str]:
     """`unfake.process_image` with fal's defaults, or None and why it cannot run."""
     try:
         from unfake import process_image
@@ -136,67 +128,249 @@ def reference_runner() -> tuple[Callable[[np.ndarray], tuple[int, np.ndarray]] |
     return run, f"unfake {importlib.metadata.version('unfake')}"
 
 
-def measure(runner, cases: list[Case]) -> dict[str, Tally]:
+@dataclass
+class Tally:
+    images: int = 0
+    scale_right: int = 0
+    cells: int = 0
+    cells_right: int = 0
+    palette_errors: list[int] = field(default_factory=list)  # over truths of at most 16 colours
+
+    def add(self, record: dict) -> None:
+        self.images += 1
+        self.scale_right += record["scale_right"]
+        self.cells += record["cells"]
+        self.cells_right += record["cells_right"]
+        if record["true_colours"] <= 16:
+            self.palette_errors.append(record["colours"] - record["true_colours"])
+
+    def summary(self) -> dict[str, float]:
+        numbers = {
+            "images": self.images,
+            "scale_accuracy": round(self.scale_right / max(1, self.images), 4),
+            "cell_accuracy": round(self.cells_right / max(1, self.cells), 4),
+        }
+        if self.palette_errors:
+            errors = np.abs(self.palette_errors)
+            numbers |= {
+                "palette_images": len(errors),
+                "palette_error_median": float(np.median(errors)),
+                "palette_within_2": round(float((errors <= 2).mean()), 4),
+            }
+        return numbers
+
+
+def evaluate(runner: Runner, case) -> dict:
+    scale, native = runner(case.image)
+    opaque = native[..., 3] >= 128 if native.shape[-1] == 4 else np.ones(native.shape[:2], bool)
+    colours = len(np.unique(native[..., :3][opaque].reshape(-1, 3), axis=0))
+    return {
+        "case": case.name,
+        "degradation": case.degradation.name,
+        "family": case.degradation.family,
+        "scale": case.scale,
+        "bucket": case.scale_bucket,
+        "true_scale": case.true_scale,
+        "detected": scale,
+        "scale_right": scale == case.true_scale,
+        "cells": int(case.truth[..., 0].size),
+        "cells_right": correct_cells(native, case.truth),
+        "true_colours": case.colours,
+        "colours": colours,
+    }
+
+
+def jpeg_quality(name: str) -> int | None:
+    for part in name.split():
+        if part.startswith("q") and part[1:].isdigit():
+            return int(part[1:])
+    return None
+
+
+def group_keys(record: dict) -> list[str]:
+    keys = [
+        "all",
+        f"family {record['family']}",
+        f"degradation {record['degradation']}",
+        f"scale {record['bucket']}",
+        f"family {record['family']} scale {record['bucket']}",
+    ]
+    quality = jpeg_quality(record["degradation"])
+    if quality is not None and quality >= 75:
+        keys.append("jpeg q>=75 (any, incl. combined)")
+    if record["family"] == "resample" or (record["family"] == "combined" and "x" in record["degradation"]):
+        keys.append(f"resampled (incl. combined) scale {record['bucket']}")
+    return keys
+
+
+def summarise(records: list[dict]) -> dict[str, dict]:
     tallies: dict[str, Tally] = {}
-    for case in cases:
-        repeats = 1
-        if case.group == "timing":
-            runner(case.image)  # warm-up: first-call costs are not per image
-            repeats = TIMING_REPEATS
-        for _ in range(repeats):
-            start = time.perf_counter()
-            scale, native = runner(case.image)
-            seconds = time.perf_counter() - start
-            for key in (case.group, f"{case.group} scale>=4" if case.scale >= 4 else None):
-                if key:
-                    tallies.setdefault(key, Tally()).add(case, scale, native, seconds)
-    return tallies
+    for record in records:
+        for key in group_keys(record):
+            tallies.setdefault(key, Tally()).add(record)
+    return {key: tallies[key].summary() for key in sorted(tallies, key=_order)}
+
+
+def _order(key: str) -> tuple:
+    kinds = ["all", "scale", "family", "resampled", "jpeg", "degradation"]
+    return (next(i for i, kind in enumerate(kinds) if key.startswith(kind)), key)
+
+
+# -- timing --------------------------------------------------------------------------------------------------
+
+
+def timing_images() -> list[tuple[str, np.ndarray]]:
+    """1024x1024 JPEGs (q75, 4:2:0) of real art at scales 8 and 16; a crop smaller than 1024 px is tiled."""
+    rng = np.random.default_rng(7)
+    sources = {source.name: source for source in SOURCES}
+    images = []
+    for scale, name in ((8, "nethack-x11tiles"), (16, "trident-tiles")):
+        art, _ = crop_art(sources[name], 1024 // scale, 1024 // scale, rng)
+        big = upscale(art, scale, (0, 0), (0, 0))
+        big = np.tile(big, (-(-1024 // big.shape[0]), -(-1024 // big.shape[1]), 1))[:1024, :1024]
+        images.append((f"1024x1024 {name} scale {scale} jpeg q75 420", jpeg(np.ascontiguousarray(big), 75, "420")))
+    return images
+
+
+TIMING_SNIPPET = """
+import sys, time, json, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from pipelines.image2pixel import Image2PixelInput, pixelate
+image = np.load(sys.argv[2])
+rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]
+inputs = Image2PixelInput(image_url="bench")
+pixelate(tensor, inputs)
+seconds = []
+for _ in range(int(sys.argv[3])):
+    start = time.perf_counter(); pixelate(tensor, inputs); seconds.append(time.perf_counter() - start)
+print(json.dumps(seconds))
+"""
+
+
+def time_runner(runner: Runner, image: np.ndarray, repeats: int) -> list[float]:
+    runner(image)  # warm-up: first-call costs are not per image
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner(image)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_tree(tree: Path, image: np.ndarray, threads: int, repeats: int) -> list[float]:
+    """Kiln's `pixelate` of another source tree, timed in a fresh interpreter there."""
+    path = tree / ".bench-timing-image.npy"
+    np.save(path, image)
+    try:
+        output = subprocess.run(
+            [sys.executable, "-c", TIMING_SNIPPET, str(threads), str(path), str(repeats)],
+            cwd=tree,
+            env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        path.unlink(missing_ok=True)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def timing(systems: dict[str, Runner], baseline: Path | None, threads: int, repeats: int) -> dict:
+    results: dict[str, dict[str, float]] = {}
+    for name, image in timing_images():
+        row = {}
+        # interleaved rounds, so a busy moment of the machine hits every system alike
+        samples: dict[str, list[float]] = {}
+        for _ in range(2):
+            for system, runner in systems.items():
+                samples.setdefault(system, []).extend(time_runner(runner, image, repeats))
+            if baseline is not None:
+                samples.setdefault("kiln (baseline tree)", []).extend(time_tree(baseline, image, threads, repeats))
+        for system, values in samples.items():
+            row[system] = round(1000 * statistics.median(values), 1)
+        results[name] = row
+        print(f"timing {name}: " + ", ".join(f"{system} {ms:.0f} ms" for system, ms in row.items()))
+    return results
+
+
+# -- main ----------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
+    from server.config import Settings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few scales only (a smoke run)")
-    parser.add_argument("--cells", type=int, default=16, help="art size in cells for the accuracy sets")
+    parser.add_argument("--quick", action="store_true", help="one case per scale and degradation, scales 2-9")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", default="kiln,unfake", help="comma-separated: kiln, unfake")
+    parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--baseline-tree", type=Path, help="also time Kiln of this source tree (before/after)")
+    parser.add_argument("--records", type=Path, help="write every case's result to this JSON-lines file")
+    parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
     parser.add_argument(
         "--cpu-threads", type=int, default=Settings().cpu_threads, help="torch threads, as `kiln serve --cpu-threads`"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.cpu_threads)
+    if missing := missing_packages():
+        sys.exit(f"the pixel-art set needs: apt-get install {' '.join(missing)}")
 
-    cases = accuracy_cases(args.cells, args.quick) + timing_cases(args.quick)
-    reference, reference_name = reference_runner()
-    systems = {"kiln": run_kiln} | ({"unfake": reference} if reference else {})
-    results = {name: measure(runner, cases) for name, runner in systems.items()}
-    if reference is None:
-        print(f"reference not run: {reference_name}")
+    wanted = args.systems.split(",")
+    systems: dict[str, Runner] = {}
+    reference_name = "not run"
+    if "kiln" in wanted:
+        systems["kiln"] = run_kiln
+    if "unfake" in wanted:
+        reference, reference_name = reference_runner()
+        if reference is None:
+            print(f"reference not run: {reference_name}")
+        else:
+            systems["unfake"] = reference
 
-    groups = ["clean aligned", "clean offset", "degraded", "degraded scale>=4", "timing"]
-    header = f"{'set':<20}{'system':<8}{'images':>7}{'scale acc':>11}{'cell acc':>10}{'median ms':>11}"
+    per_cell = 1 if args.quick else 2
+    scales = range(2, 10) if args.quick else SCALES
+    records: dict[str, list[dict]] = {name: [] for name in systems}
+    started = time.perf_counter()
+    for number, case in enumerate(build_cases(args.seed, per_cell, scales)):
+        for name, runner in systems.items():
+            records[name].append(evaluate(runner, case))
+        if number % 100 == 99:
+            print(f"{number + 1} cases, {time.perf_counter() - started:.0f} s", flush=True)
+    if args.records:
+        with args.records.open("w") as out:
+            for name, rows in records.items():
+                for row in rows:
+                    out.write(json.dumps({"system": name, **row}, default=bool) + "\n")
+
+    summary = {name: summarise(rows) for name, rows in records.items()}
+    keys = list(next(iter(summary.values())))
     print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
-    print(header)
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for group in groups:
-        for name, tallies in results.items():
-            numbers = tallies[group].summary()
-            summary.setdefault(group, {})[name] = numbers
-            print(
-                f"{group:<20}{name:<8}{numbers['images']:>7}{numbers['scale_accuracy']:>11.2%}"
-                f"{numbers['cell_accuracy']:>10.2%}{numbers['median_ms']:>11.1f}"
+    print(f"{'set':<46}{'system':<8}{'images':>7}{'scale':>9}{'cells':>9}{'|dcol|':>8}{'<=2':>8}")
+    for key in keys:
+        for name in summary:
+            numbers = summary[name][key]
+            palette = (
+                f"{numbers['palette_error_median']:>8.1f}{numbers['palette_within_2']:>8.1%}"
+                if "palette_images" in numbers
+                else ""
             )
+            print(
+                f"{key:<46}{name:<8}{numbers['images']:>7}{numbers['scale_accuracy']:>9.1%}"
+                f"{numbers['cell_accuracy']:>9.1%}{palette}"
+            )
+    times = {} if args.no_timing else timing(systems, args.baseline_tree, args.cpu_threads, TIMING_REPEATS)
+    results = {key: {name: summary[name][key] for name in summary} for key in keys}
     path = write_result(
         "image2pixel",
         {
+            "label": args.label,
             "reference": reference_name,
             "torch_threads": torch.get_num_threads(),
-            "art_cells": args.cells,
             "quick": args.quick,
-            "sets": {
-                "clean aligned": "every scale 2-16, random/blobby/textured art, grid at the corner",
-                "clean offset": "the same with the grid offset by s // 2 rows and s - 1 columns",
-                "degraded": f"the offset set under {', '.join(DEGRADATIONS)}",
-                "timing": [case.name for case in cases if case.group == "timing"],
-            },
-            "results": summary,
+            "set": describe(args.seed, per_cell),
+            "results": results,
+            "timing_ms": times,
         },
     )
     print(f"wrote {path}")

@@ -1,8 +1,11 @@
-"""Pixel-art colour work: unique colours, Wu's quantiser, nearest-palette mapping and colour-count estimation.
+r"""Pixel-art colour work: unique colours, Wu's quantiser, nearest-palette mapping, colour-count estimation, and
+the merging of the near-duplicate shades that JPEG, blur and resampling make of each real colour.
 
 Images are RGBA uint8, ``(B, 4, H, W)`` with values in [0, 255]; a pixel is opaque when its alpha is at least
 128 and only opaque pixels have a colour that counts. Palettes are ``(K, 3)`` uint8 tensors. Histograms are
 integer-exact (counts and sums below 2**53 in float64), so every result is deterministic on any device.
+Perceived colour differences are :math:`\Delta E_{94}` in CIELAB (`srgb_to_lab`, `colour_distance`); the
+clustering of `merge_similar_colors` runs on the host over the few thousand distinct cell colours.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ from torch import Tensor
 from kernels._utils import check_int
 
 __all__ = [
+    "cell_spread",
+    "colour_distance",
     "estimate_color_count",
     "map_to_palette",
+    "merge_similar_colors",
+    "srgb_to_lab",
     "unique_colors",
     "wu_palette",
 ]
@@ -25,6 +32,20 @@ _WU_BITS = 5
 _WU_SIDE = (1 << _WU_BITS) + 1
 # Distances are computed for this many distinct colours at a time, bounding memory at 16 MP inputs.
 _MAP_CHUNK = 1 << 18
+# `merge_similar_colors`: clusters are seeded from at most this many of the heaviest colours (the rest join the
+# nearest seed), and at most this many distinct colours are clustered (more are first binned, coarser and
+# coarser, by dropping low bits).
+_MAX_SEEDS = 256
+_MAX_DISTINCT = 1 << 13
+# A cluster near one this many times heavier is its tail (the cells that JPEG, blur or resampling moved).
+_TAIL_RATIO = 4.0
+# `colour_distance` works on this many colours of its first set at a time (memory: about chunk x M x 80 bytes).
+_DISTANCE_CHUNK = 2048
+# The measured merge radius: this many times the colours' typical distance to the nearest heavy cluster (one
+# holding this share of the weight), within these bounds (`colour_distance` units).
+_MERGE_PER_SPREAD = 2.5
+_HEAVY_SHARE = 0.01
+_MERGE_DISTANCE = (2.5, 8.0)
 
 
 def _check_rgba(image: Tensor) -> None:
@@ -297,3 +318,326 @@ def estimate_color_count(image: Tensor, max_count: int = 32) -> list[int]:
             found = int((buckets >= max(3, int(0.015 * total), int(0.02 * total))).sum())
         counts.append(min(max(found, 2), max_count))
     return counts
+
+
+def srgb_to_lab(rgb: Tensor) -> Tensor:
+    r"""sRGB colours to CIELAB (D65), where euclidean distance (:math:`\Delta E_{76}`) follows perceived difference.
+
+    CIELAB's linear segment near black keeps the darkest shades close together, as the eye sees them; spaces
+    built on a pure cube root (Oklab) put ``(3, 0, 0)`` as far from black as two clearly different mid greys,
+    which would make JPEG noise in dark areas look like new colours.
+
+    Args:
+        rgb: :math:`(..., 3)` sRGB values in [0, 255], any real or integer dtype.
+
+    Returns:
+        :math:`(..., 3)` ``(L*, a*, b*)``, float64 (or the input's float dtype); L* is 0 for black and 100 for
+        white, and a just noticeable
+        difference is about 2.3.
+
+    Example:
+        >>> import torch
+        >>> srgb_to_lab(torch.tensor([[255, 255, 255], [0, 0, 0], [255, 0, 0]])).round().tolist()
+        [[100.0, -0.0, 0.0], [0.0, 0.0, 0.0], [53.0, 80.0, 67.0]]
+    """
+    x = (rgb if rgb.is_floating_point() else rgb.double()) / 255
+    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    to_xyz = x.new_tensor(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
+    xyz = (linear @ to_xyz.t()) / x.new_tensor([0.95047, 1.0, 1.08883])
+    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(0) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _delta_e94(first: Tensor, second: Tensor) -> Tensor:
+    r""":math:`\Delta E_{94}` between CIELAB colours ``(..., 3)`` that broadcast together."""
+    lightness = first[..., 0] - second[..., 0]
+    chroma_first, chroma_second = first[..., 1:].norm(dim=-1), second[..., 1:].norm(dim=-1)
+    chroma = chroma_first - chroma_second
+    hue_squared = (((first[..., 1:] - second[..., 1:]) ** 2).sum(-1) - chroma * chroma).clamp_min(0)
+    mean_chroma = (chroma_first * chroma_second).sqrt()
+    return (
+        lightness * lightness + (chroma / (1 + 0.045 * mean_chroma)) ** 2 + hue_squared / (1 + 0.015 * mean_chroma) ** 2
+    ).sqrt()
+
+
+def colour_distance(first: Tensor, second: Tensor) -> Tensor:
+    r"""Perceived difference :math:`\Delta E_{94}` (graphic arts) between every pair of two sets of CIELAB colours.
+
+    Unlike plain euclidean CIELAB distance it weighs chroma and hue differences down as colours get more
+    saturated, where the eye (and JPEG's chroma noise) spreads more: a saturated orange and the same orange 5 %
+    less saturated are close, as are two blacks a few levels apart. Symmetric: the weights use the geometric mean
+    of the two chromas.
+
+    Args:
+        first: :math:`(N, 3)` CIELAB (`srgb_to_lab`).
+        second: :math:`(M, 3)` CIELAB.
+
+    Returns:
+        :math:`(N, M)` distances in the inputs' float dtype, about 1 for a just noticeable difference.
+
+    Example:
+        >>> import torch
+        >>> lab = srgb_to_lab(torch.tensor([[255, 108, 0], [250, 110, 5], [0, 0, 0]]))
+        >>> colour_distance(lab, lab).round(decimals=1).tolist()
+        [[0.0, 0.9, 109.2], [0.9, 0.0, 106.7], [109.2, 106.7, 0.0]]
+    """
+    rows = [_delta_e94(chunk.unsqueeze(1), second.unsqueeze(0)) for chunk in first.split(_DISTANCE_CHUNK)]
+    return torch.cat(rows) if rows else first.new_zeros(0, second.shape[0])
+
+
+def cell_spread(image: Tensor, cells: Tensor, scale: int, max_cells: int = 1024) -> list[float]:
+    r"""How far the pixels of a cell stray from its colour, typically: the median over cells of the mean
+    `colour_distance` between a cell's opaque interior pixels (less the one-pixel border ring from 3 px, at most
+    8 x 8 of them, evenly spaced) and the cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it.
+
+    Args:
+        image: RGBA uint8 :math:`(B, 4, H, W)` of whole ``scale`` x ``scale`` cells, binary alpha.
+        cells: RGBA uint8 :math:`(B, 4, H / s, W / s)`, one colour per cell (e.g. its median).
+        scale: cell size in pixels.
+        max_cells: at most about this many cells, evenly spaced, are measured.
+
+    Returns:
+        One float per sample (0 where no cell is opaque).
+
+    Example:
+        >>> import torch
+        >>> image = torch.full((1, 4, 4, 4), 255, dtype=torch.uint8)
+        >>> cell_spread(image, image[..., ::2, ::2], 2)
+        [0.0]
+    """
+    _check_rgba(image)
+    check_int(scale, "scale", 1)
+    batch, _, rows, columns = cells.shape
+    inner = slice(1, scale - 1, -(-(scale - 2) // 8)) if scale >= 3 else slice(0, scale)
+    stride = max(1, round((rows * columns / max_cells) ** 0.5))
+    blocks = image[:, :, : rows * scale, : columns * scale].reshape(batch, 4, rows, scale, columns, scale)
+    blocks = blocks[:, :, ::stride, inner, ::stride, inner]
+    colours = cells[:, :, ::stride, ::stride]
+    opaque = (blocks[:, 3] >= 128) & (colours[:, 3] >= 128)[:, :, None, :, None]
+    pixel_lab = srgb_to_lab(blocks[:, :3].permute(0, 2, 3, 4, 5, 1).float()).float()
+    cell_lab = srgb_to_lab(colours[:, :3].permute(0, 2, 3, 1).float())[:, :, None, :, None].float()
+    distance = _delta_e94(pixel_lab, cell_lab) * opaque
+    count = opaque.sum((2, 4))
+    mean = distance.sum((2, 4)) / count.clamp_min(1)
+    return [float(m[c > 0].median()) if bool((c > 0).any()) else 0.0 for m, c in zip(mean, count)]
+
+
+def merge_similar_colors(
+    colours: Tensor,
+    weights: Tensor,
+    distance: float | None = None,
+    max_colors: int | None = None,
+    min_distance: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    r"""Merge the near-duplicate shades that compression and blur make of each real colour into one.
+
+    Colours are clustered by perceived difference (`colour_distance`): the heaviest colour not yet taken seeds
+    a cluster and takes every free colour within ``distance``; cluster colours are then their members' weighted
+    mean (sRGB), and every colour joins its nearest cluster; clusters whose colours are within ``distance`` of
+    each other merge (a noise cloud wider than the radius gets seeded twice). A cluster within
+    ``1.5 * distance`` of one at least four times heavier is its tail (the cells that noise moved furthest) and
+    joins the nearest such. Last, while more than ``max_colors`` clusters remain, the two whose merge adds the
+    least squared error (Ward) are merged.
+    Ties go to the lower ``0xRRGGBB``, so the result is deterministic.
+
+    Without a ``distance`` it is measured: 2.5 times the weighted median distance from the colours to the
+    nearest heavy cluster (1 % of the weight or more) found at the smallest radius, kept within 2.5 to 8. Real
+    palettes hold shades from about 3 apart; JPEG and chroma subsampling move the colour of a cell of a few
+    pixels by about as much, and of a large cell much less.
+
+    Args:
+        colours: uint8 :math:`(N, 3)` distinct colours.
+        weights: :math:`(N,)` non-negative weights (e.g. how many cells have the colour).
+        distance: merge radius in `colour_distance` units (about 1 is just noticeable), or None to measure.
+        max_colors: largest palette size, or None for no limit.
+        min_distance: with ``distance`` None, the smallest radius to use (e.g. from `cell_spread`).
+
+    Returns:
+        ``(palette, labels)``: uint8 :math:`(K, 3)` without duplicates, and long :math:`(N,)` indices into it.
+
+    Example:
+        >>> import torch
+        >>> colours = torch.tensor([[200, 30, 30], [203, 28, 33], [20, 20, 160]], dtype=torch.uint8)
+        >>> palette, labels = merge_similar_colors(colours, torch.tensor([50.0, 4.0, 30.0]), 3.0)
+        >>> palette.tolist(), labels.tolist()
+        ([[20, 20, 160], [200, 30, 30]], [1, 1, 0])
+    """
+    if colours.ndim != 2 or colours.shape[1] != 3 or colours.shape[0] == 0:
+        raise ValueError(f"`colours` must be a non-empty (N, 3) tensor, got {tuple(colours.shape)}")
+    if weights.shape != colours.shape[:1]:
+        raise ValueError(f"`weights` must have shape ({colours.shape[0]},), got {tuple(weights.shape)}")
+    if max_colors is not None:
+        check_int(max_colors, "max_colors", 1)
+    device = colours.device
+    rgb = colours.to("cpu", torch.float64)
+    weight = weights.to("cpu", torch.float64)
+    key = (colours.long().cpu() * torch.tensor([1 << 16, 1 << 8, 1])).sum(-1)
+    groups = None
+    shift = 1
+    while key.shape[0] > _MAX_DISTINCT:
+        # Too many colours to cluster one by one (a photograph, say): cluster coarser and coarser bins.
+        levels = 8 - shift
+        coarse = ((colours.long().cpu() >> shift) * torch.tensor([1 << 2 * levels, 1 << levels, 1])).sum(-1)
+        key, groups = torch.unique(coarse, return_inverse=True)
+        shift += 1
+    if groups is not None:
+        rgb, weight = _cluster_means(rgb, weight, groups, key.shape[0])
+    lab = srgb_to_lab(rgb)
+    # Heaviest first, ties to the lower 0xRRGGBB.
+    order = key.argsort()
+    order = order[weight[order].argsort(descending=True, stable=True)]
+    if distance is None:
+        distance = max(min_distance, _measured_distance(rgb, lab, weight, order))
+    label = _seed_clusters(lab, order, distance)
+    centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
+    label = colour_distance(lab, srgb_to_lab(centre_rgb)).argmin(1)
+    label = _merge_close(rgb, weight, label, distance)
+    label = _absorb_tails(rgb, weight, label, distance)
+    if max_colors is not None:
+        label = _ward_merge(rgb, weight, label, max_colors)
+    centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
+    palette = torch.round(centre_rgb).clamp(0, 255).to(torch.uint8)
+    palette, inverse = torch.unique(palette, dim=0, return_inverse=True)
+    label = inverse[label]
+    return palette.to(device), (label[groups] if groups is not None else label).to(device)
+
+
+def _seed_clusters(lab: Tensor, order: Tensor, distance: float) -> Tensor:
+    """Leader clustering: in ``order``, each colour not yet taken takes every free colour within ``distance``.
+
+    Only the free colours are measured, and a colour can only be within ``distance`` when its lightness is (the
+    lightness term of `colour_distance` is unweighted), so each step looks at a narrow band of what is left."""
+    label = torch.full((lab.shape[0],), -1, dtype=torch.long)
+    lab = lab.float()
+    lightness = lab[:, 0].contiguous()
+    seeds: list[int] = []
+    taken = torch.zeros(lab.shape[0], dtype=torch.bool)
+    for index in order.tolist():
+        if taken[index]:
+            continue
+        if len(seeds) == _MAX_SEEDS:
+            break
+        near = (~taken & ((lightness - lightness[index]).abs() <= distance)).nonzero().flatten()
+        grab = near[colour_distance(lab[index : index + 1], lab[near])[0] <= distance]
+        label[grab] = len(seeds)
+        taken[grab] = True
+        seeds.append(index)
+    if not bool(taken.all()):
+        rest = (~taken).nonzero().flatten()
+        label[rest] = colour_distance(lab[rest], lab[seeds]).argmin(1)
+    return label
+
+
+def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor) -> float:
+    """The merge radius `merge_similar_colors` uses when none is given."""
+    low, high = _MERGE_DISTANCE
+    label = _seed_clusters(lab, order, low)
+    centre_rgb, centre_weight = _cluster_means(rgb, weight, label, int(label.max()) + 1)
+    # Clusters holding 1 % of the weight, or the heaviest one.
+    heavy = centre_weight >= min(_HEAVY_SHARE * float(centre_weight.sum()), float(centre_weight.max()))
+    nearest = colour_distance(lab, srgb_to_lab(centre_rgb[heavy])).min(1).values
+    ranked = nearest.argsort()
+    cumulative = weight[ranked].cumsum(0)
+    median = float(nearest[ranked][int(torch.searchsorted(cumulative, cumulative[-1] / 2))])
+    return min(high, max(low, _MERGE_PER_SPREAD * median))
+
+
+def _cluster_means(rgb: Tensor, weight: Tensor, label: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Weighted mean colour ``(count, 3)`` and weight ``(count,)`` of each cluster; empty ones get weight 0."""
+    total = torch.zeros(count, dtype=torch.float64).index_add_(0, label, weight)
+    sums = torch.zeros(count, 3, dtype=torch.float64).index_add_(0, label, rgb * weight.unsqueeze(1))
+    # A cluster of zero weight still has members: give it their plain mean.
+    plain = torch.zeros(count, 3, dtype=torch.float64).index_add_(0, label, rgb)
+    members = torch.zeros(count, dtype=torch.float64).index_add_(0, label, torch.ones_like(weight))
+    means = torch.where(
+        (total > 0).unsqueeze(1), sums / total.clamp_min(1e-300).unsqueeze(1), plain / members.clamp_min(1).unsqueeze(1)
+    )
+    return means, total
+
+
+def _compact(label: Tensor) -> Tensor:
+    return torch.unique(label, return_inverse=True)[1]
+
+
+def _absorb_tails(rgb: Tensor, weight: Tensor, label: Tensor, distance: float) -> Tensor:
+    """Each cluster within ``2 * distance`` of one at least `_TAIL_RATIO` times heavier joins the nearest such."""
+    label = _compact(label)
+    count = int(label.max()) + 1
+    centre_rgb, centre_weight = _cluster_means(rgb, weight, label, count)
+    gap = colour_distance(srgb_to_lab(centre_rgb), srgb_to_lab(centre_rgb))
+    heavier = centre_weight.unsqueeze(0) >= _TAIL_RATIO * centre_weight.unsqueeze(1).clamp_min(1e-12)
+    gap = torch.where(heavier & (gap <= 1.5 * distance), gap, torch.inf)
+    target = torch.where(gap.min(1).values < torch.inf, gap.argmin(1), torch.arange(count))
+    # Targets are heavier, so following them ends; log2(count) steps reach every end.
+    for _ in range(max(1, count.bit_length())):
+        target = target[target]
+    return _compact(target[label])
+
+
+def _merge_close(rgb: Tensor, weight: Tensor, label: Tensor, distance: float) -> Tensor:
+    """Merge the two clusters with the closest centres while they are within ``distance``: a cloud wider than
+    the seeding radius is seeded more than once, and its pieces' centres end up that close."""
+    label = _compact(label)
+    count = int(label.max()) + 1
+    centre_rgb, centre_weight = _cluster_means(rgb, weight, label, count)
+    centre_weight = centre_weight.clamp_min(1e-9)
+    lab = srgb_to_lab(centre_rgb)
+    gap = colour_distance(lab, lab)
+    gap.fill_diagonal_(torch.inf)
+    target = torch.arange(count)
+    while count > 1:
+        flat = int(gap.argmin())
+        if float(gap.flatten()[flat]) > distance:
+            break
+        keep, drop = sorted((flat // gap.shape[0], flat % gap.shape[0]))
+        merged = centre_weight[keep] + centre_weight[drop]
+        centre_rgb[keep] = (centre_rgb[keep] * centre_weight[keep] + centre_rgb[drop] * centre_weight[drop]) / merged
+        centre_weight[keep] = merged
+        lab[keep] = srgb_to_lab(centre_rgb[keep])
+        target[target == drop] = keep
+        row = colour_distance(lab[keep : keep + 1], lab)[0]
+        row[gap[drop] == torch.inf] = torch.inf  # clusters merged away earlier stay out
+        row[keep] = row[drop] = torch.inf
+        gap[keep], gap[:, keep] = row, row
+        gap[drop], gap[:, drop] = torch.inf, torch.inf
+        count -= 1
+    return _compact(target[label])
+
+
+def _ward_merge(rgb: Tensor, weight: Tensor, label: Tensor, max_colors: int) -> Tensor:
+    """Merge clusters pairwise by least added squared `colour_distance` until at most ``max_colors`` remain.
+
+    The pair costs are kept in a matrix of which each merge updates one row and column."""
+    label = _compact(label)
+    count = int(label.max()) + 1
+    if count <= max_colors:
+        return label
+    centre_rgb, centre_weight = _cluster_means(rgb, weight, label, count)
+    centre_weight = centre_weight.clamp_min(1e-9)
+    lab = srgb_to_lab(centre_rgb)
+
+    def costs(index: int) -> Tensor:
+        pair = centre_weight[index] * centre_weight / (centre_weight[index] + centre_weight)
+        return pair * colour_distance(lab[index : index + 1], lab)[0] ** 2
+
+    pair = centre_weight.unsqueeze(1) * centre_weight / (centre_weight.unsqueeze(1) + centre_weight)
+    cost = pair * colour_distance(lab, lab) ** 2
+    cost.fill_diagonal_(torch.inf)
+    target = torch.arange(count)
+    for _ in range(count - max_colors):
+        flat = int(cost.argmin())
+        keep, drop = sorted((flat // count, flat % count))
+        merged = centre_weight[keep] + centre_weight[drop]
+        centre_rgb[keep] = (centre_rgb[keep] * centre_weight[keep] + centre_rgb[drop] * centre_weight[drop]) / merged
+        centre_weight[keep] = merged
+        lab[keep] = srgb_to_lab(centre_rgb[keep])
+        target[target == drop] = keep
+        row = costs(keep)
+        row[keep] = torch.inf
+        row[cost[drop] == torch.inf] = torch.inf  # clusters merged away earlier stay out
+        row[drop] = torch.inf
+        cost[keep], cost[:, keep] = row, row
+        cost[drop], cost[:, drop] = torch.inf, torch.inf
+    return _compact(target[label])

@@ -5,6 +5,12 @@ colour change between horizontal neighbours then sits at a column ``x = ox (mod 
 vertical neighbours at a row ``y = oy (mod s)``. Both detectors look at that structure through 1-D profiles
 over columns and rows, computed on the device; only the decisions over those short profiles run on the host.
 
+A resampled upscale (a x0.98 resize, say) has cells of a real-valued size, 2.94 px for scale 3, and sampling
+them on whole pixels aliases: the profile's spectrum shows the cell frequency, its harmonics folded back
+(3.13 px here), and a moire period near ``1 / |f - 1|`` (about 50 px). `detect_grid_edges` therefore treats
+every strong spectral peak as a candidate, fits each one's period and phase to the edges, and keeps the one
+whose cells best explain the image (`_grid_evidence`).
+
 Convention: a boundary at index ``x`` is the change between pixels ``x - 1`` and ``x``, so a grid offset ``o``
 means the first complete cell starts at pixel ``o``; offsets are in ``[0, s)``.
 """
@@ -31,22 +37,41 @@ __all__ = [
     "periodicity",
 ]
 
-# Fractional periods are searched on this step (pixels): fine enough that the peak of a resampled grid
-# (e.g. 8.24 px cells) is found, and still a small (periods x length) product.
-_PERIOD_STEP = 0.125
-# A period is a candidate when its coherence is at least this share of the best one. Harmonics of the true
-# period (s/2, s/3) reach the same coherence on sharp art and lose to the larger period; multiples (2s, 4s)
-# stay clearly below it unless the finer boundaries are all but absent.
-_NEAR_BEST = 0.9
-# Below this coherence the profile has no periodic structure: the image is taken as native (scale 1).
-_MIN_COHERENCE = 0.2
+# The spectrum is sampled this many times finer than the profile's own resolution (1 / length): a peak, about
+# 1 / length wide, is then sampled several times and its top interpolated to a small fraction of a bin, which
+# keeps cells of a resampled image from drifting (scale 2 x 1.02 is 2.04 px, a whole cell off after 50 cells).
+_OVERSAMPLE = 8
+# Spectral peaks reaching this share of the highest one are candidate periods, at most this many.
+_CANDIDATE_SHARE = 0.2
+_MAX_CANDIDATES = 16
+# Smallest cell considered: scale 2 shrunk by up to 10 %.
+_MIN_PERIOD = 1.8
+# Grid evidence (see `_grid_evidence`) below which the image has no grid: it is native art (scale 1).
+_MIN_EVIDENCE = 0.3
+# Candidates within this evidence of the best one count as equal, and the largest of them wins; twice or three
+# times the best period (within this share of a whole multiple) only needs this share of its evidence: the best
+# is then its harmonic (s / 2, s / 3), whose finer cells also fit the noise of blurred or compressed cells.
+_EVIDENCE_TIE = 0.02
+_MULTIPLE_SLACK = 0.02
+_HARMONIC_SHARE = 0.95
+# Periods below this have a mirror p / (p - 1) in range (see `_fit_grid`), considered within this evidence of
+# the best.
+_MIRROR_BELOW = 2.5
+_MIRROR_EVIDENCE = 0.1
+# Cell centres compared by `_centre_purity`, at most.
+_PURITY_SAMPLES = 1500
+# A lattice fitted on one axis may differ from the candidate period by this share (sizes are rounded after a
+# resample, so the axes' factors differ a little); further off, that axis had too few edges to fit.
+_AXIS_SLACK = 0.015
+# Residuals are computed over at most about this many rows and columns, evenly spaced.
+_RESIDUAL_LINES = 256
+# Whole-pixel cells are kept while they would drift less than this (pixels) against the measured period
+# across the image.
+_MAX_DRIFT = 0.25
 # The largest period looked for is a third of the shorter side: at least three cells must be visible.
 _MIN_CELLS = 3
 # Share of a strong edge (99th percentile difference) below which a step is noise, see `edge_profiles`.
 _EDGE_FLOOR = 0.2
-# A fractional period is rounded to whole pixels unless the whole-pixel lattice scores clearly lower: exact
-# upscales under JPEG or blur keep an exact integer grid, a resampled one gets cells of its measured size.
-_WHOLE_PIXELS = 0.97
 # Runs detection needs this many boundary positions over both axes before it trusts a gcd.
 _MIN_BOUNDARIES = 4
 
@@ -55,14 +80,27 @@ _MIN_BOUNDARIES = 4
 class Grid:
     """A detected pixel grid: cell size and the offset (rows, columns) of the first complete cell.
 
-    ``period`` is set when the lattice is measurably not whole pixels (a resampled upscale): cells are then
-    ``period`` pixels wide, offsets are fractional, and ``scale`` is the period rounded.
+    ``period_y`` and ``period_x`` are set when the lattice is measurably not whole pixels (a resampled upscale):
+    cells are then that many pixels tall and wide, offsets are fractional, and ``scale`` is the period rounded.
     """
 
     scale: int
     offset_y: float = 0
     offset_x: float = 0
-    period: float | None = None
+    period_y: float | None = None
+    period_x: float | None = None
+
+    @property
+    def fractional(self) -> bool:
+        return self.period_y is not None or self.period_x is not None
+
+    @property
+    def cell_size(self) -> tuple[float, float]:
+        """Cell height and width in pixels, fractional on a resampled lattice."""
+        return (
+            self.period_y if self.period_y is not None else float(self.scale),
+            self.period_x if self.period_x is not None else float(self.scale),
+        )
 
 
 def _check_image(image: Tensor) -> None:
@@ -241,19 +279,154 @@ def detect_grid_runs(image: Tensor) -> list[Grid | None]:
     return grids
 
 
-def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid]:
-    r"""Grid of upscaled art under JPEG noise, blur or mild resampling, from the periodicity of its edges.
+def _detection_planes(image: Tensor) -> Tensor:
+    """Luma (Rec. 601) and alpha of an RGB(A) image, ``(B, 1 or 2, H, W)`` float32; other channel counts as is.
 
-    The sharpened column and row profiles (`edge_profiles`) are scored by `periodicity` at every period from 2
-    to a third of the shorter side, on a fractional grid so that a slightly resampled lattice still peaks. The
-    period is the largest local peak reaching 90 % of the best score: harmonics (s/2, s/3) score as high as
-    ``s`` on sharp art and lose to it, while multiples (texture at 2s or 4s) score clearly lower as long as
-    cell-sized detail exists anywhere in the image. Below a coherence of 0.2 the image is native. The period is
-    refined between grid steps and kept fractional (`Grid.period`) only when the whole-pixel lattice scores
-    under 97 % of it, as on a resampled upscale; the offsets are the lattice's phase.
+    JPEG keeps luma at full resolution but stores chroma at half resolution with 4:2:0 subsampling, so colour
+    edges only land on its 2-pixel chroma grid. Edges are therefore looked for in luma (and alpha, which JPEG
+    does not have), where the art's own pixel grid is intact."""
+    x = image.float()
+    if x.shape[1] in (3, 4):
+        luma = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+        return torch.cat([luma, x[:, 3:4]], 1) if x.shape[1] == 4 else luma
+    return x
+
+
+def _spectrum(profile: Tensor, size: int) -> Tensor:
+    """Complex spectrum ``(B, size // 2 + 1)`` of a ``(B, L)`` profile less its mean, zero-padded to ``size``.
+
+    Removing the mean removes the leakage of the zero frequency into the long periods; at the profile's own
+    frequencies (k / L) the magnitude is unchanged."""
+    weights = profile.double()
+    return torch.fft.rfft(weights - weights.mean(-1, keepdim=True), n=size)
+
+
+def _peak_top(values: Tensor, at: int) -> float:
+    """Fractional index of the top of the parabola through ``values[at - 1 : at + 2]``."""
+    if at <= 0 or at >= values.shape[0] - 1:
+        return float(at)
+    left, centre, right = float(values[at - 1]), float(values[at]), float(values[at + 1])
+    curvature = left - 2 * centre + right
+    shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
+    return at + max(-0.5, min(0.5, shift))
+
+
+def _candidate_periods(magnitude: Tensor, size: int, longest: float) -> list[float]:
+    """Periods of the strongest local peaks of a combined magnitude spectrum ``(F,)``, strongest first.
+
+    A lattice of real period ``p`` sampled on whole pixels puts peaks at every aliased harmonic
+    ``|k / p - m|``: the fundamental, its harmonics, and for a slightly resampled lattice the moire period
+    ``1 / |k / p - m|`` near ``1 / |f - 1|``. All of them are candidates; `_grid_evidence` tells them apart. A
+    peak above 0.44 cycles per pixel also stands for its mirror ``1 - nu`` (cells of 1.8 to 2 px: a scale-2
+    upscale shrunk a little), which whole-pixel sampling cannot tell from it."""
+    frequencies = torch.arange(magnitude.shape[0], dtype=torch.float64) / size
+    usable = (frequencies >= 1.0 / longest) & (frequencies <= 0.5)
+    padded = torch.cat([magnitude.new_zeros(1), magnitude, magnitude.new_zeros(1)])
+    is_peak = (magnitude >= padded[:-2]) & (magnitude > padded[2:]) & usable
+    if not bool(is_peak.any()):
+        return []
+    floor = _CANDIDATE_SHARE * float(magnitude[is_peak].max())
+    peaks = (is_peak & (magnitude >= floor)).nonzero().flatten()
+    peaks = peaks[magnitude[peaks].argsort(descending=True)][:_MAX_CANDIDATES]
+    periods = []
+    for at in peaks.tolist():
+        frequency = _peak_top(magnitude, at) / size
+        periods.append(1.0 / frequency)
+        if 1.0 - frequency <= 1.0 / _MIN_PERIOD:
+            periods.append(1.0 / (1.0 - frequency))
+    return periods
+
+
+def _fit_lattice(profile: Tensor, period: float, phase: float) -> tuple[float, float]:
+    """Period and phase of the lattice ``phase + k * period`` fitted to a ``(L,)`` edge profile.
+
+    Every edge within a quarter cell of the lattice is given its cell number ``k``, and ``(phase, period)`` are
+    the weighted least-squares line through those ``(k, position)`` pairs, three times over. A spectral peak
+    only locates a lattice of a dozen cells to a few hundredths of a pixel, enough to drift half a pixel across
+    the image; the fit is exact on an exact lattice and unbiased on a resampled one (a blurred or resampled
+    edge peaks at its rounded position)."""
+    weights = profile.double()
+    positions = torch.arange(weights.shape[0], dtype=torch.float64, device=weights.device)
+    for _ in range(3):
+        index = torch.round((positions - phase) / period)
+        near = (weights > 0) & ((positions - phase - index * period).abs() <= max(0.5, period / 4))
+        w, k, x = weights[near], index[near], positions[near]
+        total = float(w.sum())
+        if total <= 0 or float(k.max() - k.min()) < 1:
+            break
+        mean_k, mean_x = float((w * k).sum()) / total, float((w * x).sum()) / total
+        spread = float((w * (k - mean_k) ** 2).sum())
+        if spread <= 0:
+            break
+        period = float((w * (k - mean_k) * (x - mean_x)).sum()) / spread
+        phase = mean_x - period * mean_k
+    return period, phase % period
+
+
+def _line_sums(planes: Tensor) -> tuple[Tensor, Tensor]:
+    """Prefix sums along the last axis of ``(C, lines, L)`` and of the channel-summed squares, with a leading 0."""
+    values = planes.double()
+    zero = values.new_zeros(values.shape[:-1] + (1,))
+    sums = torch.cat([zero, values.cumsum(-1)], -1)
+    squares = (values * values).sum(0)
+    return sums, torch.cat([zero[0], squares.cumsum(-1)], -1)
+
+
+def _residual(sums: Tensor, squares: Tensor, period: float, phase: float) -> float:
+    """Squared error left when every line is constant between the lattice ``phase + k * period`` (rounded to
+    whole pixels), from `_line_sums`."""
+    length = sums.shape[-1] - 1
+    first = math.floor(-phase / period)
+    cuts = torch.round(phase + period * torch.arange(first, first + length / period + 3, dtype=torch.float64)).long()
+    cuts = torch.unique(torch.cat([cuts.clamp(0, length), torch.tensor([0, length])]))
+    segment = sums[..., cuts[1:]] - sums[..., cuts[:-1]]
+    counts = (cuts[1:] - cuts[:-1]).double()
+    explained = (segment * segment / counts).sum()
+    return float(squares[:, -1].sum() - explained)
+
+
+def _grid_evidence(lines: list[tuple[Tensor, Tensor, Tensor]], period: float) -> tuple[float, list[tuple]]:
+    """How much better cells of about ``period`` explain the image than the same lattice half a cell off, in
+    [0, 1] (1 - residual / shifted residual over both axes), and the lattice ``(period, phase)`` fitted on each
+    axis (`_fit_lattice`, started from the profile's circular-mean phase).
+
+    A true lattice leaves only noise inside its cells and cuts every cell in two when shifted. Harmonics of it
+    (s / 2) lose half of that contrast, multiples (texture at 2s) keep the cell-sized detail inside their cells
+    at either phase, and the moire of a resampled image or the 2-pixel chroma grid of JPEG 4:2:0 drift across
+    the art, so either phase fits it equally badly."""
+    fitted = shifted = 0.0
+    lattices = []
+    for profile, sums, squares in lines:
+        start = float(_phase(profile.unsqueeze(0), period)[0])
+        axis_period, phase = _fit_lattice(profile, period, start)
+        if abs(axis_period - period) > _AXIS_SLACK * period:
+            # Too few edges on this axis to fit on their own: cells are square.
+            axis_period, phase = period, start
+        lattices.append((axis_period, phase))
+        fitted += _residual(sums, squares, axis_period, phase)
+        shifted += _residual(sums, squares, axis_period, phase + axis_period / 2)
+    return (1.0 - fitted / shifted if shifted > 0 else 0.0), lattices
+
+
+def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid]:
+    r"""Grid of upscaled art under JPEG noise, blur or slight resampling: a real-valued period and its phase.
+
+    1. Edge profiles (`edge_profiles`) of luma and alpha, where JPEG's 4:2:0 chroma grid does not show; with
+       the colour channels as well when luma alone shows no grid (isoluminant art).
+    2. Candidate periods: the strongest peaks of the profiles' spectrum (both axes together, a fine frequency
+       grid, each peak's top interpolated), from 2 px (1.8 px for a shrunken scale 2) to a third of the
+       shorter side. They include the harmonics of the true period, texture multiples, and the moire period
+       ``1 / |f - 1|`` of a slightly resampled image.
+    3. Each candidate's phase is the circular mean of the profile at that period, and its evidence is how much
+       better its cells explain the image than the same lattice half a cell off (`_grid_evidence`, computed
+       from prefix sums of luma over up to 256 rows and columns). The period is the one of best evidence, or the largest
+       within 0.02 of it; below an evidence of 0.3 the image is native (scale 1).
+    4. The period is refined on each axis separately, and kept fractional (`Grid.period_y`,
+       `Grid.period_x`) when whole-pixel cells would drift by more than a quarter pixel across the image, as
+       on a resampled upscale; otherwise the grid is whole pixels with whole-pixel offsets.
 
     Args:
-        image: image of shape :math:`(B, C, H, W)`, float or integer.
+        image: image of shape :math:`(B, C, H, W)`, float or integer; RGB(A) channels first.
         max_period: largest cell size to consider; default a third of the shorter side.
 
     Returns:
@@ -264,53 +437,99 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
         >>> art = torch.rand(1, 3, 12, 12)
         >>> image = art.repeat_interleave(6, 2).repeat_interleave(6, 3)[..., 2:, 2:]
         >>> detect_grid_edges(image)[0]
-        Grid(scale=6, offset_y=4, offset_x=4, period=None)
+        Grid(scale=6, offset_y=4, offset_x=4, period_y=None, period_x=None)
     """
-    columns, rows = edge_profiles(image)
+    _check_image(image)
     height, width = image.shape[-2:]
     longest = max_period if max_period is not None else min(height, width) // _MIN_CELLS
     if longest < 2:
         return [Grid(1) for _ in range(image.shape[0])]
-    periods = torch.arange(2.0, longest + _PERIOD_STEP / 2, _PERIOD_STEP, dtype=torch.float64)
-    total_x = columns.sum(-1, keepdim=True)
-    total_y = rows.sum(-1, keepdim=True)
-    # Both axes together: their magnitudes add (phases differ per axis), weighted by their edge energy.
-    score = (periodicity(columns, periods) * total_x + periodicity(rows, periods) * total_y) / (
-        total_x + total_y
-    ).clamp_min(1e-12)
+    size = 1 << max(_OVERSAMPLE * max(height, width) - 1, 1).bit_length()
+    luma = _detection_planes(image)
+    luma_profiles = edge_profiles(luma)
+    colour_profiles = None
+    stride_y, stride_x = max(1, height // _RESIDUAL_LINES), max(1, width // _RESIDUAL_LINES)
+
+    def line_sums(planes: Tensor) -> tuple:
+        # Constant planes (the alpha of an opaque image) explain nothing and cost time.
+        planes = planes[(planes.flatten(1).amax(1) > planes.flatten(1).amin(1))] if planes.shape[0] > 1 else planes
+        return _line_sums(planes[:, ::stride_y, :]), _line_sums(planes[:, :, ::stride_x].transpose(1, 2))
+
     grids = []
-    for sample, sample_score in enumerate(score.cpu()):
-        period = _fundamental(sample_score, periods)
-        if period is None:
-            grids.append(Grid(1))
-            continue
-        column_profile, row_profile = columns[sample : sample + 1], rows[sample : sample + 1]
-        scale = round(period)
-        whole = torch.tensor([float(scale)], dtype=torch.float64)
-        whole_score = float(
-            (periodicity(column_profile, whole) * total_x[sample] + periodicity(row_profile, whole) * total_y[sample])
-            / (total_x[sample] + total_y[sample]).clamp_min(1e-12)
-        )
-        if scale >= 2 and whole_score >= _WHOLE_PIXELS * float(sample_score.max()):
-            offset_y, offset_x = grid_offsets(column_profile, row_profile, scale)
-            grids.append(Grid(scale, int(offset_y), int(offset_x)))
-        else:
-            offset_y, offset_x = (float(_phase(profile, period)) for profile in (row_profile, column_profile))
-            grids.append(Grid(max(scale, 2), offset_y, offset_x, period))
+    for sample in range(image.shape[0]):
+        colours = image[sample].double()
+        grid = _fit_grid(*(p[sample] for p in luma_profiles), line_sums(luma[sample]), size, longest, colours)
+        if grid is None:
+            # Isoluminant art: its edges are only in the colour channels.
+            if colour_profiles is None:
+                colour_profiles = edge_profiles(image)
+            grid = _fit_grid(*(p[sample] for p in colour_profiles), line_sums(colours), size, longest, colours)
+        grids.append(grid or Grid(1))
     return grids
 
 
-def _fundamental(score: Tensor, periods: Tensor) -> float | None:
-    """The cell size read from one sample's coherence curve (see `detect_grid_edges`), to a fraction of a pixel;
-    None without periodic structure."""
-    best = float(score.max())
-    if best < _MIN_COHERENCE:
+def _centre_purity(planes: Tensor, lattices: list[tuple[float, float]]) -> float:
+    """How well the colours at a lattice's cell centres recur: minus the mean distance from each sampled
+    centre to the nearest other one (at most `_PURITY_SAMPLES`, evenly spaced). Centres that land on the art's
+    own few colours find a twin at noise distance; centres that land on blends of neighbours do not."""
+    indices = []
+    for (period, phase), length in zip(lattices, planes.shape[-2:]):
+        first = math.ceil(-phase / period - 0.5)
+        centres = phase + period * (torch.arange(first, first + length / period + 1, dtype=torch.float64) + 0.5)
+        indices.append(centres[(centres >= 0) & (centres < length)].floor().long())
+    samples = planes[:, indices[0]][:, :, indices[1]].flatten(1).t().double()
+    samples = samples[:: max(1, samples.shape[0] // _PURITY_SAMPLES)]
+    if samples.shape[0] < 2:
+        return 0.0
+    distance = torch.cdist(samples, samples)
+    distance.fill_diagonal_(torch.inf)
+    return -float(distance.min(1).values.mean())
+
+
+def _fit_grid(columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor) -> Grid | None:
+    """`detect_grid_edges` steps 2-4 for one sample's ``(W,)`` and ``(H,)`` profiles; None without a grid."""
+    total = float(columns.sum() + rows.sum())
+    if total <= 0:
         return None
-    padded = torch.cat([score.new_zeros(1), score, score.new_zeros(1)])
-    is_peak = (score >= padded[:-2]) & (score > padded[2:]) & (score >= _NEAR_BEST * best)
-    at = int(is_peak.nonzero().max())
-    # The top of the parabola through the peak and its neighbours, within half a step of the sampled peak.
-    left, centre, right = float(padded[at]), float(padded[at + 1]), float(padded[at + 2])
-    curvature = left - 2 * centre + right
-    shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
-    return float(periods[at]) + max(-0.5, min(0.5, shift)) * _PERIOD_STEP
+    magnitude = (_spectrum(columns.unsqueeze(0), size)[0].abs() + _spectrum(rows.unsqueeze(0), size)[0].abs()) / total
+    candidates = _candidate_periods(magnitude, size, longest)
+    (x_sums, x_squares), (y_sums, y_squares) = line_sums
+    lines = [(rows, y_sums, y_squares), (columns, x_sums, x_squares)]
+    scored = []
+    for period in candidates:
+        if not _MIN_PERIOD <= period <= longest:
+            continue
+        evidence, lattices = _grid_evidence(lines, period)
+        scored.append((evidence, period, lattices))
+    if not scored:
+        return None
+    best = max(evidence for evidence, _, _ in scored)
+    if best < _MIN_EVIDENCE:
+        return None
+    best_period = max(scored, key=lambda entry: entry[0])[1]
+
+    def acceptable(evidence: float, period: float) -> bool:
+        # A multiple of the best period (which is then its harmonic) needs less: finer cells fit noise better.
+        multiple = period / best_period
+        harmonic = 2 <= round(multiple) <= 3 and abs(multiple - round(multiple)) <= _MULTIPLE_SLACK * round(multiple)
+        return evidence >= best - _EVIDENCE_TIE or (harmonic and evidence >= _HARMONIC_SHARE * best)
+
+    _, period, lattices = max((entry for entry in scored if acceptable(*entry[:2])), key=lambda item: item[1])
+    # Cells of about 2 px: whole-pixel sampling cannot tell p from its mirror p / (p - 1) (2.06 from 1.94);
+    # the true lattice's centres land on pure cell colours, the mirror's drift onto blends.
+    mirror_period = period / (period - 1) if period < _MIRROR_BELOW else 0.0
+    mirrors = [entry for entry in scored if abs(entry[1] - mirror_period) < 0.02 * period]
+    if mirrors:
+        evidence, other, other_lattices = max(mirrors, key=lambda entry: entry[0])
+        if evidence >= best - _MIRROR_EVIDENCE and _centre_purity(planes, other_lattices) > _centre_purity(
+            planes, lattices
+        ):
+            period, lattices = other, other_lattices
+    (period_y, offset_y), (period_x, offset_x) = lattices
+    # Whole pixels unless they would drift across the image.
+    height, width = planes.shape[-2:]
+    scale = max(2, round((period_y + period_x) / 2))
+    drift = max(abs(period_y - scale) * height / period_y, abs(period_x - scale) * width / period_x)
+    if drift <= _MAX_DRIFT:
+        return Grid(scale, round(offset_y) % scale, round(offset_x) % scale)
+    return Grid(scale, offset_y, offset_x, period_y, period_x)

@@ -7,20 +7,27 @@ with better detectors and deterministic output:
 2. The scale is `scale` when given (0 or null detects), else detected. `runs`: every colour change of a
    loss-free nearest-neighbour upscale lies on one lattice per axis, so the scale is the gcd of the distances
    between boundary columns and rows, whatever the grid offset (the reference's gcd of run lengths fails on any
-   offset). `edge`: the coherence of a sharpened edge profile is scored at every period (a Fourier magnitude on
-   a fractional period grid), and the scale is the largest period scoring near the best, which rejects both
-   harmonics and texture multiples and survives JPEG, blur and mild resampling (the reference's peak spacing
-   returns 1 on clean art and 4x the scale on textured art). `auto`: runs, then edge.
+   offset). `edge`: the peaks of the spectrum of the luma edge profiles (JPEG's 4:2:0 chroma grid does not
+   show there) are candidate real-valued periods, each fitted with its phase to the edges and verified by how
+   much better its cells explain the image than the same lattice half a cell off; that rejects harmonics,
+   texture multiples and the moire period ~1 / |f - 1| of a slightly resampled image, and survives JPEG and
+   blur (the reference's peak spacing returns 1 on clean art and 4x the scale on textured art). `auto`: runs,
+   then edge.
 3. With `snap_grid` the image is cropped to the complete cells of the detected grid (offsets are exact, where
    the reference's Sobel offsets are ambiguous by a pixel and often lose a row of cells); without, to whole
    cells from the top-left corner. A resampled upscale (cells of, say, 5.88 px) is sampled on its measured
-   lattice, so no cell drifts or drops off; `pixel_scale` is then the rounded cell size.
+   lattice, so no cell drifts or drops off; `pixel_scale` is then the rounded cell size, and the Kiln fields
+   `cell_size` and `grid_offset` give the measured lattice.
 4. `cleanup_morph`: an opening then a closing of the alpha mask with a 2x2 square.
-5. Colours are reduced to the working palette: the fixed `palette`, else Wu's quantiser at `max_colors` (or the
-   estimate of `auto_color_detect`) when the image has more colours, else the image's own colours.
+5. Colours are reduced to the working palette: the fixed `palette`; on a clean upscale the image's own colours,
+   or Wu's quantiser at `max_colors` when it has more; on a degraded one the cells' colours with the near-
+   duplicate shades that JPEG, blur and resampling make merged (perceptual distance, CIELAB) before
+   `max_colors` applies, which is also what `auto_color_detect` counts.
 6. One pixel per cell by `downscale_method`, then every colour is mapped onto the working palette. Cells of
    3 px and more vote with their interior: blur, JPEG ringing and chroma subsampling blend neighbours into the
-   cell's one-pixel border ring, and on a clean upscale the interior has the cell's colour anyway.
+   cell's one-pixel border ring, and on a clean upscale the interior has the cell's colour anyway. On a
+   degraded upscale `dominant` and `mode` take the palette colour nearest the interior's median instead of a
+   pixel vote, which chroma bleed from neighbours can win (`dominant_color_threshold` then has no effect).
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -45,7 +52,8 @@ The nine choices where the reference is buggy or fal's schema is silent, each wi
    removal isolated are cleaned too.
 7. `max_colors: null` means no limit, as fal's documentation says ("Set None to disable limit"); the
    estimate runs only with `auto_color_detect`, capped by `max_colors` (32 when unlimited). The reference
-   estimates on null and ignores `max_colors` when estimating.
+   estimates on null and ignores `max_colors` when estimating, with a histogram heuristic that counts
+   blends and noise as colours; Kiln's estimate is the merged palette of step 5.
 8. `background_tolerance` defaults to 0, an exact colour match. fal's page shows no default, which is how it
    renders 0; after step 6 the background is one palette colour, so 0 removes exactly its region.
 9. `trim_borders` crops border rows and columns of the result that are all background: the top-left pixel's
@@ -65,6 +73,7 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import AliasChoices, BaseModel, Field
 
 from kernels.pixel_cleanup import (
@@ -75,15 +84,32 @@ from kernels.pixel_cleanup import (
     remove_jaggies,
     trim_box,
 )
-from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells
-from kernels.pixel_palette import estimate_color_count, map_to_palette, unique_colors, wu_palette
-from kernels.pixel_scale import Grid, detect_grid_edges, detect_grid_runs, edge_profiles, grid_offsets
+from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
+from kernels.pixel_palette import (
+    cell_spread,
+    map_to_palette,
+    merge_similar_colors,
+    unique_colors,
+    wu_palette,
+)
+from kernels.pixel_scale import (
+    Grid,
+    detect_grid_edges,
+    detect_grid_runs,
+    edge_profiles,
+    grid_offsets,
+)
 from pipelines.contract import FieldError, Image, Pipeline, RawImage, RequestContext
 
 MAX_SIDE = 8192
 MAX_PIXELS = 16 * 1024 * 1024
 # The estimate's cap when `max_colors` is null, the reference's.
 AUTO_COLOR_CAP = 32
+
+# Pixels a side (at most) of the interior of a cell whose median is its colour for the palette.
+CELL_SAMPLES = 8
+# Degraded inputs merge shades closer than this many times the cells' spread (`cell_spread`), at least.
+SPREAD_TO_MERGE = 2.0
 
 HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")]
 
@@ -134,6 +160,16 @@ class Image2PixelOutput(BaseModel):
     palette: list[str] = Field(description="The palette of the processed media.")
     num_colors: int = Field(description="The number of colors in the processed media.")
     images: list[Image] = Field(description="The processed pixel-art image (PNG) and the scaled image (PNG).")
+    cell_size: list[float] | None = Field(
+        None,
+        description="Kiln extension: the measured cell [height, width] in input pixels, fractional when the input "
+        "was resampled (e.g. [2.04, 2.04]); `pixel_scale` is it rounded.",
+    )
+    grid_offset: list[float] | None = Field(
+        None,
+        description="Kiln extension: [rows, columns] from the input's top-left corner to the first complete cell, "
+        "in pixels; fractional with a fractional `cell_size`.",
+    )
 
 
 @dataclass(frozen=True)
@@ -149,7 +185,17 @@ class Pixelated:
     native: torch.Tensor  # (4, h, w) uint8 RGBA
     grid: Grid
     detected_by: str
-    palette_source: str
+    palette_source: str  # fixed, image, wu, merged or unlimited
+
+    @property
+    def cell_size(self) -> list[float]:
+        """The measured cell height and width in input pixels (the `cell_size` output field)."""
+        return [round(float(length), 4) for length in self.grid.cell_size]
+
+    @property
+    def grid_offset(self) -> list[float]:
+        """Rows and columns before the first complete cell (the `grid_offset` output field)."""
+        return [round(float(self.grid.offset_y), 4), round(float(self.grid.offset_x), 4)]
 
     @property
     def palette(self) -> list[str]:
@@ -196,42 +242,81 @@ def cells_image(image: torch.Tensor, grid: Grid, snap: bool) -> torch.Tensor:
 
     With `snap` the cells start at the grid's offset, else at the corner. On a fractional grid (a resampled
     upscale) each cell's pixels are sampled from its span of the input, nearest neighbour, so the cells keep
-    their place across the whole image instead of drifting off an integer grid.
+    their place across the whole image instead of drifting off an integer grid. Cells of 2 px sample the
+    middle half of their span: the pixels at their borders are blends of the neighbours.
     """
     height, width = image.shape[-2:]
     scale = grid.scale
-    if grid.period is None or not snap:
+    if not grid.fractional or not snap:
         top, left = (int(grid.offset_y), int(grid.offset_x)) if snap else (0, 0)
         top, left = (top if height - top >= scale else 0), (left if width - left >= scale else 0)
         rows, columns = (height - top) // scale, (width - left) // scale
         return image[..., top : top + rows * scale, left : left + columns * scale]
 
-    def sources(length: int, offset: float) -> torch.Tensor:
+    def sources(length: int, offset: float, period: float) -> torch.Tensor:
         # Cells missing less than half a pixel at either end of the image still count as complete.
-        if offset > grid.period - 0.5:
-            offset -= grid.period
-        cells = max(1, int((length - offset + 0.5) // grid.period))
-        position = offset + (torch.arange(cells * scale, device=image.device, dtype=torch.float64) + 0.5) * (
-            grid.period / scale
-        )
+        if offset > period - 0.5:
+            offset -= period
+        cells = max(1, int((length - offset + 0.5) // period))
+        spread = 0.5 if scale == 2 else 1.0
+        within = (torch.arange(scale, device=image.device, dtype=torch.float64) + 0.5 - scale / 2) * spread / scale
+        centres = offset + (torch.arange(cells, device=image.device, dtype=torch.float64) + 0.5) * period
+        position = (centres.unsqueeze(1) + within.unsqueeze(0) * period).flatten()
         return position.floor().long().clamp(0, length - 1)
 
-    return image.index_select(-2, sources(height, grid.offset_y)).index_select(-1, sources(width, grid.offset_x))
+    period_y, period_x = grid.cell_size
+    rows = sources(height, grid.offset_y, period_y)
+    columns = sources(width, grid.offset_x, period_x)
+    return image.index_select(-2, rows).index_select(-1, columns)
 
 
-def working_palette(image: torch.Tensor, inputs: Image2PixelInput) -> tuple[torch.Tensor | None, str]:
-    """The palette every colour ends on, and where it came from: `fixed`, `wu`, `image` or `unlimited`."""
+def cell_colours(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Each cell's colour for the palette, `(1, 4, h, w)`: the per-channel median of its interior (off the border
+    ring from 3 px, where blur, ringing and chroma subsampling reach), sampled on at most 8 x 8 pixels."""
+    if scale < 3:
+        return downscale_median(image, scale)
+    stride = -(-(scale - 2) // CELL_SAMPLES)
+    taken = torch.arange(1, scale - 1, stride, device=image.device)
+
+    def interior(length: int) -> torch.Tensor:
+        return (torch.arange(0, length, scale, device=image.device).unsqueeze(1) + taken).flatten()
+
+    height, width = image.shape[-2:]
+    return downscale_median(image.index_select(-2, interior(height)).index_select(-1, interior(width)), len(taken))
+
+
+def working_palette(image: torch.Tensor, scale: int, inputs: Image2PixelInput) -> tuple[torch.Tensor | None, str]:
+    """The palette every colour ends on, and where it came from: `fixed`, `image`, `wu`, `merged` or `unlimited`.
+
+    On a clean upscale (every cell one colour) the palette is the image's colours, or Wu's at `max_colors`. On a
+    degraded one it is the cells' colours (`cell_colours`) with near-duplicate shades merged
+    (`merge_similar_colors`, within a radius that follows how far the cells' colours scatter), so JPEG, blur
+    and resampling do not turn each real colour into several; that is also the estimate of `auto_color_detect`.
+    """
     if inputs.fixed_palette:
         return parse_palette(inputs.fixed_palette).to(image.device), "fixed"
     budget = inputs.max_colors
     if inputs.auto_color_detect:
-        budget = min(estimate_color_count(image, AUTO_COLOR_CAP)[0], budget or AUTO_COLOR_CAP)
+        budget = min(budget or AUTO_COLOR_CAP, AUTO_COLOR_CAP)
     if budget is None:
         return None, "unlimited"
-    colours = unique_colors(image)[0]
-    if colours.shape[0] <= budget:
-        return (colours if colours.shape[0] else None), "image"
-    return wu_palette(image, budget)[0], "wu"
+    corners = image[..., ::scale, ::scale]
+    if torch.equal(image, corners.repeat_interleave(scale, -2).repeat_interleave(scale, -1)):
+        colours = unique_colors(image)[0]
+        if colours.shape[0] <= budget:
+            return (colours if colours.shape[0] else None), "image"
+        return wu_palette(image, budget)[0], "wu"
+    cells = cell_colours(image, scale)
+    opaque = cells[0, 3] >= 128
+    if not bool(opaque.any()):
+        return None, "image"
+    rgb = cells[0, :3, opaque].long()
+    keys, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_counts=True)
+    colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).to(torch.uint8)
+    spread = cell_spread(image, cells, scale)[0]
+    merge_at_least = SPREAD_TO_MERGE * spread
+    palette, _ = merge_similar_colors(colours, counts.double(), max_colors=budget, min_distance=merge_at_least)
+    return palette, "merged"
 
 
 def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
@@ -247,11 +332,17 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
     if inputs.cleanup_morph:
         image = open_close_alpha(image)
     # 5. Colours onto the working palette.
-    palette, palette_source = working_palette(image, inputs)
+    palette, palette_source = working_palette(image, grid.scale, inputs)
     if palette_source in ("fixed", "wu"):
         image = map_to_palette(image, palette)
     # 6. One pixel per cell, every colour back on the palette.
-    native = downscale_cells(image, grid.scale, inputs.downscale_method, inputs.dominant_color_threshold)
+    if palette_source == "merged" and inputs.downscale_method in ("dominant", "mode"):
+        # A degraded cell's pixels are its colour plus noise and its neighbours' bleed: its colour is the palette
+        # colour nearest its interior's median, not a vote that the bleed can win. Opaque: half its pixels are.
+        opaque = F.avg_pool2d((image[:, 3:] >= 128).float(), grid.scale) >= 0.5
+        native = torch.cat([cell_colours(image, grid.scale)[:, :3], (opaque * 255).to(torch.uint8)], 1) * opaque
+    else:
+        native = downscale_cells(image, grid.scale, inputs.downscale_method, inputs.dominant_color_threshold)
     if palette is not None:
         native = map_to_palette(native, palette)
     # 7-8. Background, jaggies, borders.
@@ -271,6 +362,7 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
     Output = Image2PixelOutput
     max_side: ClassVar[int] = MAX_SIDE
     max_pixels: ClassVar[int] = MAX_PIXELS
+    bytes_per_input_pixel: ClassVar[int] = 128  # measured ~100 B/px marginal (1-9 Mpx, CPU) over ~0.4 GB fixed
 
     def decode(self, inputs: Image2PixelInput, request: RequestContext) -> Item:
         raw = request.fetch_image(inputs.image_url, "image_url")
@@ -320,4 +412,11 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
             )
             for pixels in (full, native)
         ]
-        return Image2PixelOutput(pixel_scale=scale, palette=palette, num_colors=len(palette), images=images)
+        return Image2PixelOutput(
+            pixel_scale=scale,
+            palette=palette,
+            num_colors=len(palette),
+            images=images,
+            cell_size=prediction.cell_size,
+            grid_offset=prediction.grid_offset,
+        )

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.pixel_palette import estimate_color_count, map_to_palette, unique_colors, wu_palette
+from kernels.pixel_palette import (
+    cell_spread,
+    colour_distance,
+    estimate_color_count,
+    map_to_palette,
+    merge_similar_colors,
+    srgb_to_lab,
+    unique_colors,
+    wu_palette,
+)
 
 
 def rgba(rgb: np.ndarray, opaque: np.ndarray | None = None) -> torch.Tensor:
@@ -96,3 +105,70 @@ class TestEstimateColorCount:
         assert 2 <= two < four and four >= 4  # each band, plus the blends the blur makes at their borders
         assert estimate_color_count(rgba(four_bands), max_count=3) == [3]
         assert estimate_color_count(rgba(np.zeros((1, 40, 40, 3)))) == [2]
+
+
+class TestSrgbToLab:
+    def test_known_values(self):
+        lab = srgb_to_lab(torch.tensor([[255, 255, 255], [0, 0, 0], [255, 0, 0], [128, 128, 128]]))
+        expected = [[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [53.59, 0.0, 0.0]]
+        np.testing.assert_allclose(lab.numpy(), expected, atol=0.02)
+
+
+class TestColourDistance:
+    def test_symmetric_and_perceptual(self):
+        colours = torch.tensor([[255, 108, 0], [248, 112, 6], [2, 2, 2], [0, 0, 0], [0, 0, 255], [60, 60, 60]])
+        distance = colour_distance(srgb_to_lab(colours), srgb_to_lab(colours))
+        assert torch.allclose(distance, distance.t()) and distance.diagonal().abs().max() < 1e-9
+        assert distance[0, 1] < 2.5  # a saturated orange and its JPEG shift
+        assert distance[2, 3] < 1.0  # two blacks a couple of levels apart
+        assert distance[3, 5] > 20 and distance[0, 4] > 50
+
+
+class TestMergeSimilarColors:
+    @staticmethod
+    def noisy_cloud(seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Four real colours (one rare), each scattered by up to 3 levels per channel, as JPEG leaves cells."""
+        rng = np.random.default_rng(seed)
+        real = np.array([[20, 24, 82], [200, 40, 30], [240, 220, 90], [90, 200, 60]])
+        counts = [400, 200, 120, 12]
+        pixels = np.concatenate([c + rng.integers(-3, 4, (n, 3)) for c, n in zip(real, counts)]).clip(0, 255)
+        colours, weights = np.unique(pixels, axis=0, return_counts=True)
+        return torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights, dtype=torch.float64), real
+
+    def test_noise_merges_back_to_the_real_colours(self):
+        colours, weights, real = self.noisy_cloud(0)
+        palette, labels = merge_similar_colors(colours, weights)
+        assert palette.shape[0] == len(real)
+        nearest = ((palette.numpy()[:, None].astype(int) - real[None]) ** 2).sum(-1)
+        assert sorted(nearest.argmin(1).tolist()) == [0, 1, 2, 3] and nearest.min(1).max() <= 3 * 3**2
+        assert labels.shape == (colours.shape[0],) and int(labels.max()) == palette.shape[0] - 1
+
+    def test_distinct_colours_stay_and_max_colors_is_honoured(self):
+        colours = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255], [0, 200, 0]], dtype=torch.uint8)
+        weights = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+        assert merge_similar_colors(colours, weights)[0].shape[0] == 5
+        palette, labels = merge_similar_colors(colours, weights, max_colors=3)
+        assert palette.shape[0] == 3 and labels.unique().numel() == 3
+
+    def test_deterministic_whatever_the_input_order(self):
+        colours, weights, _ = self.noisy_cloud(1)
+        order = torch.randperm(colours.shape[0], generator=torch.Generator().manual_seed(0))
+        first, labels = merge_similar_colors(colours, weights)
+        second, shuffled = merge_similar_colors(colours[order], weights[order])
+        assert torch.equal(first, second) and torch.equal(labels[order], shuffled)
+
+    def test_rejects_bad_input(self):
+        with pytest.raises(ValueError, match="`colours`"):
+            merge_similar_colors(torch.zeros(0, 3, dtype=torch.uint8), torch.zeros(0))
+        with pytest.raises(ValueError, match="`weights`"):
+            merge_similar_colors(torch.zeros(2, 3, dtype=torch.uint8), torch.ones(3))
+
+
+class TestCellSpread:
+    def test_zero_when_clean_and_grows_with_noise(self):
+        rgb = np.random.default_rng(5).integers(0, 256, (1, 6, 6, 3)).repeat(4, 1).repeat(4, 2)
+        clean = rgba(rgb)
+        cells = clean[..., ::4, ::4]
+        noise = np.random.default_rng(6).integers(-6, 7, rgb.shape)
+        assert cell_spread(clean, cells, 4) == [0.0]
+        assert cell_spread(rgba(np.clip(rgb + noise, 0, 255)), cells, 4)[0] > 1.0

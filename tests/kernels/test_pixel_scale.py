@@ -37,11 +37,20 @@ def as_batch(*images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image in images]).to(device)
 
 
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+def jpeg(image: np.ndarray, quality: int, subsampling: int = 2) -> np.ndarray:
+    """JPEG round trip of the colour channels; ``subsampling`` 2 is 4:2:0 (PIL's default), 0 is 4:4:4."""
     buffer = io.BytesIO()
-    Image.fromarray(image[..., :3]).save(buffer, "JPEG", quality=quality)
+    Image.fromarray(image[..., :3]).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
     rgb = np.asarray(Image.open(buffer).convert("RGB"))
     return np.concatenate([rgb, image[..., 3:]], -1)
+
+
+def resample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Bilinear resize of the colour channels by ``factor`` (PIL), opaque."""
+    height, width = image.shape[:2]
+    size = (round(width * factor), round(height * factor))
+    rgb = np.asarray(Image.fromarray(image[..., :3]).resize(size, Image.BILINEAR))
+    return np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
 
 
 class TestBoundaryProfiles:
@@ -139,3 +148,34 @@ class TestDetectGridEdges:
 
     def test_image_too_small_for_three_cells(self):
         assert detect_grid_edges(as_batch(random_art(5, 0))) == [Grid(1)]
+
+    @pytest.mark.parametrize(("scale", "factor"), [(2, 1.02), (2, 0.98), (3, 1.02), (3, 0.97), (4, 1.03)])
+    def test_resampled_small_scales_measure_the_fractional_cell(self, scale, factor):
+        """Issue 15: the moire of a near-1 resample (period about 1 / |f - 1|, 50 px here) was reported as the
+        scale, and 2.94 px cells were measured as 3.12 (an alias), so cells drifted across the image."""
+        image = resample(upscale(random_art(48, scale), scale, 1), factor)
+        grid = detect_grid_edges(as_batch(image))[0]
+        true_cell = scale * image.shape[1] / (48 * scale - 1)
+        assert grid.scale == scale and grid.fractional
+        assert grid.cell_size == pytest.approx((true_cell, true_cell), abs=0.01)
+
+    def test_jpeg_chroma_grid_does_not_beat_the_pixel_grid(self):
+        """4:2:0 chroma only changes on a 2-pixel grid; art whose colours differ mostly in chroma (dark red on
+        navy) must still give its own scale."""
+        palette = np.array([[120, 16, 24, 255], [20, 24, 100, 255], [90, 30, 90, 255]], np.uint8)
+        art = palette[np.random.default_rng(9).integers(0, 3, (24, 24))]
+        for subsampling in (2, 0):
+            image = jpeg(upscale(art, 9, 4), 75, subsampling)
+            assert detect_grid_edges(as_batch(image))[0].scale == 9
+
+    def test_isoluminant_art_falls_back_to_colour_edges(self):
+        palette = np.array([[255, 0, 0, 255], [0, 100, 150, 255]], np.uint8)  # both luma 76
+        art = palette[np.random.default_rng(3).integers(0, 2, (16, 16))]
+        assert detect_grid_edges(as_batch(upscale(art, 5, 2)))[0] == Grid(5, 3, 3)
+
+
+class TestGrid:
+    def test_cell_size_is_the_scale_or_the_measured_period(self):
+        assert Grid(4, 1, 2).cell_size == (4.0, 4.0) and not Grid(4, 1, 2).fractional
+        grid = Grid(2, 0.3, 1.1, 2.04, 2.05)
+        assert grid.cell_size == (2.04, 2.05) and grid.fractional
