@@ -101,6 +101,8 @@ async def http_error_handler(request: Request, error: StarletteHTTPException) ->
       string `detail`; it is bad input like any other, so 422 in FastAPI's `detail` list shape.
     - A GET for a path under `/queue/` or `/run/` that only a POST route matches is 404, not 405:
       there is nothing to get there, and fal answers 404.
+    - A path nothing serves is 404 in fal's shape, `error_type` and `X-Fal-Error-Type` included (the
+      clients read those; fal-client's realtime token call to `/rest/tokens/` reported none).
     """
     cause = error.__cause__
     if error.status_code == 400 and cause is not None:
@@ -112,6 +114,8 @@ async def http_error_handler(request: Request, error: StarletteHTTPException) ->
         )
     if error.status_code == 405 and request.method in ("GET", "HEAD") and request.url.path.startswith(("/queue/", "/run/")):
         return await kiln_error_handler(request, NotFound(f"Nothing to {request.method} at {request.url.path}"))
+    if error.status_code == 404:
+        return await kiln_error_handler(request, NotFound(f"Nothing is served at {request.url.path}"))
     return await http_exception_handler(request, error)
 
 

@@ -92,6 +92,8 @@ class RunningRequest:
         # pixels of the images this request has decoded so far; they share one limit
         self.pixels_decoded = 0
         self.cancelled = threading.Event()
+        # why it was cancelled, as the request's result will say: a queued request's cancel stores its own
+        self.cancellation = Cancelled()
         if job.cancel_requested:
             self.cancelled.set()
         self.timings: dict[str, float] = {}
@@ -116,7 +118,12 @@ class RunningRequest:
         if self._stopping.is_set():
             raise Interrupted()
         if self.cancelled.is_set():
-            raise Cancelled()
+            raise self.cancellation
+
+    def cancel(self, reason: Cancelled) -> None:
+        """Stops the request at its next step, completing it with `reason`."""
+        self.cancellation = reason
+        self.cancelled.set()
 
     def fetch_image(self, url: str, field: str | tuple[str | int, ...]) -> RawImage:
         """Fetches and decodes an image input; refuses from the image header, before decoding, an

@@ -12,6 +12,7 @@ from pipelines.contract import Cancelled, FieldError, KilnError
 __all__ = [
     "BadRequest",
     "Cancelled",
+    "ClientDisconnected",
     "EndpointUnavailable",
     "FieldError",
     "KilnError",
@@ -57,6 +58,15 @@ class EndpointUnavailable(KilnError):
 
     status_code = 501
     error_type = "endpoint_unavailable"
+
+
+class ClientDisconnected(Cancelled):
+    """The caller of a sync run went away; the request is cancelled with fal's type for that."""
+
+    error_type = "client_disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("The client disconnected")
 
 
 class StartTimeout(KilnError):

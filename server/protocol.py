@@ -22,9 +22,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from pipelines.contract import Cancelled, FieldError, Pipeline
+from pipelines.contract import FieldError, Pipeline
 from server.endpoints import app_prefix, matches_app
-from server.errors import EndpointUnavailable, NotFound
+from server.errors import ClientDisconnected, EndpointUnavailable, NotFound
 from server.fetch import FetchError
 from server.schemas import LogLine, QueueStatus
 from server.services import Services
@@ -233,10 +233,9 @@ async def wait_until_completed(services: Services, request: Request, request_id:
                 return await run_in_threadpool(finished, services, request_id)
             await subscription.wait(1.0)
             if await request.is_disconnected():
-                await run_in_threadpool(
-                    services.store.cancel, request_id, JobResult.from_error(Cancelled("The client disconnected"))
-                )
-                services.pool.cancel(request_id)
+                disconnected = ClientDisconnected()
+                await run_in_threadpool(services.store.cancel, request_id, JobResult.from_error(disconnected))
+                services.pool.cancel(request_id, disconnected)
                 return None
 
 

@@ -266,7 +266,7 @@ class Worker(threading.Thread):
     def _drop_cancelled(self, batch: list[Decoded]) -> list[Decoded]:
         for decoded in batch:
             if decoded.request.is_cancelled():
-                self._fail(decoded.request, "predict", Cancelled())
+                self._fail(decoded.request, "predict", decoded.request.cancellation)
         return [decoded for decoded in batch if not decoded.request.is_cancelled()]
 
     def _predict(self, pipeline: Pipeline, live: list[Decoded]) -> list[Any] | None:
@@ -384,6 +384,9 @@ class Worker(threading.Thread):
         else:
             logger.error("request %s failed in %s", request.request_id, step, exc_info=error)
             error = runner_error(f"{type(error).__name__}: {error}")
+        if isinstance(error, Cancelled):
+            # a batch stops with one Cancelled for all its requests; each keeps the reason it was given
+            error = request.cancellation
         self._log(request, error.message if isinstance(error, Cancelled) else f"{step} failed: {error.message}", "ERROR")
         try:
             self._store.complete(request.request_id, JobResult.from_error(error))
@@ -478,12 +481,12 @@ class WorkerPool:
             worker.join(timeout)
         self._heartbeat.join(timeout)
 
-    def cancel(self, request_id: str) -> None:
-        """Signals a running request in this process to stop at its next step."""
+    def cancel(self, request_id: str, reason: Cancelled | None = None) -> None:
+        """Signals a running request in this process to stop at its next step, failing with `reason`."""
         for worker in self.workers:
             request = worker.running().get(request_id)
             if request is not None:
-                request.cancelled.set()
+                request.cancel(reason or Cancelled())
 
     def states(self) -> dict[str, str]:
         """Device -> `starting`, `ready`, `busy`, `failed: <why>` or `stopped`."""

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from server.errors import ClientDisconnected
+from server.store import JobResult
 from testkit.images import data_uri, gradient_image, png_bytes
 from testkit.servers import wait_completed
 from tests.fixtures.apps import STEPS, occupy_worker, submit
@@ -369,3 +371,21 @@ class TestFalProtocolDetails:
         response = client.head("/health")
         assert response.status_code == client.get("/health").status_code == 200
         assert response.content == b""
+
+
+def test_a_path_nothing_serves_is_404_in_fals_shape(client):
+    """fal-client's `POST /rest/tokens/` got Starlette's bare {"detail": "Not Found"}: no error_type."""
+    for method, path in (("POST", "/rest/tokens/"), ("GET", "/nothing/here")):
+        response = client.request(method, path)
+        assert response.status_code == 404
+        assert response.json()["error_type"] == "not_found" and response.headers["x-fal-error-type"] == "not_found"
+
+
+def test_a_sync_run_whose_caller_went_away_says_so(client):
+    """The running request of a disconnected `/run` caller was completed as a plain cancellation."""
+    blocker = occupy_worker(client)
+    services = client.app.state.services
+    services.store.cancel(blocker["request_id"], JobResult.from_error(ClientDisconnected()))
+    services.pool.cancel(blocker["request_id"], ClientDisconnected())
+    status = wait_completed(client, blocker["status_url"])
+    assert status["error_type"] == "client_disconnected" and status["error"] == "The client disconnected"
