@@ -66,6 +66,7 @@ def wait_for_result(base: str, request_id: str, timeout: float = 60) -> httpx.Re
     return result
 
 
+@pytest.mark.adversarial
 def test_request_that_kills_its_worker_is_failed_alone_after_max_attempts(kiln_process):
     """Bug (#7): a request that crashes its worker took the requests claimed with it down too: every
     death charged the whole claimed batch an attempt, so after three deaths the ordinary requests
@@ -95,6 +96,7 @@ def test_request_that_kills_its_worker_is_failed_alone_after_max_attempts(kiln_p
         assert result.json()["tag"] == f"ordinary-{index}"
 
 
+@pytest.mark.adversarial
 def test_three_kills_fail_none_of_the_ordinary_requests(kiln_process):
     """Bug (#7): three `kill -9`s with ordinary requests running failed some of them ("stopped 3
     time(s)"): a claim charged an attempt to each request it leased, also to those that only waited

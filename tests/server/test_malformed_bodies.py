@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 
 from tests.fixtures.apps import STEPS, start_app
 
+pytestmark = pytest.mark.adversarial
+
 JSON = {"content-type": "application/json"}
 MALFORMED = {
     "invalid UTF-8": b'{"tag": "\xff\xfe"}',

@@ -14,6 +14,8 @@ from tests.fixtures.webhook_receivers import (
     RedirectingReceiver,
 )
 
+pytestmark = pytest.mark.adversarial
+
 KEYS = ("hostile-key", "good-key")
 HOSTILE = {"Authorization": "Key hostile-key"}
 GOOD = {"Authorization": "Key good-key"}
