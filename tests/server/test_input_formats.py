@@ -11,33 +11,17 @@ content type that says nothing, by a real server on loopback.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from server.media import DECODABLE_FORMATS
 from testkit.images import data_uri
-from tests.fixtures.apps import pixels, start_app
-from tests.fixtures.file_server import FileServer, Reply, file_server
+from tests.fixtures.apps import pixels
+from tests.fixtures.file_server import FileServer, Reply
 from tests.fixtures.image_files import ACCEPTED, HEIGHT, REFUSED, WIDTH, ImageFile
 
 RUN = "/run/fal-ai/post-processing"
-
-
-@pytest.fixture(scope="module")
-def kiln(tmp_path_factory, registry) -> Iterator[TestClient]:
-    """One server for the module; private URLs allowed so that it can reach the loopback file server."""
-    client = start_app(tmp_path_factory.mktemp("formats"), registry, allow_private_urls=True)
-    yield client
-    client.__exit__(None, None, None)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FileServer]:
-    with file_server() as running:
-        yield running
 
 
 def url_of(image: ImageFile, via: str, server: FileServer) -> str:
@@ -48,12 +32,12 @@ def url_of(image: ImageFile, via: str, server: FileServer) -> str:
 
 @pytest.mark.parametrize("via", ["data URI", "http URL"])
 @pytest.mark.parametrize("image", ACCEPTED, ids=lambda image: image.name)
-def test_accepted_format_runs_end_to_end(kiln, server, image, via):
-    response = kiln.post(RUN, json={"image_url": url_of(image, via, server)})
+def test_accepted_format_runs_end_to_end(loopback_kiln, file_host, image, via):
+    response = loopback_kiln.post(RUN, json={"image_url": url_of(image, via, file_host)})
     assert response.status_code == 200, response.text
     output = response.json()["images"][0]
     assert (output["width"], output["height"]) == (WIDTH, HEIGHT)
-    result = pixels(kiln, output)
+    result = pixels(loopback_kiln, output)
     assert result.shape == image.expected.shape, "alpha kept, no alpha added"
     difference = np.abs(result.astype(int) - image.expected.astype(int)).mean()
     assert difference <= image.tolerance, f"{image.name} decoded {difference:.2f} levels from its source"
@@ -67,9 +51,9 @@ def test_every_format_fal_accepts_is_decodable():
 
 @pytest.mark.parametrize("via", ["data URI", "http URL"])
 @pytest.mark.parametrize("image", REFUSED, ids=lambda image: image.name)
-def test_refused_format_is_a_422_naming_what_is_accepted(kiln, server, image, via):
+def test_refused_format_is_a_422_naming_what_is_accepted(loopback_kiln, file_host, image, via):
     """HEIC is not decoded (pillow-heif's wheels are GPLv2 as a whole); the caller is told which formats are."""
-    response = kiln.post(RUN, json={"image_url": url_of(image, via, server)})
+    response = loopback_kiln.post(RUN, json={"image_url": url_of(image, via, file_host)})
     assert response.status_code == 422, response.text
     error = response.json()["detail"][0]
     assert error["loc"] == ["body", "image_url"] and error["type"] == "image_load_error"

@@ -13,30 +13,13 @@ Regressions on 403c807:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
 
 from testkit.images import data_uri, gradient_image, png_bytes
-from tests.fixtures.apps import start_app
-from tests.fixtures.file_server import FileServer, Reply, file_server
+from tests.fixtures.file_server import Reply
 
 RUN = "/run/kiln-test/steps"
-
-
-@pytest.fixture(scope="module")
-def kiln(tmp_path_factory, registry) -> Iterator[TestClient]:
-    """Private URLs allowed, so that the loopback test server can stand in for a host on the internet."""
-    client = start_app(tmp_path_factory.mktemp("urls"), registry, allow_private_urls=True)
-    yield client
-    client.__exit__(None, None, None)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FileServer]:
-    with file_server() as running:
-        yield running
 
 
 def refusal(response) -> dict:
@@ -57,31 +40,31 @@ def refusal(response) -> dict:
     ],
     ids=["e-acute", "percent-FF", "lone surrogate", "emoji", "surrogate in plain data"],
 )
-def test_non_ascii_in_a_data_uri_is_422(kiln, url):
+def test_non_ascii_in_a_data_uri_is_422(loopback_kiln, url):
     body = json.dumps({"image_url": url})  # a lone surrogate travels as the JSON escape \\ud800
-    error = refusal(kiln.post(RUN, content=body.encode(), headers={"content-type": "application/json"}))
+    error = refusal(loopback_kiln.post(RUN, content=body.encode(), headers={"content-type": "application/json"}))
     assert error["type"] == "invalid_url" and "data: URI" in error["msg"]
 
 
 @pytest.mark.parametrize("location", ["x:y", "http://[::1", "https://:0/"])
-def test_redirect_to_an_invalid_url_is_422(kiln, server, location):
-    url = server.serve(f"/redirect-{len(server.replies)}", Reply(302, headers={"Location": location}))
-    error = refusal(kiln.post(RUN, json={"image_url": url}))
+def test_redirect_to_an_invalid_url_is_422(loopback_kiln, file_host, location):
+    url = file_host.serve(f"/redirect-{len(file_host.replies)}", Reply(302, headers={"Location": location}))
+    error = refusal(loopback_kiln.post(RUN, json={"image_url": url}))
     assert error["type"] in ("file_download_error", "invalid_url", "url_not_allowed"), error
 
 
-def test_missing_kiln_file_url_says_not_found(kiln):
-    own = kiln.app.state.services.settings.base_url
-    error = refusal(kiln.post(RUN, json={"image_url": f"{own}/files/AAAAAAAAAAAAAAAAAAAAAA/gone.png"}))
+def test_missing_kiln_file_url_says_not_found(loopback_kiln):
+    own = loopback_kiln.app.state.services.settings.base_url
+    error = refusal(loopback_kiln.post(RUN, json={"image_url": f"{own}/files/AAAAAAAAAAAAAAAAAAAAAA/gone.png"}))
     assert error["type"] == "file_download_error"
     assert "not a file on this server" in error["msg"] and "expired" in error["msg"]
     assert "not allowed" not in error["msg"]
 
 
-def test_kiln_file_url_of_an_earlier_result_is_read_from_disk(kiln):
+def test_kiln_file_url_of_an_earlier_result_is_read_from_disk(loopback_kiln):
     """The positive side: a result file of this server is an input without any fetch (or SSRF check)."""
-    first = kiln.post("/run/fal-ai/post-processing", json={"image_url": data_uri(png_bytes(gradient_image(9, 7)))})
+    first = loopback_kiln.post("/run/fal-ai/post-processing", json={"image_url": data_uri(png_bytes(gradient_image(9, 7)))})
     output_url = first.json()["images"][0]["url"]
-    assert output_url.startswith(kiln.app.state.services.settings.base_url + "/files/")
-    second = kiln.post(RUN, json={"image_url": output_url})
+    assert output_url.startswith(loopback_kiln.app.state.services.settings.base_url + "/files/")
+    second = loopback_kiln.post(RUN, json={"image_url": output_url})
     assert second.status_code == 200 and second.json()["image_size"] == [9, 7]
