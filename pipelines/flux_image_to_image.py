@@ -1,8 +1,8 @@
 """fal-ai/flux/dev/image-to-image: FLUX.1 [dev] image-to-image on diffusers' `FluxImg2ImgPipeline`.
 
 fal's defaults are passed explicitly (diffusers' own are strength 0.6, 28 steps, guidance 7). The
-image is noised to `strength` and denoised for `num_inference_steps * strength` steps (38 with fal's
-defaults); `guidance_scale` drives FLUX.1 [dev]'s distilled guidance embedding, one transformer pass
+image is noised to `strength` and denoised for `num_inference_steps * strength` steps, rounded up as
+diffusers rounds them (38 with fal's defaults); `guidance_scale` drives FLUX.1 [dev]'s distilled guidance embedding, one transformer pass
 per step. The output keeps the input's size and aspect ratio, both sides rounded to multiples of 16
 and scaled down to at most 2 megapixels (FLUX.1's trained range), where diffusers would make 1024².
 
@@ -41,7 +41,6 @@ import torch
 from pydantic import BaseModel, Field
 
 from pipelines.contract import (
-    FieldError,
     Image,
     PipelineSettings,
     RawImage,
@@ -162,6 +161,12 @@ def fp8_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def img2img_steps(num_inference_steps: int, strength: float) -> int:
+    """The denoising steps diffusers' image-to-image pipelines run: `get_timesteps` skips the first
+    `int(n - n * strength)` of the n steps, so a fractional `n * strength` rounds up, not down."""
+    return num_inference_steps - int(max(num_inference_steps - num_inference_steps * strength, 0))
+
+
 @dataclass(frozen=True, kw_only=True)
 class FluxImageToImageGeneration(Generation):
     prompt: str
@@ -180,16 +185,6 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
     Output = FluxImageToImageOutput
     diffusers_class: ClassVar[str] = "FluxImg2ImgPipeline"
     model: ClassVar[str] = "flux-1-dev"
-
-    @classmethod
-    def prepare(cls, inputs: FluxImageToImageInput) -> FluxImageToImageInput:
-        if int(inputs.num_inference_steps * inputs.strength) < 1:
-            raise FieldError(
-                "strength",
-                f"`strength` {inputs.strength} x `num_inference_steps` {inputs.num_inference_steps} leaves no "
-                "denoising step; raise either so that their product is at least 1",
-            )
-        return super().prepare(inputs)
 
     plan_pixels: ClassVar[int] = MAX_AREA
     plan_images: ClassVar[int] = 4
@@ -259,7 +254,7 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
             provenance={
                 "scheduler": {"class": "FlowMatchEulerDiscreteScheduler", **self.pipe.scheduler.config},
                 "num_inference_steps": inputs.num_inference_steps,
-                "denoising_steps": int(inputs.num_inference_steps * inputs.strength),
+                "denoising_steps": img2img_steps(inputs.num_inference_steps, inputs.strength),
                 "strength": inputs.strength,
                 "guidance_scale": inputs.guidance_scale,
                 "size": {"width": width, "height": height},
@@ -295,7 +290,9 @@ class FluxImageToImagePipeline(FluxDiffusionPipeline[FluxImageToImageGeneration]
                 generator=generators,
                 output_type="pt",
                 **self.prompt_embeddings(generation.prompt, generation.num_images),
-                **progress_arguments(self.pipe, requests, int(generation.num_inference_steps * generation.strength)),
+                **progress_arguments(
+                    self.pipe, requests, img2img_steps(generation.num_inference_steps, generation.strength)
+                ),
             )
         return result.images
 

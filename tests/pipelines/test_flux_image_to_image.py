@@ -178,7 +178,7 @@ def test_kiln_without_speedups_makes_exactly_what_stock_diffusers_makes(tmp_path
 @pytest.mark.parametrize(
     ("inputs", "field"),
     [
-        ({"strength": 0.01}, "strength"),  # 4 x 0.01 steps: none left to run
+        ({"strength": 0.0}, "strength"),
         ({"strength": 1.5}, "strength"),
         ({"acceleration": "turbo"}, "acceleration"),
         ({"output_format": "webp"}, "output_format"),
@@ -203,3 +203,22 @@ def test_without_weights_the_endpoint_names_the_pull_command(tmp_path, tiny_weig
         assert wait_completed(client, steps["status_url"]).get("error") is None
     finally:
         client.__exit__(None, None, None)
+
+
+def test_the_denoising_steps_are_the_ones_diffusers_runs():
+    """Kiln floored n x strength where diffusers rounds up: provenance under-reported a step and
+    requests diffusers runs (1 step at strength 0.5) were refused with 422. The oracle is diffusers'
+    own `get_timesteps` on a real scheduler."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline
+
+    from pipelines.flux_image_to_image import img2img_steps
+
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    for steps in (1, 2, 7, 10, 28, 40, 50):
+        scheduler.set_timesteps(steps)
+        for strength in (0.01, 0.05, 0.3, 0.33, 0.5, 0.55, 0.95, 1.0):
+            _, expected = FluxImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=scheduler), steps, strength, "cpu")
+            assert img2img_steps(steps, strength) == expected, (steps, strength)
+    assert min(img2img_steps(steps, 0.01) for steps in range(1, 51)) == 1  # no valid request runs 0 steps
