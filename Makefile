@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # one build for CPU and CUDA machines alike: where CUDA is available pip picks the CUDA wheel
 TORCH := torch==2.13.0
 ARGS ?=
+comma := ,
 
 .PHONY: serve test test-fast bench clean
 
@@ -14,13 +15,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# on a host with an NVIDIA driver, also the `cuda` extra (torchao: FP8 for `acceleration: regular/high`)
+EXTRAS := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "[cuda]")
+
 $(VENV)/.serve-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --editable .
+	$(BIN)/python -m pip install --quiet --editable ".$(EXTRAS)"
 	touch $@
 
 $(VENV)/.test-deps: pyproject.toml tests/js/package-lock.json $(VENV)/.serve-deps
-	$(BIN)/python -m pip install --quiet --editable ".[test]"
+	$(BIN)/python -m pip install --quiet --editable ".[test$(if $(EXTRAS),$(comma)cuda)]"
 	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 	touch $@
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ from server.store import Job, JobResult, JobStore
 
 logger = logging.getLogger(__name__)
 
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"
+
 
 class DeviceUnavailable(RuntimeError):
     """A device the operator asked for cannot run work; Kiln refuses to start rather than queue forever."""
@@ -51,6 +54,12 @@ def resolve_devices(setting: str) -> list[torch.device]:
     comma-separated list like `cuda:0,cuda:1`. Each named device must run a kernel, or DeviceUnavailable."""
     if setting == "auto":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count and cuda_expected():
+            raise DeviceUnavailable(
+                "this host has an NVIDIA driver and this PyTorch is a CUDA build, but CUDA does not work "
+                f"(PyTorch {torch.__version__} needs a driver for CUDA {torch.version.cuda}); fix the driver, "
+                "or pass --device cpu to serve on the CPU knowingly"
+            )
         return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
     try:
         if setting == "cuda":
@@ -64,6 +73,12 @@ def resolve_devices(setting: str) -> list[torch.device]:
     for device in devices:
         check_device(device)
     return devices
+
+
+def cuda_expected() -> bool:
+    """A CUDA build of PyTorch on a host with an NVIDIA kernel driver: `auto` must not fall back to
+    the CPU there without a word (an old driver for the wheel's CUDA looks exactly like no GPU)."""
+    return torch.version.cuda is not None and Path(NVIDIA_DRIVER).exists()
 
 
 def check_device(device: torch.device) -> None:

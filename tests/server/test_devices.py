@@ -53,3 +53,18 @@ def test_health_is_503_while_no_worker_can_take_requests(make_client, monkeypatc
         health = client.get("/health")
     assert health.status_code == 503 and health.json()["status"] == "degraded"
     assert health.json()["workers"]["cuda:0"].startswith("failed: ")
+
+
+@no_cuda
+def test_auto_does_not_fall_back_to_the_cpu_silently_where_cuda_was_expected(monkeypatch, tmp_path):
+    """A CUDA wheel on a host whose driver is too old for it looked like a host without a GPU: Kiln
+    served on the CPU without a word. With an NVIDIA driver present, `auto` now refuses."""
+    driver = tmp_path / "version"
+    driver.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.00\n")
+    monkeypatch.setattr(server.worker, "NVIDIA_DRIVER", str(driver))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(DeviceUnavailable, match="--device cpu"):
+        resolve_devices("auto")
+    assert resolve_devices("cpu") == [torch.device("cpu")]
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert resolve_devices("auto") == [torch.device("cpu")]
