@@ -19,7 +19,7 @@ from server.config import Settings
 from server.errors import KilnError, NotFound, PayloadTooLarge
 from server.middleware import BodyTooLarge, ProtocolRouting
 from server.registry import Registry
-from server.routes import docs, meta, queue, run, storage, ui
+from server.routes import docs, meta, metrics, queue, run, storage, ui
 from server.services import Services
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.include_router(run.build_router(registry))
     app.include_router(storage.router)
     app.include_router(meta.router)
+    app.include_router(metrics.router)
     app.include_router(ui.router)
     app.add_exception_handler(KilnError, kiln_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

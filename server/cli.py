@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from server.config import (
     default_weights_lock,
     is_loopback_host,
 )
+from server import metrics
 from server.pipeline_cache import use_compile_cache
 from server.registry import Registry
 from server.weights import (
@@ -177,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-hours", type=float, default=7 * 24, help="how long results and files are kept (default: 168)"
     )
     serve.add_argument(
+        "--storage",
+        default=os.environ.get("KILN_STORAGE") or None,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="where result and upload files live, the same for every node: a folder or an S3-compatible bucket "
+        "(endpoint and credentials from AWS_* variables); also KILN_STORAGE (default: DATA_DIR/files)",
+    )
+    serve.add_argument(
         "--max-upload-mib", type=float, default=1024, help="largest file one upload may store (default: %(default)s)"
     )
     serve.add_argument(
@@ -192,6 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="most uploaded files one key may keep stored until retention deletes them (default: %(default)s)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--queue",
+        default=os.environ.get("KILN_QUEUE") or "sqlite",
+        metavar="sqlite|redis://HOST:PORT/DB",
+        help="the queue: `sqlite` in the data dir (one process), or a Redis server every node shares "
+        "(rediss:// for TLS, redis+sentinel://HOST:26379,.../SERVICE/DB for a Sentinel-managed primary, "
+        "?prefix=NAME to keep deployments apart); also KILN_QUEUE (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=30.0,
+        help="how long a request stays leased to a worker that stopped renewing it (its process died) before "
+        "another worker may run it (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="`kiln worker`: serve Prometheus metrics at :PORT/metrics on every interface (`kiln serve` has "
+        "them at /metrics on its own port) (default: none)",
+    )
+    serve.add_argument(
+        "--no-workers",
+        action="store_true",
+        help="serve the API only and leave the requests to `kiln worker` processes on the same --queue",
+    )
+    # `kiln worker` takes serve's options (the queue, storage, devices, pipelines, ...); it serves no HTTP
+    commands.add_parser(
+        "worker",
+        parents=[serve],
+        add_help=False,
+        help="run workers only, on this machine's devices, for the requests of a shared --queue (no HTTP port); "
+        "give it the API nodes' --public-url, which result URLs are built from",
+    )
     add_weights_commands(commands, [storage])
     # `kiln compare`: server/compare.py
     from server.compare import add_compare_command
@@ -248,6 +293,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         pipeline_modules=(*Settings.pipeline_modules, *args.pipeline),
         speedups=args.speedups == "on",
         max_batch_size=args.max_batch_size,
+        storage=getattr(args, "storage", None),
         retention_seconds=args.retention_hours * 3600,
         max_upload_bytes=int(args.max_upload_mib * 1024 * 1024),
         upload_quota_bytes=int(args.upload_quota_mib * 1024 * 1024),
@@ -255,6 +301,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         weights_dir=args.weights_dir,
         weights_lock=args.weights_lock,
         warm_endpoints=tuple(endpoint.strip() for endpoint in args.warm.split(",") if endpoint.strip()),
+        queue=args.queue,
+        lease_seconds=args.lease_seconds,
+        heartbeat_seconds=min(Settings.heartbeat_seconds, args.lease_seconds / 5),
+        run_workers=not args.no_workers,
     )
 
 
@@ -265,7 +315,8 @@ def serve(args: argparse.Namespace) -> None:
 
     settings = settings_from_args(args)
     try:
-        resolve_devices(settings.device)
+        if settings.run_workers:
+            resolve_devices(settings.device)
     except DeviceUnavailable as error:
         raise SystemExit(f"kiln serve: {error}") from None
     if not settings.api_keys:
@@ -280,6 +331,39 @@ def serve(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         access_log=args.log_level == "debug",
     )
+
+
+def worker(args: argparse.Namespace) -> None:
+    """`kiln worker`: this machine's workers on a shared queue, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from server.services import Services
+
+    if args.no_workers:
+        raise SystemExit("kiln worker: --no-workers leaves a worker nothing to do")
+    settings = dataclasses.replace(settings_from_args(args), run_webhooks=False)
+    if settings.queue in ("", "sqlite"):
+        raise SystemExit(
+            "kiln worker: the API nodes' queue is needed: --queue redis://HOST:6379/0 (or KILN_QUEUE); "
+            "with the embedded SQLite queue `kiln serve` runs the workers itself"
+        )
+    try:
+        resolve_devices(settings.device)
+    except DeviceUnavailable as error:
+        raise SystemExit(f"kiln worker: {error}") from None
+    use_compile_cache(settings.compile_cache_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    services = Services.start(settings, Registry.discover(settings.pipeline_modules))
+    if args.metrics_port:
+        metrics.serve_on_port(lambda: services, args.metrics_port)
+    try:
+        stop.wait()
+    finally:
+        logger.info("stopping: running requests go back to the queue")
+        services.stop()
 
 
 def weights(args: argparse.Namespace) -> int:
@@ -371,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.command == "serve":
         serve(args)
+    elif args.command == "worker":
+        worker(args)
     elif args.command == "weights":
         try:
             sys.exit(weights(args))

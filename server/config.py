@@ -65,12 +65,23 @@ class Settings:
     # endpoints set up (and their compiled denoisers warmed) at start-up, before /health says ready
     warm_endpoints: tuple[str, ...] = ()
 
+    # result and upload files: a folder (local or shared) or `s3://BUCKET/PREFIX`; None is data_dir/files
+    storage: str | None = None
     retention_seconds: float = 7 * 24 * 3600
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 2.0
     max_attempts: int = 3
     max_batch_size: int = 8
     janitor_seconds: float = 5.0
+    # the queue: `sqlite` (embedded, in the data dir) or `redis://HOST:PORT/DB`, which several Kiln
+    # processes share (server/store/__init__.py, open_store)
+    queue: str = "sqlite"
+    # this process's parts besides the queue: workers on its devices (`kiln serve --no-workers`
+    # runs none) and webhook delivery (`kiln worker`, which serves no HTTP, delivers none)
+    run_workers: bool = True
+    run_webhooks: bool = True
+    # how long a waiting request may be passed over for one of a worker's warm endpoints (server.store)
+    affinity_seconds: float = 10.0
 
     download_timeout_seconds: float = 30.0
     max_download_bytes: int = 64 * 1024 * 1024
@@ -115,6 +126,13 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    @property
+    def storage_location(self) -> str | Path:
+        """`storage` as `server.storage.open_file_store` takes it: the folder, or the s3:// URL."""
+        if self.storage is None:
+            return self.files_dir
+        return self.storage if self.storage.startswith("s3://") else Path(self.storage)
 
     @property
     def weights_store_dir(self) -> Path:

@@ -182,7 +182,7 @@ class RunningRequest:
         """The bytes behind a `*_url` input: this server's own file, a data URI or http(s)."""
         stored = self._media.files.resolve(url)
         if stored is not None:
-            return Fetched(stored.path.read_bytes(), stored.content_type, url)
+            return Fetched(self._media.files.read(stored), stored.content_type, url)
         if self._media.base_url and url.strip().startswith(self._media.base_url.rstrip("/") + "/files/"):
             raise FieldError(
                 field,

@@ -1,5 +1,8 @@
 """Result and upload files on local disk, served at `{base_url}/files/{id}/{name}`.
 
+This is the default `--storage`; `server/storage/s3.py` keeps the same files in an S3-compatible
+object store for several nodes (`server/storage/__init__.py` picks one).
+
 Ids are 128-bit random, so a URL is a capability, as on fal's CDN. Each file is a data file plus a
 JSON sidecar written before the data is renamed into place, so a crash never leaves a file that is
 visible but incomplete.
@@ -79,7 +82,37 @@ class StoredFile:
     file_name: str
     content_type: str
     size: int
-    path: Path
+    # the file on local disk; None for a file in an object store (read it with the store's `read`)
+    path: Path | None = None
+
+
+def quota_files_error(used_files: int, limits: UploadLimits) -> UploadQuotaExceeded:
+    return UploadQuotaExceeded(
+        f"This key keeps {used_files} uploaded files, its quota (`--upload-quota-files`) is "
+        f"{limits.quota_files}; uploads are deleted after the retention period"
+    )
+
+
+def quota_bytes_error(used_bytes: int, limits: UploadLimits) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"This upload would take the key's uploads past its quota of {limits.quota_bytes} bytes "
+        f"(`--upload-quota-mib`); {used_bytes} are in use until the retention period deletes them"
+    )
+
+
+def file_too_large(limits: UploadLimits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The file is larger than the {limits.max_file_bytes} bytes this server accepts")
+
+
+def file_id_in_url(base_url: str, url: str) -> str | None:
+    """The file id in one of the `{base_url}/files/{id}/{name}` URLs of a store; None for any other URL."""
+    if not url.startswith(base_url + "/files/"):
+        return None
+    parts = unquote(urlsplit(url).path).split("/")
+    try:
+        return parts[parts.index("files") + 1]
+    except (ValueError, IndexError):
+        return None
 
 
 def new_file_id() -> str:
@@ -128,6 +161,10 @@ class FileStore:
     def file_url(self, file_id: str, file_name: str) -> str:
         return f"{self._base_url}/files/{file_id}/{quote(file_name)}"
 
+    def read(self, stored: StoredFile) -> bytes:
+        """The bytes of a stored file (an input that names this server's own URL)."""
+        return stored.path.read_bytes()
+
     def open(self, file_id: str) -> StoredFile | None:
         if not FILE_ID.match(file_id):
             return None
@@ -144,14 +181,8 @@ class FileStore:
 
     def resolve(self, url: str) -> StoredFile | None:
         """The stored file a URL names, if it is one of this server's file URLs."""
-        if not url.startswith(self._base_url + "/files/"):
-            return None
-        parts = unquote(urlsplit(url).path).split("/")
-        try:
-            file_id = parts[parts.index("files") + 1]
-        except (ValueError, IndexError):
-            return None
-        return self.open(file_id)
+        file_id = file_id_in_url(self._base_url, url)
+        return None if file_id is None else self.open(file_id)
 
     def purge(self, older_than: float) -> int:
         removed = 0
@@ -361,7 +392,7 @@ class FileStore:
                     raise BadRequest(f"Part {number}: the etag {etag!r} is not the one its upload returned")
             size = sum(uploaded[number][0] for number in numbers)
             if size > limits.max_file_bytes:
-                raise PayloadTooLarge(f"The file is larger than the {limits.max_file_bytes} bytes this server accepts")
+                raise file_too_large(limits)
             unused = sum(size for number, (size, _) in uploaded.items() if number not in numbers)
             stored = self._join(session, folder, numbers)
             shutil.rmtree(folder, ignore_errors=True)
@@ -437,15 +468,9 @@ class FileStore:
         with self._lock:
             used = self._owner_usage(owner)
             if files and used[1] + files > limits.quota_files:
-                raise UploadQuotaExceeded(
-                    f"This key keeps {used[1]} uploaded files, its quota (`--upload-quota-files`) is "
-                    f"{limits.quota_files}; uploads are deleted after the retention period"
-                )
+                raise quota_files_error(used[1], limits)
             if size and used[0] + size > limits.quota_bytes:
-                raise PayloadTooLarge(
-                    f"This upload would take the key's uploads past its quota of {limits.quota_bytes} bytes "
-                    f"(`--upload-quota-mib`); {used[0]} are in use until the retention period deletes them"
-                )
+                raise quota_bytes_error(used[0], limits)
             used[0] += size
             used[1] += files
 
@@ -546,7 +571,7 @@ class UploadWriter:
         return self._digest.hexdigest() if self._digest else ""
 
     def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"The file is larger than the {self._limits.max_file_bytes} bytes this server accepts")
+        return file_too_large(self._limits)
 
     def check_declared(self, declared: int) -> None:
         """Refuses a body whose announced length is over the file limit before reading it."""

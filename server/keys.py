@@ -1,7 +1,9 @@
-"""Secrets that live in the data dir: an HMAC key for upload tokens and the webhook signing key.
+"""Kiln's secrets: an HMAC key for upload tokens and the webhook signing key.
 
-Both are created on first start with owner-only permissions and kept across restarts, so upload
-URLs stay valid and receivers can keep the published webhook key.
+Both are created on first start and kept across restarts, so upload URLs stay valid and receivers
+can keep the published webhook key. They come from the queue store (`JobStore.shared_secret`), so
+every node of a deployment signs with the same keys: with the embedded queue they are owner-only
+files in the data dir's keys/ folder, with a shared queue they live in it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
-def _read_or_create(path: Path, make: callable) -> bytes:
+def read_or_create(path: Path, make: callable) -> bytes:
+    """The file's bytes; made with `make` and written owner-only (0600) when it does not exist."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -66,15 +69,33 @@ class TokenSigner:
         return claims
 
 
+TOKEN_KEY = "token.key"
+WEBHOOK_KEY = "webhook-ed25519.pem"
+
+
+def _new_token_key() -> bytes:
+    return secrets.token_bytes(32)
+
+
+def _new_webhook_key() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def load_token_signer(data_dir: Path) -> TokenSigner:
-    return TokenSigner(_read_or_create(data_dir / "keys" / "token.key", lambda: secrets.token_bytes(32)))
+    return TokenSigner(read_or_create(data_dir / "keys" / TOKEN_KEY, _new_token_key))
 
 
 def load_webhook_key(data_dir: Path) -> Ed25519PrivateKey:
-    pem = _read_or_create(
-        data_dir / "keys" / "webhook-ed25519.pem",
-        lambda: Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-    return serialization.load_pem_private_key(pem, password=None)
+    return serialization.load_pem_private_key(read_or_create(data_dir / "keys" / WEBHOOK_KEY, _new_webhook_key), None)
+
+
+def shared_token_signer(store) -> TokenSigner:
+    """The upload-token key every node sharing `store` (a `JobStore`) uses."""
+    return TokenSigner(store.shared_secret(TOKEN_KEY, _new_token_key))
+
+
+def shared_webhook_key(store) -> Ed25519PrivateKey:
+    """The webhook signing key every node sharing `store` (a `JobStore`) uses."""
+    return serialization.load_pem_private_key(store.shared_secret(WEBHOOK_KEY, _new_webhook_key), None)

@@ -18,12 +18,14 @@ import gc
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from pipelines.contract import KilnError, Pipeline, PipelineSettings, Weights
+from server import metrics
 from server.errors import EndpointUnavailable
 
 logger = logging.getLogger(__name__)
@@ -81,8 +83,10 @@ class PipelineCache:
         if reason:
             raise EndpointUnavailable(reason)
         self._set_state(endpoint_id, PipelineState.LOADING.value)
+        started = time.perf_counter()
         try:
             pipeline = self._set_up(pipeline_class)
+            metrics.pipeline_set_up(endpoint_id, self.device, time.perf_counter() - started)
         except Exception as error:
             self._set_state(endpoint_id, f"{PipelineState.ERROR.value}: {error}")
             raise

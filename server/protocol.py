@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from pipelines.contract import FieldError, Pipeline
+from server import metrics
 from server.endpoints import app_prefix, matches_app
 from server.errors import ClientDisconnected, EndpointUnavailable, NotFound
 from server.fetch import FetchError
@@ -124,6 +125,7 @@ def accept(
         ),
         max_queue_length=max_queue_length,
     )
+    metrics.request_submitted(pipeline.endpoint_id, options.priority)
     return request_id, position
 
 

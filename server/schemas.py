@@ -108,6 +108,22 @@ class Jwks(BaseModel):
     keys: list[Jwk]
 
 
+class NodeState(BaseModel):
+    """One Kiln process of the deployment, as its latest heartbeat in the queue describes it."""
+
+    role: Literal["serve", "api", "worker"] = Field(
+        description="`serve` (API and workers), `api` (`serve --no-workers`) or `worker` (`kiln worker`, no HTTP)"
+    )
+    url: str | None = Field(None, description="The base URL of its API; none for a worker")
+    hostname: str
+    version: str
+    workers: dict[str, str] = Field(description="Device -> `starting`, `ready`, `busy`, `failed: …` or `stopped`")
+    pipelines: dict[str, dict[str, str]] = Field(
+        description="Device -> endpoint id -> `loading`, `ready` or `error: …`: the endpoints it has warm"
+    )
+    last_seen_seconds: float = Field(description="Seconds since its last heartbeat")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
@@ -129,3 +145,13 @@ class Health(BaseModel):
     device_memory: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="CUDA device -> `total_gib` and `free_gib` now"
     )
+    node: str = Field("", description="This process's id in the pool of `nodes`")
+    nodes: dict[str, NodeState] = Field(
+        default_factory=dict,
+        description="Every live Kiln process sharing this queue (this one included), by node id",
+    )
+    queue: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Endpoint id -> `IN_QUEUE` and `IN_PROGRESS` counts across the whole pool (absent when 0)",
+    )
+    queue_error: str | None = Field(None, description="Why the queue could not be read, when it could not")

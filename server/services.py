@@ -13,12 +13,12 @@ from server.auth import KeyRing
 from server.config import Settings
 from server.context import MediaIO
 from server.fetch import FetchPolicy, UrlFetcher
-from server.files import FileStore
-from server.keys import TokenSigner, load_token_signer, load_webhook_key
+from server.storage import FileStorage, open_file_store
+from server.keys import TokenSigner, shared_token_signer, shared_webhook_key
 from server.maintenance import Maintenance
+from server.nodes import NodeHeartbeat
 from server.registry import Registry
-from server.store import JobStore
-from server.store.sqlite import SqliteJobStore
+from server.store import JobStore, open_store
 from server.webhooks import WebhookDispatcher, WebhookSigner
 from server.weights import WeightsLock, WeightsStore
 from server.worker import WorkerPool, resolve_devices
@@ -32,7 +32,7 @@ class Services:
     registry: Registry
     weights: WeightsStore
     store: JobStore
-    files: FileStore
+    files: FileStorage
     fetcher: UrlFetcher
     keys: KeyRing
     tokens: TokenSigner
@@ -40,15 +40,20 @@ class Services:
     pool: WorkerPool
     dispatcher: WebhookDispatcher
     maintenance: Maintenance
+    node: NodeHeartbeat
 
     @classmethod
     def start(cls, settings: Settings, registry: Registry) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(settings.cpu_threads)
-        store = SqliteJobStore(
-            settings.database_path, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
+        store = open_store(
+            settings.queue,
+            data_dir=settings.data_dir,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+            affinity_seconds=settings.affinity_seconds,
         )
-        files = FileStore(settings.files_dir, settings.base_url)
+        files = open_file_store(settings.storage_location, settings.base_url)
         fetcher = UrlFetcher(
             FetchPolicy(
                 allow_private=settings.allow_private_urls,
@@ -56,12 +61,13 @@ class Services:
                 max_bytes=settings.max_download_bytes,
             )
         )
-        webhook_signer = WebhookSigner(load_webhook_key(settings.data_dir))
+        webhook_signer = WebhookSigner(shared_webhook_key(store))
         weights = WeightsStore(settings.weights_store_dir, WeightsLock.load(settings.weights_lock))
-        devices = resolve_devices(settings.device)
+        devices = resolve_devices(settings.device) if settings.run_workers else []
+        node_id = uuid.uuid4().hex[:12]
         pool = WorkerPool(
             devices,
-            instance_id=uuid.uuid4().hex[:12],
+            instance_id=node_id,
             store=store,
             registry=registry,
             weights=weights,
@@ -85,7 +91,7 @@ class Services:
             files=files,
             fetcher=fetcher,
             keys=KeyRing(settings.api_keys),
-            tokens=load_token_signer(settings.data_dir),
+            tokens=shared_token_signer(store),
             webhook_signer=webhook_signer,
             pool=pool,
             dispatcher=WebhookDispatcher(
@@ -99,11 +105,28 @@ class Services:
             maintenance=Maintenance(
                 store, files, interval_seconds=settings.janitor_seconds, retention_seconds=settings.retention_seconds
             ),
+            node=NodeHeartbeat(
+                store,
+                pool,
+                node_id=node_id,
+                role=node_role(settings),
+                url=settings.base_url if settings.run_webhooks else None,
+                interval=settings.heartbeat_seconds,
+            ),
         )
         pool.start()
-        services.dispatcher.start()
+        if settings.run_webhooks:
+            services.dispatcher.start()
         services.maintenance.start()
-        logger.info("Kiln is serving at %s on %s", settings.base_url, ", ".join(map(str, devices)))
+        services.node.start()
+        logger.info(
+            "Kiln %s (node %s, queue %s) at %s on %s",
+            node_role(settings),
+            node_id,
+            "sqlite" if settings.queue in ("", "sqlite") else "shared",
+            settings.base_url,
+            ", ".join(map(str, devices)) or "no devices",
+        )
         return services
 
     def stop(self) -> None:
@@ -111,8 +134,16 @@ class Services:
         self.maintenance.stop()
         self.dispatcher.stop()
         self.pool.stop()
+        self.node.stop()
         self.fetcher.close()
         self.store.close()
+
+
+def node_role(settings: Settings) -> str:
+    """`serve` (the API and workers), `api` (`serve --no-workers`) or `worker` (`kiln worker`)."""
+    if not settings.run_webhooks:
+        return "worker"
+    return "serve" if settings.run_workers else "api"
 
 
 def warm_endpoints(registry: Registry, endpoint_ids: tuple[str, ...]) -> list[type[Pipeline]]:

@@ -29,8 +29,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from server import metrics
 from server.fetch import UrlFetcher
-from server.store import JobResult, JobStore, WebhookDelivery
+from server.store import JobResult, JobStore, QueueUnavailable, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class WebhookDispatcher(threading.Thread):
         self._lock = threading.Lock()
         self._in_flight: dict[str, WebhookDelivery] = {}
         # never more queued than free senders: a delivery is handed over only within `concurrency`
-        self._handed: queue.SimpleQueue[WebhookDelivery | None] = queue.SimpleQueue()
+        self._handed: queue.SimpleQueue[tuple[WebhookDelivery, float] | None] = queue.SimpleQueue()
         self._senders = [
             threading.Thread(target=self._send_loop, name=f"kiln-webhook-sender-{index}", daemon=True)
             for index in range(concurrency)
@@ -178,13 +179,14 @@ class WebhookDispatcher(threading.Thread):
             free -= 1
             with self._lock:
                 self._in_flight[delivery.request_id] = delivery
-            self._handed.put(delivery)
+            # the outcome must be recorded before the retry this attempt scheduled falls due
+            self._handed.put((delivery, time.monotonic() + retry_in - 1.0))
 
     def _send_loop(self) -> None:
-        while (delivery := self._handed.get()) is not None:
-            self._attempt(delivery)
+        while (handed := self._handed.get()) is not None:
+            self._attempt(*handed)
 
-    def _attempt(self, delivery: WebhookDelivery) -> None:
+    def _attempt(self, delivery: WebhookDelivery, record_by: float | None = None) -> None:
         """One delivery attempt and its outcome recorded; whatever happens, its slot is freed."""
         request_id = delivery.request_id
         attempts = delivery.attempts + 1
@@ -193,19 +195,34 @@ class WebhookDispatcher(threading.Thread):
                 error = self._send(delivery)
             except Exception as failure:  # a bad redirect, a broken receiver, a bug: this delivery's
                 error = f"{type(failure).__name__}: {failure}"
+            metrics.webhook_attempted(error is None)
             if error is None:
-                self._store.webhook_attempted(request_id, delivered=True, retry_in=None, error=None)
+                self._record(request_id, record_by, delivered=True, retry_in=None, error=None)
                 return
             error = error[:MAX_ERROR_CHARS]
             retry_in = retry_delay(attempts, self._first_retry) if attempts < self._max_attempts else None
             logger.warning("webhook for %s failed (attempt %d of %d): %s", request_id, attempts, self._max_attempts, error)
-            self._store.webhook_attempted(request_id, delivered=False, retry_in=retry_in, error=error)
+            self._record(request_id, record_by, delivered=False, retry_in=retry_in, error=error)
         except Exception as failure:
             logger.warning("webhook for %s: could not record the attempt (%s); it is retried later", request_id, failure)
         finally:
             with self._lock:
                 self._in_flight.pop(request_id, None)
             self._wake.set()
+
+    def _record(self, request_id: str, record_by: float | None, **outcome) -> None:
+        """Records an attempt's outcome, retrying while the queue cannot be reached (a shared queue
+        restarting) until `record_by`: once the retry the attempt scheduled is due, it is sent again."""
+        delay = 0.1
+        while True:
+            try:
+                self._store.webhook_attempted(request_id, **outcome)
+                return
+            except QueueUnavailable:
+                if record_by is None or time.monotonic() + delay >= record_by or self._stopping.is_set():
+                    raise
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
 
     def _send(self, delivery: WebhookDelivery) -> str | None:
         """POSTs the webhook once; None when the receiver took it (2xx), else what went wrong."""

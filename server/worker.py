@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 import server
+from server import metrics
 from pipelines.contract import (
     Cancelled,
     FieldError,
@@ -35,14 +36,18 @@ from pipelines.contract import (
     Weights,
 )
 from server.context import Interrupted, MediaIO, RunningRequest
-from server.errors import EndpointUnavailable
+from server.errors import ClientDisconnected, EndpointUnavailable
 from server.pipeline_cache import OUT_OF_MEMORY, PipelineCache
 from server.registry import Registry
-from server.store import Job, JobResult, JobStore
+from server.store import Job, JobResult, JobStore, QueueUnavailable
 
 logger = logging.getLogger(__name__)
 
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"
+
+# how long a worker keeps trying to store a result while the queue cannot be reached (a shared
+# queue restarting) before it gives up and leaves the request to run again once its lease expires
+COMPLETE_RETRY_SECONDS = 60.0
 
 
 class DeviceUnavailable(RuntimeError):
@@ -160,6 +165,10 @@ class Worker(threading.Thread):
         with self._running_lock:
             return dict(self._running)
 
+    def warm_endpoints(self) -> list[str]:
+        """The endpoints set up on this worker's device, which its claims prefer (server.store)."""
+        return [endpoint for endpoint, state in self.pipelines.states().items() if state == "ready"]
+
     def run(self) -> None:
         try:
             if self.device.type == "cuda":
@@ -173,7 +182,7 @@ class Worker(threading.Thread):
         self.state = "ready"
         while not self._stopping.is_set():
             try:
-                jobs = self._store.claim(self.worker_id, self._claim_limits)
+                jobs = self._store.claim(self.worker_id, self._claim_limits, warm=self.warm_endpoints())
             except Exception:
                 logger.exception("claiming from the queue failed; retrying")
                 time.sleep(1.0)
@@ -381,14 +390,14 @@ class Worker(threading.Thread):
         self._log(request, f"Completed in {inference_time:.3f}s")
         result = JobResult(status_code=200, body=body, metrics={"inference_time": inference_time})
         try:
-            self._store.complete(request.request_id, result)
+            self._complete(request, result)
         except Exception as error:
             self._fail(request, "complete", error)
 
     def _fail(self, request: RunningRequest, step: str, error: BaseException) -> None:
         """Completes the request with `error` in fal's shape and a status-log line naming the step."""
         if isinstance(error, Interrupted):
-            self._store.release([request.request_id])
+            self._store.release([request.request_id], worker_id=self.worker_id)
             return
         if isinstance(error, ValidationError) and step == "decode":
             # the stored inputs no longer validate (a schema changed since submit): the caller's to fix
@@ -404,13 +413,30 @@ class Worker(threading.Thread):
             error = request.cancellation
         self._log(request, error.message if isinstance(error, Cancelled) else f"{step} failed: {error.message}", "ERROR")
         try:
-            self._store.complete(request.request_id, JobResult.from_error(error))
+            self._complete(request, JobResult.from_error(error))
         except Exception:
             logger.critical(
                 "request %s: its failure could not be stored either; it runs again once its lease expires",
                 request.request_id,
                 exc_info=True,
             )
+
+    def _complete(self, request: RunningRequest, result: JobResult) -> None:
+        """Stores the result, waiting out a queue that cannot be reached for a while: the work is
+        done, and the heartbeat keeps the lease meanwhile."""
+        deadline = time.monotonic() + COMPLETE_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                self._store.complete(request.request_id, result)
+                metrics.request_completed(request.job, result.error_type)
+                return
+            except QueueUnavailable:
+                if time.monotonic() >= deadline or self._stopping.is_set():
+                    raise
+                logger.warning("request %s: the queue cannot be reached; retrying to store its result", request.request_id)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def _log(self, request: RunningRequest, message: str, level: str = "INFO") -> None:
         try:
@@ -482,6 +508,8 @@ class WorkerPool:
             for device in devices
         ]
         self._heartbeat = threading.Thread(target=self._beat, name="kiln-heartbeat", daemon=True)
+        # a cancellation requested on another node reaches the worker running the request at once
+        store.changes.on_cancel(self._cancelled_elsewhere)
 
     def start(self) -> None:
         for worker in self.workers:
@@ -502,6 +530,9 @@ class WorkerPool:
             request = worker.running().get(request_id)
             if request is not None:
                 request.cancel(reason or Cancelled())
+
+    def _cancelled_elsewhere(self, request_id: str, error_type: str) -> None:
+        self.cancel(request_id, ClientDisconnected() if error_type == ClientDisconnected.error_type else None)
 
     def states(self) -> dict[str, str]:
         """Device -> `starting`, `ready`, `busy`, `failed: <why>` or `stopped`."""

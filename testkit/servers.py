@@ -1,16 +1,20 @@
-"""Kiln servers for tests and benchmarks: free ports, `kiln serve` in a subprocess, waiting on a request."""
+"""Servers for tests and benchmarks: free ports, `kiln serve` and `redis-server` in subprocesses,
+waiting on a request."""
 
 from __future__ import annotations
 
 import os
 import signal
+import itertools
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import redis
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,3 +113,78 @@ def wait_completed(client, status_url: str, timeout: float = 30.0, **headers) ->
             return response.json()
         time.sleep(0.02)
     raise AssertionError(f"{status_url} did not complete in {timeout}s")
+
+
+class RedisServer:
+    """`redis-server` in a subprocess on a free port, its AOF in `folder`; it dies with the test process."""
+
+    _prefixes = itertools.count()
+
+    def __init__(self, folder: Path, binary: str = "redis-server", *extra_args: str, config: str = "") -> None:
+        self.folder = folder
+        self.binary = binary
+        # e.g. `--replicaof HOST PORT`; or `--sentinel`, with `config` the `sentinel monitor` lines
+        # (Sentinel rewrites its config file, so it must be one)
+        self.extra_args = extra_args
+        self.config = config
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log_path = folder / "redis-server.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def queue_url(self, prefix: str | None = None) -> str:
+        """A queue of its own on this server (`?prefix=`), for one test or one deployment."""
+        prefix = prefix or f"t{next(self._prefixes)}-{uuid.uuid4().hex[:8]}"
+        return f"{self.url}?prefix={prefix}"
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "redis.conf"
+        if not config.exists():
+            config.write_text(self.config)
+        command = [
+            self.binary, str(config), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no", *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(tied_to_this_process(command), stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+                try:
+                    if client.ping():
+                        return self
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start:\n{self.log_path.read_text()}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is flushed beyond what `appendfsync always` already wrote."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def restart(self) -> RedisServer:
+        """Starts again on the same port and AOF."""
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)

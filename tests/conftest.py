@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.registry import Registry
-from testkit.servers import KilnProcess
+from testkit.servers import KilnProcess, RedisServer
 from tests.fixtures.apps import TEST_PIPELINES, start_app, test_registry
+from tests.fixtures.redis_server import start_redis_server
 
 
 @pytest.fixture
@@ -46,12 +47,30 @@ def registry() -> Registry:
     return test_registry()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (AOF, fsync always); each test takes a queue of its own
+    on it (`redis_server.queue_url()`, a key prefix of its own)."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def make_client(tmp_path, registry) -> Iterator[callable]:
-    """Factory: `make_client(**settings)` -> a started TestClient; all are shut down after the test."""
+def queue_backend() -> str:
+    """The queue `make_client` servers use: `sqlite`; a module parametrises it to run on Redis too."""
+    return "sqlite"
+
+
+@pytest.fixture
+def make_client(tmp_path, registry, queue_backend, request) -> Iterator[callable]:
+    """Factory: `make_client(**settings)` -> a started TestClient; all are shut down after the test.
+    With `queue_backend` "redis", each server gets a queue of its own on the session's Redis."""
     clients: list[TestClient] = []
 
     def make(**overrides) -> TestClient:
+        if queue_backend == "redis" and "queue" not in overrides:
+            overrides["queue"] = request.getfixturevalue("redis_server").queue_url()
         client = start_app(tmp_path / f"data{len(clients)}", registry, **overrides)
         clients.append(client)
         return client

@@ -1,6 +1,7 @@
 """Health, the webhook public key, and one OpenAPI document per endpoint (as fal publishes)."""
 
 import logging
+import time
 from typing import Annotated, Any
 
 import torch
@@ -9,8 +10,10 @@ from fastapi import APIRouter, Query, Request, Response
 import server
 from server.deps import ServicesDep
 from server.errors import NotFound
+from server.nodes import READY_STATES, has_ready_worker
 from server.protocol import queue_base
-from server.schemas import ErrorBody, Health, Jwks
+from server.schemas import ErrorBody, Health, Jwks, NodeState
+from server.store import QueueUnavailable
 from server.services import Services
 
 logger = logging.getLogger(__name__)
@@ -23,13 +26,29 @@ SCHEMA_REF = "#/components/schemas/"
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(response: Response, services: ServicesDep) -> Health:
-    """200 once every worker is up; 503 while none is, or one has stopped or failed."""
+    """200 once every worker of this process is up and the pool can run requests; 503 while no
+    worker is up, one of this process's has stopped or failed, or the queue cannot be reached.
+
+    A node without workers (`kiln serve --no-workers`) is healthy while any node of the pool has a
+    worker up. `nodes` and `queue` show the whole pool, whichever node answers.
+    """
     workers = services.pool.states()
     endpoints = {
         pipeline.endpoint_id: pipeline.unavailable_reason(services.weights) or "available"
         for pipeline in services.registry
     }
-    healthy = bool(workers) and all(state in ("ready", "busy") for state in workers.values())
+    nodes, queue, queue_error = {}, {}, None
+    try:
+        nodes = services.node.pool()
+        queue = services.store.queue_depths()
+    except QueueUnavailable as error:
+        queue_error = error.message
+    now = time.time()
+    if services.settings.run_workers:
+        healthy = bool(workers) and all(state in READY_STATES for state in workers.values())
+    else:
+        healthy = has_ready_worker(nodes)
+    healthy = healthy and queue_error is None
     body = Health(
         status="ok" if healthy else "degraded",
         version=server.__version__,
@@ -40,6 +59,13 @@ def health(response: Response, services: ServicesDep) -> Health:
         broken_modules={broken.module: broken.error for broken in services.registry.broken},
         memory=memory_plans(services, workers),
         device_memory=device_memory(workers),
+        node=services.node.node_id,
+        nodes={
+            node: NodeState(**{**record, "last_seen_seconds": round(max(0.0, now - record["last_seen"]), 3)})
+            for node, record in nodes.items()
+        },
+        queue=queue,
+        queue_error=queue_error,
     )
     response.status_code = 200 if healthy else 503
     return body

@@ -12,16 +12,17 @@ Files over 100 MiB (Python) or 90 MiB (JS) come in 10 MiB parts:
   `PUT /cdn/multipart/{uploadId}/{n}?token=` (the JSON body answers `{partNumber, etag}`) and
   `POST /cdn/multipart/{uploadId}/complete?token=` with the same parts list.
 
-Every body streams to disk in blocks (server/files.py) within the per-file limit and the key's quota.
-Every stored file is served at `/files/{id}/{name}`.
+Every body streams to the store in blocks (server/files.py, server/storage/s3.py) within the per-file
+limit and the key's quota. Every stored file is served at `/files/{id}/{name}`, by every node.
 """
 
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -348,16 +349,36 @@ def complete_parts(services: Services, body: MultipartComplete, upload_id: str, 
     return UploadedFile(access_url=services.files.url(stored))
 
 
-@router.get("/files/{file_id}/{file_name}", response_class=FileResponse, responses={404: {"model": ErrorBody}})
-def download_file(services: ServicesDep, file_id: str, file_name: str) -> FileResponse:
+@router.get(
+    "/files/{file_id}/{file_name}",
+    response_class=FileResponse,
+    responses={307: {"description": "The file is at `Location` (an object store's presigned or public URL)"}, 404: {"model": ErrorBody}},
+)
+def download_file(services: ServicesDep, file_id: str, file_name: str) -> Response:
+    """The stored file: from local disk, streamed from the object store, or a redirect to it
+    (`KILN_S3_URLS`)."""
     stored = services.files.open(file_id)
     if stored is None:
         raise NotFound("File not found")
     inline = stored.content_type in INLINE_TYPES
-    return FileResponse(
-        stored.path,
-        media_type=stored.content_type if inline else "application/octet-stream",
-        filename=stored.file_name,
-        content_disposition_type="inline" if inline else "attachment",
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=31536000, immutable"},
-    )
+    media_type = stored.content_type if inline else "application/octet-stream"
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=31536000, immutable"}
+    if stored.path is not None:
+        return FileResponse(
+            stored.path,
+            media_type=media_type,
+            filename=stored.file_name,
+            content_disposition_type="inline" if inline else "attachment",
+            headers=headers,
+        )
+    location = services.files.redirect_url(stored)
+    if location is not None:
+        # the address changes with every presigning: only the Kiln URL is cached
+        return RedirectResponse(location, status_code=307, headers={"Cache-Control": "private, max-age=60"})
+    body = services.files.iter_bytes(stored)
+    if body is None:
+        raise NotFound("File not found")
+    disposition, quoted = "inline" if inline else "attachment", quote(stored.file_name)
+    name = f'filename="{stored.file_name}"' if quoted == stored.file_name else f"filename*=utf-8''{quoted}"
+    headers.update({"Content-Length": str(stored.size), "Content-Disposition": f"{disposition}; {name}"})
+    return StreamingResponse(body, media_type=media_type, headers=headers)

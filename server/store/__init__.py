@@ -25,6 +25,18 @@ and nothing else is leased while it runs, so a second death is certainly its own
 suspect rule, all but the first of those times it ran alone, so it is the likely cause.
 Completion is idempotent: the first result wins and only that completion schedules a webhook.
 
+Affinity. A worker passes the endpoints it has set up (`claim(warm=...)`). When the head of the queue
+is of a cold endpoint and has waited less than `affinity_seconds`, the worker takes instead the first
+request of its warm endpoints at the head's priority, so a GPU keeps serving the model it holds
+instead of loading another one. Priorities stay strict, and no request is passed over once it has
+waited `affinity_seconds`, so affinity delays a request by at most that long; without `warm` (one
+worker, or a worker with nothing set up) the order above is exact.
+
+Nodes. Several Kiln processes may share one store (a network backend): each registers itself with a
+heartbeat (`heartbeat_node`) and `nodes` lists those alive, for `/health` on any of them. Secrets
+every node must agree on (the webhook signing key, the upload-token key) come from the store
+(`shared_secret`).
+
 Webhooks are delivered at least once. Each attempt is recorded (`webhook_sending`) before it is
 sent, with the time of the next try, so a delivery interrupted by a crash is retried, never lost;
 a crash after the receiver got it and before `webhook_attempted` recorded that means a second
@@ -36,8 +48,9 @@ from __future__ import annotations
 import abc
 import enum
 import urllib.parse
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from server.errors import KilnError
@@ -59,6 +72,16 @@ class Priority(enum.IntEnum):
 
 class StoreClosed(RuntimeError):
     """The store was closed (the server is shutting down)."""
+
+
+class QueueUnavailable(KilnError):
+    """The queue's server cannot be reached (a network backend restarting); retrying helps.
+
+    503, which both official clients retry, unlike the codes of failures no retry can fix.
+    """
+
+    status_code = 503
+    error_type = "queue_unavailable"
 
 
 class CancelOutcome(str, enum.Enum):
@@ -224,11 +247,19 @@ class JobStore(abc.ABC):
     # -- workers -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def claim(self, worker_id: str, batch_limits: Mapping[str, int], *, default_batch: int = 1) -> list[Job]:
+    def claim(
+        self,
+        worker_id: str,
+        batch_limits: Mapping[str, int],
+        *,
+        default_batch: int = 1,
+        warm: Collection[str] = (),
+    ) -> list[Job]:
         """Leases the next job and up to `batch_limits[endpoint] - 1` queued jobs of its endpoint.
 
         A suspect (a job whose worker died while running it) is leased alone, and only once no
-        other job is running; while it runs nothing else is leased (empty list).
+        other job is running; while it runs nothing else is leased (empty list). `warm` names the
+        endpoints the worker has set up: see Affinity in the module docstring.
         """
 
     @abc.abstractmethod
@@ -242,8 +273,9 @@ class JobStore(abc.ABC):
         """Extends the worker's leases; returns the ids among them whose cancellation was requested."""
 
     @abc.abstractmethod
-    def release(self, request_ids: Sequence[str]) -> None:
-        """Puts interrupted jobs back in the queue uncharged, their claim not counted (graceful shutdown)."""
+    def release(self, request_ids: Sequence[str], *, worker_id: str | None = None) -> None:
+        """Puts interrupted jobs back in the queue uncharged, their claim not counted (graceful
+        shutdown); with `worker_id`, only those that worker still holds."""
 
     @abc.abstractmethod
     def complete(self, request_id: str, result: JobResult) -> bool:
@@ -295,6 +327,26 @@ class JobStore(abc.ABC):
     def close(self) -> None:
         """Releases the store; later calls raise StoreClosed instead of touching freed resources."""
 
+    # -- the nodes sharing this store, and what they must agree on ---------------------------
+
+    @abc.abstractmethod
+    def heartbeat_node(self, node_id: str, record: Mapping[str, Any]) -> None:
+        """Records that the node is alive, with what `/health` shows of it (role, workers, warm
+        endpoints); a node not heard of for `NODE_TIMEOUT_SECONDS` is gone."""
+
+    @abc.abstractmethod
+    def forget_node(self, node_id: str) -> None:
+        """Removes a node that is stopping."""
+
+    @abc.abstractmethod
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """Node id -> its latest record plus `last_seen` (a timestamp), for the nodes alive."""
+
+    @abc.abstractmethod
+    def shared_secret(self, name: str, create: Callable[[], bytes]) -> bytes:
+        """The secret `name` every node of the deployment uses, made with `create` by whichever
+        node asks first."""
+
     # -- the web pages: a key's history and the home page's queue depths (server/routes/ui.py) --
 
     @abc.abstractmethod
@@ -313,3 +365,38 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Endpoint -> `{"IN_QUEUE": n, "IN_PROGRESS": m}` for every endpoint with jobs waiting or running."""
+
+
+# a node whose heartbeat is older than this is gone from `nodes()`
+NODE_TIMEOUT_SECONDS = 15.0
+
+
+def open_store(
+    queue: str,
+    *,
+    data_dir: Path,
+    lease_seconds: float,
+    max_attempts: int,
+    affinity_seconds: float = 10.0,
+) -> JobStore:
+    """The store `--queue` names: `sqlite` (the embedded default, in the data dir) or
+    `redis://HOST:PORT/DB` (also `rediss://` for TLS, `redis+sentinel://HOST:PORT,.../SERVICE/DB`
+    for the primary that Redis Sentinel names; `?prefix=NAME` keeps several deployments
+    apart on one Redis)."""
+    if queue in ("", "sqlite"):
+        from server.store.sqlite import SqliteJobStore
+
+        return SqliteJobStore(
+            data_dir / "queue.sqlite3",
+            lease_seconds=lease_seconds,
+            max_attempts=max_attempts,
+            affinity_seconds=affinity_seconds,
+            secrets_dir=data_dir / "keys",
+        )
+    if queue.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        from server.store.redis import RedisJobStore
+
+        return RedisJobStore.from_url(
+            queue, lease_seconds=lease_seconds, max_attempts=max_attempts, affinity_seconds=affinity_seconds
+        )
+    raise ValueError(f"--queue {queue!r}: use `sqlite` or a URL like redis://HOST:6379/0")

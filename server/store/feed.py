@@ -1,7 +1,9 @@
 """Wake-ups for things that wait on a job: status streams and sync runs (asyncio), workers (threads).
 
 Writers call `publish` from any thread. A waiter `subscribe`s before it reads the job, so a change
-that lands between the read and the wait is never missed.
+that lands between the read and the wait is never missed. A store shared by several processes feeds
+the changes other nodes make into each node's feed as well (server/store/redis.py), including
+cancellations of running requests, which `on_cancel` listeners (the worker pool) act on.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -39,6 +41,7 @@ class ChangeFeed:
         self._work_pending = False
         # set when a start deadline is added, so the thread that enforces them re-plans its sleep
         self.schedule_changed = threading.Event()
+        self._cancel_listeners: list[Callable[[str, str], None]] = []
 
     @contextmanager
     def subscribe(self, request_id: str) -> Iterator[Subscription]:
@@ -59,6 +62,23 @@ class ChangeFeed:
             subscribers = tuple(self._subscribers.get(request_id, ()))
         for subscription in subscribers:
             subscription._fire()
+
+    def publish_everything(self) -> None:
+        """Wakes every waiter: changes may have been missed (a connection to a shared store was lost)."""
+        with self._lock:
+            subscribers = [subscription for group in self._subscribers.values() for subscription in group]
+        for subscription in subscribers:
+            subscription._fire()
+        self.publish_work()
+        self.schedule_changed.set()
+
+    def on_cancel(self, listener: Callable[[str, str], None]) -> None:
+        """Calls `listener(request_id, error_type)` when a running request's cancellation is requested."""
+        self._cancel_listeners.append(listener)
+
+    def publish_cancel(self, request_id: str, error_type: str) -> None:
+        for listener in tuple(self._cancel_listeners):
+            listener(request_id, error_type)
 
     def publish_work(self) -> None:
         with self._work:

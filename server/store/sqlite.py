@@ -25,12 +25,13 @@ import threading
 import time
 from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from server.errors import Cancelled, KilnError, QueueFull, StartTimeout
 from server.store import (
+    NODE_TIMEOUT_SECONDS,
     CancelOutcome,
     Job,
     JobInfo,
@@ -44,6 +45,7 @@ from server.store import (
     WebhookDelivery,
     webhook_destination,
 )
+from server.keys import read_or_create
 from server.store.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
@@ -127,12 +129,18 @@ class SqliteJobStore(JobStore):
         *,
         lease_seconds: float,
         max_attempts: int,
+        affinity_seconds: float = 10.0,
+        secrets_dir: Path | None = None,
         clock=time.time,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
+        self._affinity_seconds = affinity_seconds
+        self._secrets_dir = secrets_dir or path.parent / "keys"
+        # one process owns the data dir, so the nodes sharing this store are this process's
+        self._nodes: dict[str, dict[str, Any]] = {}
         self._clock = clock
         self._lock_file = _lock_exclusively(path.with_suffix(".lock"))
         self._write_lock = threading.Lock()
@@ -300,7 +308,14 @@ class SqliteJobStore(JobStore):
 
     # -- workers ---------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, batch_limits: Mapping[str, int], *, default_batch: int = 1) -> list[Job]:
+    def claim(
+        self,
+        worker_id: str,
+        batch_limits: Mapping[str, int],
+        *,
+        default_batch: int = 1,
+        warm: Collection[str] = (),
+    ) -> list[Job]:
         def lease(db: sqlite3.Connection) -> list[str]:
             now = self._clock()
             on_time = "(start_deadline IS NULL OR start_deadline >= ?)"
@@ -317,19 +332,34 @@ class SqliteJobStore(JobStore):
                 ids = [head[0]]
             else:
                 head = db.execute(
-                    f"SELECT request_id, endpoint, priority, fair_round FROM jobs WHERE status = 'IN_QUEUE' "
+                    f"SELECT request_id, endpoint, priority, fair_round, created_at FROM jobs WHERE status = 'IN_QUEUE' "
                     f"AND {on_time} ORDER BY priority, fair_round, seq LIMIT 1",
                     (now,),
                 ).fetchone()
                 if head is None:
                     return []
-                limit = max(1, batch_limits.get(head[1], default_batch))
+                first = head
+                if warm and head[1] not in warm and head[4] > now - self._affinity_seconds:
+                    # the first request of a warm endpoint at the head's priority (see server.store)
+                    candidates = [
+                        db.execute(
+                            f"SELECT request_id, endpoint, fair_round, seq FROM jobs WHERE status = 'IN_QUEUE' "
+                            f"AND endpoint = ? AND priority = ? AND crashes = 0 AND {on_time} "
+                            "ORDER BY fair_round, seq LIMIT 1",
+                            (endpoint, head[2], now),
+                        ).fetchone()
+                        for endpoint in sorted(warm)
+                    ]
+                    candidates = [row for row in candidates if row is not None]
+                    if candidates:
+                        first = min(candidates, key=lambda row: (row[2], row[3]))
+                limit = max(1, batch_limits.get(first[1], default_batch))
                 followers = db.execute(
                     f"SELECT request_id FROM jobs WHERE status = 'IN_QUEUE' AND endpoint = ? AND request_id != ? "
                     f"AND crashes = 0 AND {on_time} ORDER BY priority, fair_round, seq LIMIT ?",
-                    (head[1], head[0], now, limit - 1),
+                    (first[1], first[0], now, limit - 1),
                 ).fetchall()
-                ids = [head[0], *(row[0] for row in followers)]
+                ids = [first[0], *(row[0] for row in followers)]
             db.executemany(
                 "UPDATE jobs SET status = 'IN_PROGRESS', lease_owner = ?, lease_expires = ?, running = 0, "
                 "attempts = attempts + 1, started_at = ? WHERE request_id = ?",
@@ -376,14 +406,17 @@ class SqliteJobStore(JobStore):
 
         return self._write(extend)
 
-    def release(self, request_ids: Sequence[str]) -> None:
+    def release(self, request_ids: Sequence[str], *, worker_id: str | None = None) -> None:
         def requeue(db: sqlite3.Connection) -> None:
             for request_id in request_ids:
-                db.execute(
+                cursor = db.execute(
                     "UPDATE jobs SET status = 'IN_QUEUE', lease_owner = NULL, lease_expires = NULL, running = 0, "
-                    "attempts = MAX(attempts - 1, 0) WHERE request_id = ? AND status = 'IN_PROGRESS'",
-                    (request_id,),
+                    "attempts = MAX(attempts - 1, 0) WHERE request_id = ? AND status = 'IN_PROGRESS' "
+                    "AND (? IS NULL OR lease_owner = ?)",
+                    (request_id, worker_id, worker_id),
                 )
+                if cursor.rowcount != 1:
+                    continue
                 db.execute(
                     "INSERT INTO logs (request_id, timestamp, level, message) VALUES (?, ?, 'WARN', ?)",
                     (request_id, self._clock(), "Interrupted by a server shutdown; requeued"),
@@ -618,13 +651,30 @@ class SqliteJobStore(JobStore):
         return [_info_from_row(row) for row in rows]
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
-        depths: dict[str, dict[str, int]] = {}
-        for endpoint, status, count in self._reader.execute(
-            "SELECT endpoint, status, COUNT(*) FROM jobs WHERE status IN ('IN_QUEUE', 'IN_PROGRESS') "
-            "GROUP BY endpoint, status"
+        # waiting jobs from the in-memory index, running ones through the leases' partial index:
+        # /health reads this on every probe, so never a scan of the completed jobs
+        depths = {endpoint: {JobStatus.IN_QUEUE.value: count} for endpoint, count in self._queue.counts().items()}
+        for endpoint, count in self._reader.execute(
+            "SELECT endpoint, COUNT(*) FROM jobs WHERE status = 'IN_PROGRESS' GROUP BY endpoint"
         ).fetchall():
-            depths.setdefault(endpoint, {})[status] = count
+            depths.setdefault(endpoint, {})[JobStatus.IN_PROGRESS.value] = count
         return depths
+
+    # -- nodes and secrets: one process owns the data dir --------------------------------------
+
+    def heartbeat_node(self, node_id: str, record: Mapping[str, Any]) -> None:
+        self._nodes[node_id] = {**record, "last_seen": self._clock()}
+
+    def forget_node(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        oldest = self._clock() - NODE_TIMEOUT_SECONDS
+        return {node: dict(record) for node, record in list(self._nodes.items()) if record["last_seen"] >= oldest}
+
+    def shared_secret(self, name: str, create: Callable[[], bytes]) -> bytes:
+        """A file in the data dir's keys/ folder, owner-only, kept across restarts."""
+        return read_or_create(self._secrets_dir / name, create)
 
 
 class _StoredResult:
@@ -757,6 +807,10 @@ class _QueueIndex:
     def count(self, endpoint: str) -> int:
         with self._lock:
             return self._per_endpoint[endpoint]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {endpoint: count for endpoint, count in self._per_endpoint.items() if count > 0}
 
 
 class _RankedKeys:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.store import JobResult, NewJob, Priority
+from server.store.redis import RedisJobStore
 from server.store.sqlite import SqliteJobStore
 from tests.fixtures.apps import occupy_worker, submit
 
@@ -17,8 +18,8 @@ CANCELLED = JobResult(status_code=499, body={"detail": "cancelled"}, error="canc
 
 @pytest.fixture
 def store(tmp_path):
-    """A queue in memory-backed storage where there is some (fsync is then cheap: thousands of
-    submits take a second), else in the test's folder."""
+    """A SQLite queue in memory-backed storage where there is some (fsync is then cheap: thousands
+    of submits take a second), else in the test's folder."""
     shm = Path("/dev/shm")
     folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() and os.access(shm, os.W_OK) else tmp_path
     opened = SqliteJobStore(folder / "queue.sqlite3", lease_seconds=30, max_attempts=3)
@@ -28,6 +29,16 @@ def store(tmp_path):
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_store(request):
+    """The fairness rules hold on every backend."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("store")
+    opened = RedisJobStore.from_url(request.getfixturevalue("redis_server").queue_url(), lease_seconds=30, max_attempts=3)
+    request.addfinalizer(opened.close)
+    return opened
 
 
 def new(request_id: str, owner: str, priority: Priority = Priority.NORMAL) -> NewJob:
@@ -43,9 +54,10 @@ def claim_all(store) -> list[str]:
     return order
 
 
-def test_keys_take_turns_within_a_priority_and_positions_follow_that_order(store):
+def test_keys_take_turns_within_a_priority_and_positions_follow_that_order(any_store):
     """Bug (#11): requests were served strictly by arrival, so a key that queued 8000 requests put
     another key's next request at position 7955. Within a priority, keys now take turns."""
+    store = any_store
     alpha = [f"a{i}" for i in range(30)]
     for request_id in alpha:
         store.submit(new(request_id, "alpha"))
@@ -61,7 +73,8 @@ def test_keys_take_turns_within_a_priority_and_positions_follow_that_order(store
     assert store.queue_position("a0") is None  # not queued any more
 
 
-def test_a_key_that_empties_its_backlog_is_not_sent_to_the_back(store):
+def test_a_key_that_empties_its_backlog_is_not_sent_to_the_back(any_store):
+    store = any_store
     for i in range(20):
         store.submit(new(f"a{i}", "alpha"))
     for i in range(20):

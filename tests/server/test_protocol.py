@@ -14,6 +14,11 @@ from testkit.servers import wait_completed
 from tests.fixtures.apps import STEPS, occupy_worker, submit
 
 
+# the tests of what the queue decides also run on a Redis queue (`queue_backend`, tests/conftest.py)
+on_both_queues = pytest.mark.parametrize("queue_backend", ["sqlite", "redis"])
+
+
+@on_both_queues
 def test_submit_status_result_round_trip(client):
     queued = submit(client, {"steps": 2, "tag": "hello"})
     assert queued["status"] == "IN_QUEUE" and queued["queue_position"] == 0
@@ -33,6 +38,7 @@ def test_submit_status_result_round_trip(client):
     assert set(provenance["timings"]) >= {"decode", "predict", "encode"}
 
 
+@on_both_queues
 def test_status_codes_keys_and_spellings(client):
     blocker = occupy_worker(client)
     waiting = submit(client)
@@ -57,6 +63,7 @@ def test_status_codes_keys_and_spellings(client):
     assert done.json()["status"] == "COMPLETED"
 
 
+@on_both_queues
 def test_progress_shows_in_logs(client):
     queued = submit(client, {"steps": 4})
     wait_completed(client, queued["status_url"])
@@ -113,6 +120,7 @@ def test_oversized_body_is_413(make_client):
     assert response.status_code == 413 and response.json()["error_type"] == "payload_too_large"
 
 
+@on_both_queues
 def test_failed_request_is_completed_with_error(client):
     queued = submit(client, {"fail_with": "error"})
     done = wait_completed(client, queued["status_url"])
@@ -131,6 +139,7 @@ def test_out_of_memory_fails_the_request_and_the_worker_carries_on(client):
     assert client.get(after["response_url"]).json()["tag"] == "after"
 
 
+@on_both_queues
 def test_cancel_queued_running_and_completed(client):
     blocker = occupy_worker(client)
     queued = submit(client)
@@ -151,6 +160,7 @@ def test_cancel_queued_running_and_completed(client):
     assert again.status_code == 400 and again.json() == {"status": "ALREADY_COMPLETED"}
 
 
+@on_both_queues
 def test_priority_low_runs_after_normal(make_client):
     client = make_client(max_batch_size=1)
     blocker = occupy_worker(client)
@@ -167,6 +177,7 @@ def test_priority_low_runs_after_normal(make_client):
     assert started["normal"] < started["unknown"] < started["low"]
 
 
+@on_both_queues
 def test_max_queue_length_is_429(client):
     blocker = occupy_worker(client)
     submit(client)
@@ -177,6 +188,7 @@ def test_max_queue_length_is_429(client):
     client.put(blocker["cancel_url"])
 
 
+@on_both_queues
 def test_start_timeout_expires_waiting_request(make_client):
     client = make_client(janitor_seconds=0.05)
     blocker = occupy_worker(client)
@@ -189,6 +201,7 @@ def test_start_timeout_expires_waiting_request(make_client):
     client.put(blocker["cancel_url"])
 
 
+@on_both_queues
 def test_compatible_waiting_requests_run_as_one_batch(client):
     blocker = occupy_worker(client)
     batch = [submit(client, {"steps": 2, "tag": f"b{i}"}) for i in range(3)]
@@ -202,6 +215,7 @@ def test_compatible_waiting_requests_run_as_one_batch(client):
     assert [r["tag"] for r in results] == ["b0", "b1", "b2", "odd"]
 
 
+@on_both_queues
 def test_sync_run_returns_output_and_errors_directly(client):
     response = client.post("/run/kiln-test/steps", json={"steps": 1, "tag": "sync"})
     assert response.status_code == 200 and response.json()["tag"] == "sync"
@@ -240,6 +254,7 @@ class TestKeys:
         assert keyed.post(STEPS, json={}, headers={"Authorization": "Key alice:wrong"}).status_code == 401
         assert keyed.post(STEPS, json={}, headers={"Authorization": "Bearer alice:secret-a"}).status_code == 401
 
+    @on_both_queues
     def test_one_key_cannot_see_another_keys_request(self, keyed):
         alice = {"Authorization": "Key alice:secret-a"}
         bob = {"Authorization": "Key bob:secret-b"}
@@ -256,6 +271,7 @@ class TestKeys:
         assert keyed.get(queued["response_url"], headers=alice).status_code == 200
 
 
+@on_both_queues
 def test_status_stream_sends_changes_until_completed(client):
     queued = submit(client, {"steps": 3, "step_seconds": 0.05})
     events = []
@@ -381,6 +397,7 @@ def test_a_path_nothing_serves_is_404_in_fals_shape(client):
         assert response.json()["error_type"] == "not_found" and response.headers["x-fal-error-type"] == "not_found"
 
 
+@on_both_queues
 def test_a_sync_run_whose_caller_went_away_says_so(client):
     """The running request of a disconnected `/run` caller was completed as a plain cancellation."""
     blocker = occupy_worker(client)

@@ -6,6 +6,8 @@ import statistics
 import time
 import uuid
 
+import pytest
+
 from server.store import NewJob
 from tests.fixtures.apps import occupy_worker, submit
 
@@ -21,6 +23,7 @@ def median_seconds(read, times: int = 5) -> float:
     return statistics.median(samples)
 
 
+@pytest.mark.parametrize("queue_backend", ["sqlite", "redis"])
 def test_polling_a_request_with_a_60_mb_payload_is_as_quick_as_a_small_one(make_client):
     """Bug (#10): every status read loaded and parsed the request's whole payload: with 90 MB each
     poll took 0.5 s, and `/health` stalled 0.4 s in every second while a sync run waited on one.

@@ -1,4 +1,8 @@
-"""fal's upload protocol over HTTP, and how stored files are served back."""
+"""fal's upload protocol over HTTP, and how stored files are served back.
+
+Every test that takes `client`, `make_client` or `storage` runs twice: on local disk (the default
+`--storage`) and on an S3-compatible store (moto's server, tests/fixtures/s3_server.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import tracemalloc
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from server.cli import build_parser, settings_from_args
 from server.config import Settings
@@ -15,8 +20,41 @@ from server.files import STALE_PART_SECONDS, FileStore, UploadLimits
 from testkit.images import gradient_image, png_bytes
 from tests.fixtures.apps import start_app
 from tests.fixtures.live_server import served_in_thread
+from tests.fixtures.s3_server import moto_s3
 
 MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    with moto_s3() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, monkeypatch) -> dict:
+    """The Settings overrides of one storage backend: none (local disk), or a fresh bucket."""
+    if request.param == "local":
+        return {}
+    server = request.getfixturevalue("s3_server")
+    for name, value in server.environment.items():
+        monkeypatch.setenv(name, value)
+    return {"storage": server.new_bucket()}
+
+
+@pytest.fixture
+def make_client(tmp_path, registry, storage):
+    """conftest's `make_client` on the backend `storage` names."""
+    clients = []
+
+    def make(**overrides):
+        client = start_app(tmp_path / f"data{len(clients)}", registry, **{**storage, **overrides})
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 def path_of(url: str) -> str:
@@ -49,6 +87,7 @@ def test_cdn_token_then_upload(client):
     assert served.headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.parametrize("storage", [{}], ids=["local"])  # refused before any storage is touched
 def test_upload_needs_a_valid_token(client):
     assert client.post("/cdn/files/upload", content=b"x", headers={"Authorization": "Bearer forged.token"}).status_code == 401
     assert client.post("/cdn/files/upload", content=b"x", headers={"Authorization": "Bearer \xf1.\xfc".encode("latin-1")}).status_code == 401
@@ -178,11 +217,11 @@ def test_upload_limits_have_flags_and_documented_defaults(monkeypatch):
     assert (chosen.max_upload_bytes, chosen.upload_quota_bytes, chosen.upload_quota_files) == (2 * MIB, 3.5 * MIB, 4)
 
 
-def test_upload_bodies_stream_to_disk(tmp_path, registry):
+def test_upload_bodies_stream_to_disk(tmp_path, registry, storage):
     """Issue 10 item 19: upload bodies were held in memory whole (12 uploads of 90 MB added 800 MB
     of RSS). Over real HTTP, a 48 MiB upload may raise the server's peak allocation by a few MiB."""
     size, block = 48 * MIB, os.urandom(MIB)
-    with served_in_thread(tmp_path / "data", registry) as base, httpx.Client(base_url=base, timeout=60) as http:
+    with served_in_thread(tmp_path / "data", registry, **storage) as base, httpx.Client(base_url=base, timeout=60) as http:
         token = http.post("/rest/storage/auth/token", json={}).json()["token"]
         tracemalloc.start()
         try:

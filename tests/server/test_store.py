@@ -1,4 +1,5 @@
-"""The SQLite queue on its own: ordering, batching, leases, attempts, idempotent completion."""
+"""The queue on its own, on each backend (SQLite, Redis): ordering, batching, leases, attempts,
+idempotent completion."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from server.errors import QueueFull
 from server.store import CancelOutcome, JobResult, JobStatus, NewJob, Priority
+from server.store.redis import RedisJobStore
 from server.store.sqlite import DataDirLocked, SqliteJobStore
 
 
@@ -24,12 +26,22 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def open_store(tmp_path, clock):
-    stores = []
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request) -> str:
+    return request.param
 
-    def open_(max_attempts: int = 3) -> SqliteJobStore:
-        store = SqliteJobStore(tmp_path / "queue.sqlite3", lease_seconds=30, max_attempts=max_attempts, clock=clock)
+
+@pytest.fixture
+def open_store(tmp_path, clock, backend, request):
+    """Opens the test's queue (again: the same queue) on the backend under test."""
+    stores = []
+    queue_url = request.getfixturevalue("redis_server").queue_url() if backend == "redis" else None
+
+    def open_(max_attempts: int = 3):
+        if backend == "redis":
+            store = RedisJobStore.from_url(queue_url, lease_seconds=30, max_attempts=max_attempts, clock=clock)
+        else:
+            store = SqliteJobStore(tmp_path / "queue.sqlite3", lease_seconds=30, max_attempts=max_attempts, clock=clock)
         stores.append(store)
         return store
 
@@ -178,7 +190,21 @@ def test_start_deadline_expires_queued_jobs(open_store, clock):
     assert result.status_code == 504 and result.error_type == "request_timeout"
 
 
-def test_reopening_requeues_jobs_left_running(open_store, tmp_path, clock):
+def worker_died(store, open_store, backend, clock):
+    """The store as the next process sees it after the one running the workers died: SQLite's
+    owner reopens it (and requeues what was left running); on a shared queue the dead worker's
+    leases expire and the janitor reclaims them."""
+    if backend == "sqlite":
+        store.close()
+        return open_store()
+    clock.now += 31
+    store.recover()
+    return store
+
+
+def test_reopening_requeues_jobs_left_running(open_store, tmp_path, clock, backend):
+    if backend != "sqlite":
+        pytest.skip("one process owns a SQLite queue; a shared queue outlives its nodes (leases expire instead)")
     store = open_store()
     store.submit(job("a"))
     store.submit(job("b"))
@@ -191,7 +217,9 @@ def test_reopening_requeues_jobs_left_running(open_store, tmp_path, clock):
     assert reopened.get("a").attempts == 2
 
 
-def test_one_process_per_data_dir(open_store):
+def test_one_process_per_data_dir(open_store, backend):
+    if backend != "sqlite":
+        pytest.skip("a shared queue is shared")
     open_store()
     with pytest.raises(DataDirLocked):
         open_store()
@@ -210,7 +238,7 @@ def test_purge_removes_old_completed_jobs_with_their_logs(open_store, clock):
     assert store.get("waiting") is not None
 
 
-def test_a_suspect_runs_alone_and_nothing_runs_beside_it(open_store, clock):
+def test_a_suspect_runs_alone_and_nothing_runs_beside_it(open_store, clock, backend):
     """Bug (#7): a death was charged to every job its worker had claimed. Now only the jobs marked
     running are charged; each becomes a suspect, leased alone once nothing else runs, with nothing
     leased beside it, so a second death is certainly its own."""
@@ -220,8 +248,7 @@ def test_a_suspect_runs_alone_and_nothing_runs_beside_it(open_store, clock):
     assert [j.request_id for j in store.claim("w", {"e/a": 4})] == list("abcd")
     store.mark_running("w", list("abcd"))
     store.mark_running("w", list("bcd"), running=False)  # decoded, waiting for the device
-    store.close()
-    store = open_store()  # the process died: `a` was running, the others waited
+    store = worker_died(store, open_store, backend, clock)  # `a` was running, the others waited
     assert "strike 1 of 3" in store.logs("a")[-1].message
     assert all("not counted" in store.logs(rid)[-1].message for rid in "bcd")
     assert [j.request_id for j in store.claim("w1", {"e/a": 4})] == ["a"]
@@ -283,7 +310,9 @@ INSERT INTO webhooks (request_id, url, next_attempt_at) VALUES ('done', 'https:/
 """
 
 
-def test_a_queue_written_by_the_previous_version_is_upgraded_in_place(open_store, tmp_path):
+def test_a_queue_written_by_the_previous_version_is_upgraded_in_place(open_store, tmp_path, backend):
+    if backend != "sqlite":
+        pytest.skip("SQLite's schema migration")
     with sqlite3.connect(tmp_path / "queue.sqlite3") as db:
         db.executescript(OLD_SCHEMA)
     store = open_store()
@@ -293,3 +322,62 @@ def test_a_queue_written_by_the_previous_version_is_upgraded_in_place(open_store
     assert (delivery.request_id, delivery.owner, delivery.destination) == ("done", "o", "hooks.example.com:443")
     store.submit(job("new"))
     assert [j.request_id for j in store.claim("w", {"e/a": 2})] == ["queued", "new"]
+
+
+def test_a_worker_with_a_warm_endpoint_takes_its_requests_first_for_a_while(open_store, clock):
+    """Affinity: a worker that has an endpoint set up takes that endpoint's requests before a cold
+    endpoint's head, at the head's priority only, and only while the head has waited less than
+    `affinity_seconds` (10 s); without `warm` the order is exact."""
+    store = open_store()
+    store.submit(job("cold", "e/cold"))
+    store.submit(job("warm-low", "e/warm", priority=Priority.LOW))
+    assert [j.request_id for j in store.claim("w", {}, warm=["e/warm"])] == ["cold"]  # priorities stay strict
+    store.submit(job("cold-2", "e/cold"))
+    store.submit(job("warm-1", "e/warm"))
+    store.submit(job("warm-2", "e/warm"))
+    assert [j.request_id for j in store.claim("w", {"e/warm": 4}, warm=["e/warm"])] == ["warm-1", "warm-2", "warm-low"]
+    store.submit(job("warm-3", "e/warm"))
+    clock.now += 11  # cold-2 has waited long enough: it goes first now
+    assert [j.request_id for j in store.claim("w", {}, warm=["e/warm"])] == ["cold-2"]
+    assert [j.request_id for j in store.claim("w", {})] == ["warm-3"]
+
+
+def test_release_by_a_worker_leaves_another_workers_lease_alone(open_store, clock):
+    store = open_store()
+    store.submit(job("a"))
+    store.claim("w1", {})
+    store.release(["a"], worker_id="w2")
+    assert store.get("a").status is JobStatus.IN_PROGRESS
+    store.release(["a"], worker_id="w1")
+    requeued = store.get("a")
+    assert requeued.status is JobStatus.IN_QUEUE and requeued.attempts == 0
+    assert store.logs("a")[-1].message == "Interrupted by a server shutdown; requeued"
+
+
+def test_queue_depths_and_history(open_store, clock):
+    store = open_store()
+    for rid, endpoint in [("a", "e/x"), ("b", "e/x"), ("c", "e/y")]:
+        store.submit(job(rid, endpoint))
+        clock.now += 1
+    store.claim("w", {"e/x": 1})
+    assert store.queue_depths() == {"e/x": {"IN_QUEUE": 1, "IN_PROGRESS": 1}, "e/y": {"IN_QUEUE": 1}}
+    store.complete("a", OK)
+    assert store.queue_depths() == {"e/x": {"IN_QUEUE": 1}, "e/y": {"IN_QUEUE": 1}}
+    assert [info.request_id for info in store.owner_history("o")] == ["c", "b", "a"]
+    assert [info.request_id for info in store.owner_history("o", endpoint="e/x", limit=1)] == ["b"]
+    assert [info.request_id for info in store.owner_history("o", status=JobStatus.COMPLETED)] == ["a"]
+    assert [info.request_id for info in store.owner_history("o", before=clock.now - 1.5)] == ["b", "a"]
+    assert store.owner_history("someone-else") == []
+
+
+def test_nodes_and_shared_secrets(open_store, clock):
+    store = open_store()
+    store.heartbeat_node("n1", {"role": "serve", "workers": {"cpu": "ready"}})
+    assert store.nodes()["n1"]["workers"] == {"cpu": "ready"}
+    clock.now += 60
+    assert store.nodes() == {}  # not heard of for too long
+    store.heartbeat_node("n1", {"role": "serve"})
+    store.forget_node("n1")
+    assert store.nodes() == {}
+    first = store.shared_secret("k", lambda: b"one")
+    assert first == b"one" and store.shared_secret("k", lambda: b"two") == b"one"

@@ -26,6 +26,9 @@ from server.webhooks import WebhookDispatcher, WebhookSigner
 from testkit.servers import REPO, wait_completed
 from tests.fixtures.webhook_receivers import Receiver
 
+# the webhook tests that go through a server also run on a Redis queue (tests/conftest.py)
+on_both_queues = pytest.mark.parametrize("queue_backend", ["sqlite", "redis"])
+
 
 class Listener:
     """A webhook receiver on loopback that fails the first `failures` deliveries with HTTP 500."""
@@ -87,6 +90,7 @@ def verify_signature(jwks: dict, headers: dict, body: bytes) -> None:
         Ed25519PublicKey.from_public_bytes(raw).verify(bytes.fromhex(headers["x-fal-webhook-signature"]), message)
 
 
+@on_both_queues
 def test_webhook_is_signed_retried_and_delivered_once(make_client, listener):
     client = make_client(allow_private_urls=True, webhook_first_retry_seconds=0.2)
     receiver = listener(failures=1)
@@ -116,6 +120,7 @@ def test_tampered_body_fails_verification(make_client, listener):
         verify_signature(client.get("/.well-known/jwks.json").json(), headers, body.replace(b"OK", b"KO"))
 
 
+@on_both_queues
 def test_failed_request_webhook_reports_error(make_client, listener):
     client = make_client(allow_private_urls=True)
     receiver = listener()
@@ -188,6 +193,7 @@ def test_a_delivery_cut_short_by_kill_9_was_recorded_first_and_is_retried_with_t
     assert receiver.deliveries[0][1] == receiver.deliveries[1][1]
 
 
+@on_both_queues
 def test_every_attempt_carries_the_same_webhook_id(make_client, listener):
     """Bug (#15): retries had no stable id a receiver could de-duplicate on (Standard Webhooks'
     `webhook-id`); it is the request id on every attempt."""
