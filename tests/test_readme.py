@@ -9,6 +9,7 @@ reader would have (a server URL, a weights store) set up by the test.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -18,14 +19,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from testkit.hub import LocalHub
 from testkit.images import gradient_image, png_bytes
-from testkit.servers import REPO, KilnProcess, free_port, tied_to_this_process
+from testkit.servers import REPO, KilnProcess, free_port, tied_to_this_process, wait_completed
 from tests.fixtures.apps import TEST_PIPELINES
 
 pytestmark = pytest.mark.slow  # servers and `kiln` processes
@@ -63,10 +66,13 @@ WEIGHTS_GATED = "kiln weights pull flux-1-dev\n"
 WEIGHTS_EXPORT = block("kiln weights export flux-1-dev usb")
 WEIGHTS_IMPORT = block("kiln weights import flux-1-dev usb/flux-1-dev")
 COMPARE = block("kiln compare")
+SEVERAL_MACHINES = block("kiln serve --no-workers", "kiln worker")
+SCRAPE_CONFIG = block("scrape_configs:")
 
 
 def test_every_block_is_run():
-    claimed = {TWO_COMMANDS, WEIGHTS_ONLINE, WEIGHTS_GATED, WEIGHTS_EXPORT, WEIGHTS_IMPORT, COMPARE}
+    claimed = {TWO_COMMANDS, WEIGHTS_ONLINE, WEIGHTS_GATED, WEIGHTS_EXPORT, WEIGHTS_IMPORT, COMPARE, SEVERAL_MACHINES}
+    claimed.add(SCRAPE_CONFIG)
     claimed |= {recipe.read_text() for recipe in RECIPES}
     unclaimed = [text for _, text in BLOCKS if text not in claimed]
     assert not unclaimed, f"README blocks no test runs: {unclaimed}"
@@ -82,25 +88,36 @@ def test_the_two_commands_are_what_ci_and_a_user_run(tmp_path):
     commands = [line.split("#")[0].strip() for line in TWO_COMMANDS.splitlines()]
     assert commands == ["make serve", "make test"]
     assert "make test" in (REPO / ".ci/run").read_text().splitlines()
-    if httpx_alive("http://127.0.0.1:8000/health"):
-        pytest.fail("port 8000 is taken: `make serve` as printed serves there")
+    with serving(commands[0], REPO, tmp_path / "serve.log", 8000):
+        pass
+
+
+@contextmanager
+def serving(script: str, cwd: Path, log: Path, port: int, **environment: str) -> Iterator[str]:
+    """Runs `script` (a README block that starts servers) until the block's `with` ends, once
+    `127.0.0.1:port/health` answers 200; yields that base URL."""
+    url = f"http://127.0.0.1:{port}"
+    if httpx_alive(url + "/health"):
+        pytest.fail(f"port {port} is taken: the README's block serves there")
     # `timeout` leads its own process group: stopped below, and never outlives 150 s even if this run dies
-    serve = subprocess.Popen(
-        ["timeout", "-s", "KILL", "150", "bash", "-c", commands[0]],
-        cwd=REPO,
-        stdout=(tmp_path / "serve.log").open("w"),
+    process = subprocess.Popen(
+        ["timeout", "-s", "KILL", "150", "bash", "-e", "-c", script],
+        cwd=cwd,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **environment},
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
-        while not httpx_alive("http://127.0.0.1:8000/health"):
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "make serve did not answer in 120 s"
+        while not httpx_alive(url + "/health"):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{url} did not answer in 120 s:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
+        yield url
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        serve.wait(30)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
 
 
 def httpx_alive(url: str) -> bool:
@@ -172,3 +189,60 @@ def test_the_compare_block_runs_as_printed(tmp_path):
     manifest = json.loads((tmp_path / "cmp" / "manifest.json").read_text())
     assert len(manifest["cells"]) == 4
     assert (tmp_path / "cmp" / "grid.png").stat().st_size > 0
+
+
+# -- several machines: the roles block on a real redis-server, its metrics through the scrape config ----
+
+
+def test_the_several_machines_block_and_scrape_config_run_as_printed(redis_server, tmp_path):
+    key = "readme-key"
+    environment = {
+        "REDIS_URL": redis_server.queue_url(),
+        "SHARED_STORAGE": str(tmp_path / "shared-files"),
+        "PUBLIC_URL": "http://127.0.0.1:8000",
+        "KILN_API_KEYS": key,
+        "KILN_DATA_DIR": str(tmp_path / "data"),
+    }
+    scrape = yaml.safe_load(SCRAPE_CONFIG)["scrape_configs"]
+    ports = {job["job_name"]: {int(target.rsplit(":", 1)[1]) for config in job["static_configs"] for target in config["targets"]} for job in scrape}
+    assert ports == {"kiln-api": {8000}, "kiln-gpu": {9400}}
+    with serving(SEVERAL_MACHINES, tmp_path, tmp_path / "nodes.log", 8000, **environment) as url:
+        headers = {"Authorization": f"Key {key}"}
+        image = "data:image/png;base64," + base64.b64encode(png_bytes(gradient_image(32, 24))).decode()
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            health = client.get("/health").json()
+            assert sorted(node["role"] for node in health["nodes"].values()) == ["api", "worker"]
+            queued = client.post("/queue/fal-ai/post-processing", json={"image_url": image, "enable_grain": True}).json()
+            done = wait_completed(client, queued["status_url"])
+            assert done["status"] == "COMPLETED", done
+            result = client.get(queued["response_url"]).json()
+            assert client.get(result["images"][0]["url"]).status_code == 200
+        scraped = {job: "".join(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text for port in targets) for job, targets in ports.items()}
+    worker_completed = re.search(r'^kiln_requests_completed_total\{endpoint="fal-ai/post-processing",outcome="ok"\} (\S+)$', scraped["kiln-gpu"], re.M)
+    assert worker_completed and float(worker_completed.group(1)) == 1.0
+    assert re.search(r'^kiln_requests_submitted_total\{endpoint="fal-ai/post-processing",priority="normal"\} 1.0$', scraped["kiln-api"], re.M)
+    named = set(re.findall(r"`(kiln_[a-z_]+)`", README.split("**Metrics.**")[1].split("```")[0]))
+    served = set(re.findall(r"^# TYPE (kiln_[a-z_]+)", "".join(scraped.values()), re.M))
+    served |= {name + "_total" for name in served}
+    assert named and named <= served, named - served
+
+
+def test_the_compose_file_runs_the_documented_roles():
+    """deploy/compose.yaml: its Redis persists as the README's first row, and every Kiln service's
+    command is one `kiln` accepts, on the queue the Redis service serves."""
+    from server.cli import build_parser
+
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    assert "compose.yaml" in README
+    redis_command = " ".join(services["redis"]["command"])
+    assert "--appendonly yes --appendfsync always" in redis_command
+    roles = {}
+    for name, service in services.items():
+        if name == "redis":
+            continue
+        assert service["environment"]["KILN_QUEUE"] == "redis://redis:6379/0"
+        command = [re.sub(r"\$\{[^}]*\}", "https://kiln.example.com", word) for word in service["command"]]
+        args = build_parser().parse_args(command)
+        roles[name] = (args.command, args.no_workers)
+    assert roles == {"api": ("serve", True), "gpu": ("worker", False)}
