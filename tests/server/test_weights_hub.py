@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -423,41 +420,3 @@ class TestLockCommand:
         )
         message = kiln_weights(tmp_path / "data", lock, "lock", MODEL)
         assert isinstance(message, str) and "the hub has" in message
-
-
-# -- the README's commands, as a user types them -----------------------------------------------------------
-
-
-@pytest.mark.slow  # three `kiln` processes
-def test_the_getting_the_weights_commands_run_as_printed(hub, shipped, tmp_path):
-    environment = {
-        **os.environ,
-        "HF_ENDPOINT": hub.endpoint,
-        "KILN_DATA_DIR": str(tmp_path / "data"),
-        "KILN_WEIGHTS_LOCK": str(shipped),
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
-    environment.pop("HF_TOKEN", None)
-
-    def kiln(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "server.cli", *args]
-        return subprocess.run(
-            command, env={**environment, **extra}, capture_output=True, text=True, cwd=REPO, check=False
-        )
-
-    gated = kiln("weights", "pull", GATED)
-    assert gated.returncode == 1 and "HF_TOKEN" in gated.stderr and "Traceback" not in gated.stderr
-    pulled = kiln("weights", "pull", GATED, HF_TOKEN=TOKEN)
-    assert pulled.returncode == 0, pulled.stderr
-    exported = kiln("weights", "export", GATED, str(tmp_path / "usb"))
-    assert exported.returncode == 0, exported.stderr
-    imported = kiln(
-        "weights",
-        "import",
-        GATED,
-        str(tmp_path / "usb" / GATED),
-        KILN_DATA_DIR=str(tmp_path / "air-gapped"),
-        HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",
-    )
-    assert imported.returncode == 0, imported.stderr
-    assert "all 3 files match weights.lock" in imported.stdout
