@@ -51,10 +51,10 @@ from bench.pixel_art_set import (
     build_cases,
     crop_art,
     describe,
-    jpeg,
     missing_packages,
     upscale,
 )
+from testkit.degradations import jpeg
 
 TIMING_REPEATS = 3
 Runner = Callable[[np.ndarray], tuple[int, np.ndarray]]

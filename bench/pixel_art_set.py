@@ -32,7 +32,6 @@ recorded with each art crop (`describe`).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -41,7 +40,9 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
+
+from testkit.degradations import blur, count_colours, jpeg, resample
 
 __all__ = ["DEGRADATIONS", "SCALES", "SOURCES", "Case", "Source", "build_cases", "describe", "missing_packages"]
 
@@ -147,23 +148,6 @@ SOURCES = (
 # -- degradations --------------------------------------------------------------------------------------------
 
 
-def jpeg(image: np.ndarray, quality: int, subsampling: str) -> np.ndarray:
-    """JPEG round trip with 4:4:4 (``"444"``) or 4:2:0 (``"420"``) chroma, as libjpeg through PIL."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=quality, subsampling={"444": 0, "420": 2}[subsampling])
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
-def blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
-
-
-def resample(image: np.ndarray, factor: float, method: int = Image.BILINEAR) -> np.ndarray:
-    height, width = image.shape[:2]
-    size = (round(width * factor), round(height * factor))
-    return np.asarray(Image.fromarray(image).resize(size, method))
-
-
 @dataclass(frozen=True)
 class Degradation:
     name: str
@@ -231,11 +215,6 @@ def sheet(source: Source) -> np.ndarray:
     rgba = np.asarray(Image.open(source.path).convert("RGBA"))
     opaque = rgba[..., 3:] >= 128
     return np.where(opaque, rgba[..., :3], np.array(source.background, np.uint8)).astype(np.uint8)
-
-
-def count_colours(rgb: np.ndarray) -> int:
-    flat = rgb.reshape(-1, 3).astype(np.int32)
-    return len(np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]))
 
 
 def crop_art(source: Source, rows: int, columns: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple] | None:

@@ -16,11 +16,12 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from kernels.pixel_downscale import DOWNSCALE_METHODS
 from pipelines.image2pixel import Image2PixelInput, Image2PixelPipeline, pixelate
 from server.config import Settings
+from testkit.degradations import blur, jpeg, resample
 from testkit.images import data_uri, png_bytes
 from tests.fixtures import pixel_art
 from tests.kernels.test_pixel_cleanup import background_fixture, reference_fill
@@ -86,21 +87,6 @@ def complete_cells(art: np.ndarray, scale: int, start: tuple[int, int], end: tup
     rows = slice(1 if start[0] else 0, art.shape[0] - (1 if end[0] else 0))
     columns = slice(1 if start[1] else 0, art.shape[1] - (1 if end[1] else 0))
     return art[rows, columns]
-
-
-def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
-def blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma)))
-
-
-def resample(image: np.ndarray, factor: float) -> np.ndarray:
-    height, width = image.shape[:2]
-    return np.asarray(Image.fromarray(image).resize((round(width * factor), round(height * factor)), Image.BILINEAR))
 
 
 DEGRADATIONS = {
