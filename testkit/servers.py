@@ -72,11 +72,16 @@ class KilnProcess:
         return self
 
     def start(self, timeout: float = 90.0) -> KilnProcess:
-        self.spawn()
+        return self.spawn().wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 90.0) -> KilnProcess:
+        """Waits for a spawned server's /health to answer 200; stops it if that does not come in time.
+        (Spawn from the thread that outlives it: the kernel's parent-death signal follows the thread
+        that started the process.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"kiln exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"kiln exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
             try:
                 if httpx.get(self.url + "/health", verify=False, timeout=1).status_code == 200:
                     return self
@@ -84,7 +89,7 @@ class KilnProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"kiln did not become healthy:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"kiln did not become healthy:\n{self.logs()[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash or an OOM kill."""

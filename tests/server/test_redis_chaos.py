@@ -46,7 +46,7 @@ def test_three_nodes_survive_a_worker_and_a_redis_kill(tmp_path):
         for node in nodes:  # from this thread: a node dies with the thread that started it
             node.spawn()
         for api in apis:
-            wait_healthy(api)
+            api.wait_healthy()
         worker_node = worker.wait_ready().node_id(queue)
 
         accepted: dict[str, int] = {}  # request id -> the API node that accepted it
@@ -168,16 +168,3 @@ def test_three_nodes_survive_a_worker_and_a_redis_kill(tmp_path):
             node.stop()
         receiver.close()
         redis_server.stop()
-
-
-def wait_healthy(node: KilnProcess, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert node.process.poll() is None, node.logs()[-3000:]
-        try:
-            if httpx.get(node.url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{node.url} did not become healthy:\n{node.logs()[-3000:]}")

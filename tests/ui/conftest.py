@@ -10,12 +10,10 @@ recorded, and uncaught page errors collected; screenshots go to tests/ui/artifac
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
 from testkit.servers import KilnProcess
@@ -82,20 +80,6 @@ def launch_browser():
     return driver, driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
-def wait_healthy(server: KilnProcess, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"kiln exited with {server.process.returncode}:\n{server.logs()[-3000:]}")
-        try:
-            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"kiln did not become healthy:\n{server.logs()[-3000:]}")
-
-
 @pytest.fixture(scope="package")
 def kiln_spawned(tmp_path_factory) -> Iterator[KilnProcess]:
     """`kiln serve` with an API key and the test endpoints, started but not yet waited for."""
@@ -116,7 +100,7 @@ def browser(kiln_spawned) -> Iterator[object]:
 
 @pytest.fixture(scope="package")
 def ui_server(kiln_spawned) -> KilnProcess:
-    wait_healthy(kiln_spawned)
+    kiln_spawned.wait_healthy(120)
     return kiln_spawned
 
 
