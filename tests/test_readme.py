@@ -10,6 +10,7 @@ reader would have (a server URL, a weights store) set up by the test.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -53,7 +54,7 @@ def block(*needles: str) -> str:
 
 
 def run_block(text: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **environment}
+    env = {**reader_environment(), **environment}
     return subprocess.run(
         tied_to_this_process(["bash", "-e", "-c", text]), cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -103,7 +104,7 @@ def serving(script: str, cwd: Path, log: Path, port: int, **environment: str) ->
     process = subprocess.Popen(
         ["timeout", "-s", "KILL", "150", "bash", "-e", "-c", script],
         cwd=cwd,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **environment},
+        env={**reader_environment(), **environment},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -116,8 +117,17 @@ def serving(script: str, cwd: Path, log: Path, port: int, **environment: str) ->
             time.sleep(0.2)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # the block may have exited on its own
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+def reader_environment() -> dict[str, str]:
+    """This process's environment as a reader's shell has it: `.venv/bin` first on PATH, and none of
+    the variables by which an enclosing `make test ARGS=…` would pass its arguments to a `make` the
+    block runs."""
+    inherited = {name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+    return {**inherited, "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
 def httpx_alive(url: str) -> bool:
