@@ -31,12 +31,17 @@ $(VENV)/.test-deps: pyproject.toml tests/js/package-lock.json $(VENV)/.serve-dep
 serve: $(VENV)/.serve-deps
 	$(BIN)/kiln serve $(ARGS)
 
+# two pytest processes (pytest-xdist), each taking a whole test file at a time, so a file's tests
+# share its servers and fixed ports; TEST_WORKERS=0 runs everything in one process
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # the inner loop: everything but the tests marked slow (server processes, diffusion models, fuzzing)
 test-fast: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.queue_overhead $(ARGS)
