@@ -26,7 +26,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,13 +302,7 @@ class FileStore:
     ) -> MultipartSession:
         """Starts a multipart upload by `owner`; it holds one of the owner's files until completed."""
         self._charge(owner, 0, 1, limits)
-        session = MultipartSession(
-            upload_id=new_file_id(),
-            file_id=new_file_id(),
-            owner=owner,
-            file_name=safe_file_name(file_name),
-            content_type=content_type,
-        )
+        session = MultipartSession.start(owner, content_type=content_type, file_name=file_name)
         folder = self._multipart_root / session.upload_id
         folder.mkdir(parents=True)
         (folder / "session.json").write_text(json.dumps(session.to_json()))
@@ -319,10 +313,7 @@ class FileStore:
         if not UPLOAD_ID.match(upload_id):
             return None
         try:
-            data = json.loads((self._multipart_root / upload_id / "session.json").read_text())
-            session = MultipartSession(
-                data["upload_id"], data["file_id"], data["owner"], data["file_name"], data["content_type"]
-            )
+            session = MultipartSession.from_json(json.loads((self._multipart_root / upload_id / "session.json").read_text()))
         except (FileNotFoundError, NotADirectoryError, ValueError, KeyError):
             return None
         return session if (session.file_id, session.owner) == (file_id, owner) else None
@@ -381,18 +372,7 @@ class FileStore:
                 return stored
             folder = self._multipart_root / upload_id
             uploaded = self._parts(folder)
-            wanted = sorted(parts)
-            numbers = [number for number, _ in wanted]
-            if not numbers or len(set(numbers)) != len(numbers):
-                raise BadRequest("`parts` must list each uploaded part once, with its `partNumber` and `etag`")
-            for number, etag in wanted:
-                if number not in uploaded:
-                    raise BadRequest(f"Part {number} was not uploaded")
-                if etag.strip('"') != uploaded[number][1].strip('"'):
-                    raise BadRequest(f"Part {number}: the etag {etag!r} is not the one its upload returned")
-            size = sum(uploaded[number][0] for number in numbers)
-            if size > limits.max_file_bytes:
-                raise file_too_large(limits)
+            numbers, _ = chosen_parts(parts, uploaded, limits)
             unused = sum(size for number, (size, _) in uploaded.items() if number not in numbers)
             stored = self._join(session, folder, numbers)
             shutil.rmtree(folder, ignore_errors=True)
@@ -522,6 +502,16 @@ class MultipartSession:
     file_name: str
     content_type: str
 
+    @classmethod
+    def start(cls, owner: str, *, content_type: str, file_name: str | None) -> MultipartSession:
+        """A new upload's session: fresh upload and file ids, the file name made safe."""
+        return cls(new_file_id(), new_file_id(), owner, safe_file_name(file_name), content_type)
+
+    @classmethod
+    def from_json(cls, data: dict) -> MultipartSession:
+        """Raises KeyError for a record that is not a session."""
+        return cls(data["upload_id"], data["file_id"], data["owner"], data["file_name"], data["content_type"])
+
     def to_json(self) -> dict:
         return {
             "upload_id": self.upload_id,
@@ -530,6 +520,27 @@ class MultipartSession:
             "file_name": self.file_name,
             "content_type": self.content_type,
         }
+
+
+def chosen_parts(
+    parts: Iterable[tuple[int, str]], uploaded: Mapping[int, tuple[int, str]], limits: UploadLimits
+) -> tuple[list[int], int]:
+    """The part numbers a multipart `complete` lists, in order, and the joined file's size; BadRequest
+    unless each names an uploaded part (number -> (size, etag)) once with its etag, PayloadTooLarge past
+    the file limit."""
+    wanted = sorted(parts)
+    numbers = [number for number, _ in wanted]
+    if not numbers or len(set(numbers)) != len(numbers):
+        raise BadRequest("`parts` must list each uploaded part once, with its `partNumber` and `etag`")
+    for number, etag in wanted:
+        if number not in uploaded:
+            raise BadRequest(f"Part {number} was not uploaded")
+        if etag.strip('"') != uploaded[number][1].strip('"'):
+            raise BadRequest(f"Part {number}: the etag {etag!r} is not the one its upload returned")
+    size = sum(uploaded[number][0] for number in numbers)
+    if size > limits.max_file_bytes:
+        raise file_too_large(limits)
+    return numbers, size
 
 
 class UploadWriter:

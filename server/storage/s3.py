@@ -47,6 +47,7 @@ from server.files import (
     STALE_PART_SECONDS,
     UPLOAD_ID,
     MultipartSession,
+    chosen_parts,
     StoredFile,
     UploadLimits,
     UploadUrlUsed,
@@ -552,13 +553,7 @@ class S3FileStore:
     ) -> MultipartSession:
         """Starts a multipart upload by `owner`; it holds one of the owner's files until completed."""
         self.ledger.add(owner, files=1, limits=limits)
-        session = MultipartSession(
-            upload_id=new_file_id(),
-            file_id=new_file_id(),
-            owner=owner,
-            file_name=safe_file_name(file_name),
-            content_type=content_type,
-        )
+        session = MultipartSession.start(owner, content_type=content_type, file_name=file_name)
         try:
             self.bucket.put(self._session_key(owner, session.upload_id), json.dumps(session.to_json()).encode())
         except BaseException:
@@ -573,10 +568,7 @@ class S3FileStore:
         if got is None:
             return None
         try:
-            data = json.loads(got["Body"].read())
-            session = MultipartSession(
-                data["upload_id"], data["file_id"], data["owner"], data["file_name"], data["content_type"]
-            )
+            session = MultipartSession.from_json(json.loads(got["Body"].read()))
         except (ValueError, KeyError):
             return None
         return session if (session.file_id, session.owner) == (file_id, owner) else None
@@ -640,18 +632,7 @@ class S3FileStore:
                 raise NotFound("No such multipart upload; start a new upload")
             return stored
         uploaded = self._parts(owner, upload_id)
-        wanted = sorted(parts)
-        numbers = [number for number, _ in wanted]
-        if not numbers or len(set(numbers)) != len(numbers):
-            raise BadRequest("`parts` must list each uploaded part once, with its `partNumber` and `etag`")
-        for number, etag in wanted:
-            if number not in uploaded:
-                raise BadRequest(f"Part {number} was not uploaded")
-            if etag.strip('"') != uploaded[number][1]:
-                raise BadRequest(f"Part {number}: the etag {etag!r} is not the one its upload returned")
-        size = sum(uploaded[number][0] for number in numbers)
-        if size > limits.max_file_bytes:
-            raise file_too_large(limits)
+        numbers, size = chosen_parts(parts, {number: (length, etag) for number, (length, etag, _) in uploaded.items()}, limits)
         unused = sum(size for number, (size, _, _) in uploaded.items() if number not in numbers)
         keys = [uploaded[number][2] for number in numbers]
         metadata = {"file-name": quote(session.file_name), "owner": owner}
