@@ -39,6 +39,11 @@ class ErrorBody(BaseModel):
     error_type: str | None = None
 
 
+def error_responses(*status_codes: int) -> dict[int, dict]:
+    """A route's `responses=` for status codes whose body is an ErrorBody."""
+    return {code: {"model": ErrorBody} for code in status_codes}
+
+
 class ValidationErrorItem(BaseModel):
     loc: list[str | int]
     msg: str

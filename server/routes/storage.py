@@ -40,6 +40,7 @@ from server.files import (
 from server.schemas import (
     CdnToken,
     ErrorBody,
+    error_responses,
     MultipartComplete,
     MultipartCreated,
     UploadedFile,
@@ -91,7 +92,7 @@ async def receive_into(request: Request, writer: UploadWriter) -> Any:
         raise
 
 
-@router.post("/rest/storage/auth/token", response_model=CdnToken, responses={401: {"model": ErrorBody}})
+@router.post("/rest/storage/auth/token", response_model=CdnToken, responses=error_responses(401))
 def issue_cdn_token(
     services: ServicesDep, owner: OwnerDep, storage_type: Annotated[str | None, Query()] = None
 ) -> CdnToken:
@@ -119,7 +120,7 @@ def uploader(services: Services, authorization: str | None) -> str:
 @router.post(
     "/cdn/files/upload",
     response_model=UploadedFile,
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses=error_responses(400, 401, 413),
     openapi_extra=BINARY_BODY,
 )
 async def upload_file(
@@ -141,7 +142,7 @@ async def upload_file(
     return UploadedFile(access_url=services.files.url(stored))
 
 
-@router.post("/rest/storage/upload/initiate", response_model=UploadTarget, responses={401: {"model": ErrorBody}})
+@router.post("/rest/storage/upload/initiate", response_model=UploadTarget, responses=error_responses(401))
 def initiate_upload(
     body: UploadInitiate,
     services: ServicesDep,
@@ -165,12 +166,7 @@ def initiate_upload(
 
 @router.put(
     "/cdn/uploads/{file_id}",
-    responses={
-        400: {"model": ErrorBody},
-        401: {"model": ErrorBody},
-        403: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-    },
+    responses=error_responses(400, 401, 403, 413),
     openapi_extra=BINARY_BODY,
 )
 async def put_upload(request: Request, services: ServicesDep, file_id: str, token: str) -> dict[str, str]:
@@ -196,7 +192,7 @@ async def put_upload(request: Request, services: ServicesDep, file_id: str, toke
 @router.post(
     "/cdn/files/upload/multipart",
     response_model=MultipartCreated,
-    responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses=error_responses(401, 413),
 )
 def create_multipart_upload(
     services: ServicesDep,
@@ -220,12 +216,7 @@ def create_multipart_upload(
 @router.put(
     "/files/{file_id}/{file_name}/multipart/{upload_id}/{part_number}",
     response_model=UploadedPart,
-    responses={
-        400: {"model": ErrorBody},
-        401: {"model": ErrorBody},
-        404: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-    },
+    responses=error_responses(400, 401, 404, 413),
     openapi_extra=BINARY_BODY,
 )
 async def put_part(
@@ -246,7 +237,7 @@ async def put_part(
 @router.post(
     "/files/{file_id}/{file_name}/multipart/{upload_id}/complete",
     response_model=UploadedFile,
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses=error_responses(400, 401, 404, 413),
 )
 def complete_multipart_upload(
     body: MultipartComplete,
@@ -267,7 +258,7 @@ def complete_multipart_upload(
 @router.post(
     "/rest/storage/upload/initiate-multipart",
     response_model=UploadTarget,
-    responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses=error_responses(401, 413),
 )
 def initiate_multipart_upload(
     body: UploadInitiate,
@@ -297,12 +288,7 @@ def multipart_claims(services: Services, upload_id: str, token: str) -> dict[str
 @router.put(
     "/cdn/multipart/{upload_id}/{part_number}",
     response_model=UploadedPart,
-    responses={
-        400: {"model": ErrorBody},
-        401: {"model": ErrorBody},
-        404: {"model": ErrorBody},
-        413: {"model": ErrorBody},
-    },
+    responses=error_responses(400, 401, 404, 413),
     openapi_extra=BINARY_BODY,
 )
 async def put_signed_part(
@@ -316,7 +302,7 @@ async def put_signed_part(
 @router.post(
     "/cdn/multipart/{upload_id}/complete",
     response_model=UploadedFile,
-    responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody}},
+    responses=error_responses(400, 401, 404, 413),
 )
 def complete_signed_multipart_upload(
     body: MultipartComplete, services: ServicesDep, upload_id: str, token: str
