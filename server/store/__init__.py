@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import json
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,41 @@ class Job:
     cancel_requested: bool
     webhook_url: str | None
     result: JobResult | None
+
+    @classmethod
+    def stored(
+        cls, info: JobInfo, *, payload: str | bytes | None, webhook_url: str | None, body: str | bytes | None, headers: str | bytes | None
+    ) -> Job:
+        """The job as a backend stores it: its state, and its payload, result body and headers as JSON."""
+        return cls(
+            request_id=info.request_id,
+            endpoint=info.endpoint,
+            owner=info.owner,
+            payload=json.loads(payload) if payload is not None else {},
+            priority=info.priority,
+            status=info.status,
+            created_at=info.created_at,
+            started_at=info.started_at,
+            completed_at=info.completed_at,
+            attempts=info.attempts,
+            cancel_requested=info.cancel_requested,
+            webhook_url=webhook_url,
+            result=stored_result(info, body, headers),
+        )
+
+
+def stored_result(info: JobInfo, body: str | bytes | None, headers: str | bytes | None) -> JobResult | None:
+    """A completed job's result from its state and its stored body and headers (JSON); None before."""
+    if info.status_code is None or body is None:
+        return None
+    return JobResult(
+        status_code=info.status_code,
+        body=json.loads(body),
+        error=info.error,
+        error_type=info.error_type,
+        metrics=info.metrics,
+        headers=json.loads(headers) if headers else {},
+    )
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,6 @@ from redis.sentinel import Sentinel
 
 from server.errors import Cancelled, KilnError, QueueFull, StartTimeout
 from server.store import (
-    NODE_TIMEOUT_SECONDS,
     CancelOutcome,
     Job,
     JobInfo,
@@ -73,11 +72,13 @@ from server.store import (
     JobStatus,
     JobStore,
     LogEntry,
+    NODE_TIMEOUT_SECONDS,
     NewJob,
     Priority,
     QueueUnavailable,
     StoreClosed,
     WebhookDelivery,
+    stored_result,
     webhook_destination,
 )
 from server.store.feed import ChangeFeed
@@ -615,23 +616,8 @@ class RedisJobStore(JobStore):
             info = self._info(request_id, values[:-1])
             if info is None:
                 continue
-            jobs.append(
-                Job(
-                    request_id=request_id,
-                    endpoint=info.endpoint,
-                    owner=info.owner,
-                    payload=json.loads(payload) if payload is not None else {},
-                    priority=info.priority,
-                    status=info.status,
-                    created_at=info.created_at,
-                    started_at=info.started_at,
-                    completed_at=info.completed_at,
-                    attempts=info.attempts,
-                    cancel_requested=info.cancel_requested,
-                    webhook_url=(values[-1] or b"").decode() or None,
-                    result=_result(info, body, headers),
-                )
-            )
+            webhook_url = (values[-1] or b"").decode() or None
+            jobs.append(Job.stored(info, payload=payload, webhook_url=webhook_url, body=body, headers=headers))
         return jobs
 
     def get(self, request_id: str) -> Job | None:
@@ -649,7 +635,7 @@ class RedisJobStore(JobStore):
         info = self._info(request_id, values)
         if info is None or info.status is not JobStatus.COMPLETED:
             return None
-        return _result(info, body, headers)
+        return stored_result(info, body, headers)
 
     def queue_position(self, request_id: str) -> int | None:
         position = self._run("position", request_id)
@@ -1004,19 +990,6 @@ class RedisJobStore(JobStore):
             self.changes.schedule_changed.set()
         elif kind == "cancel":
             self.changes.publish_cancel(request_id, fields.get(b"x", b"").decode())
-
-
-def _result(info: JobInfo, body: bytes | None, headers: bytes | None) -> JobResult | None:
-    if info.status_code is None or body is None:
-        return None
-    return JobResult(
-        status_code=info.status_code,
-        body=json.loads(body),
-        error=info.error,
-        error_type=info.error_type,
-        metrics=info.metrics,
-        headers=json.loads(headers) if headers else {},
-    )
 
 
 def connection_options() -> dict[str, Any]:

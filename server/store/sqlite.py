@@ -31,7 +31,6 @@ from typing import Any
 
 from server.errors import Cancelled, KilnError, QueueFull, StartTimeout
 from server.store import (
-    NODE_TIMEOUT_SECONDS,
     CancelOutcome,
     Job,
     JobInfo,
@@ -39,10 +38,12 @@ from server.store import (
     JobStatus,
     JobStore,
     LogEntry,
+    NODE_TIMEOUT_SECONDS,
     NewJob,
     Priority,
     StoreClosed,
     WebhookDelivery,
+    stored_result,
     webhook_destination,
 )
 from server.keys import read_or_create
@@ -258,21 +259,7 @@ class SqliteJobStore(JobStore):
             return None
         info = _info_from_row(row[:14])
         webhook_url, payload, body, headers = row[14:]
-        return Job(
-            request_id=info.request_id,
-            endpoint=info.endpoint,
-            owner=info.owner,
-            payload=json.loads(payload) if payload is not None else {},
-            priority=info.priority,
-            status=info.status,
-            created_at=info.created_at,
-            started_at=info.started_at,
-            completed_at=info.completed_at,
-            attempts=info.attempts,
-            cancel_requested=info.cancel_requested,
-            webhook_url=webhook_url,
-            result=_result(info, body, headers),
-        )
+        return Job.stored(info, payload=payload, webhook_url=webhook_url, body=body, headers=headers)
 
     def info(self, request_id: str) -> JobInfo | None:
         row = self._reader.execute(f"SELECT {INFO_COLUMNS} FROM jobs AS j WHERE j.request_id = ?", (request_id,)).fetchone()
@@ -284,7 +271,7 @@ class SqliteJobStore(JobStore):
             "WHERE j.request_id = ? AND j.status = 'COMPLETED'",
             (request_id,),
         ).fetchone()
-        return _result(_info_from_row(row[:14]), *row[14:]) if row else None
+        return stored_result(_info_from_row(row[:14]), *row[14:]) if row else None
 
     def queue_position(self, request_id: str) -> int | None:
         return self._queue.position(request_id)
@@ -711,19 +698,6 @@ def _info_from_row(row: tuple[Any, ...]) -> JobInfo:
         error=error,
         error_type=error_type,
         metrics=json.loads(metrics) if metrics else {},
-    )
-
-
-def _result(info: JobInfo, body: str | None, headers: str | None) -> JobResult | None:
-    if info.status_code is None or body is None:
-        return None
-    return JobResult(
-        status_code=info.status_code,
-        body=json.loads(body),
-        error=info.error,
-        error_type=info.error_type,
-        metrics=info.metrics,
-        headers=json.loads(headers) if headers else {},
     )
 
 
