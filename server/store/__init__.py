@@ -46,6 +46,7 @@ delivery, which the receiver de-duplicates on the request id it carries.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import json
 import urllib.parse
@@ -178,21 +179,17 @@ class Job:
         cls, info: JobInfo, *, payload: str | bytes | None, webhook_url: str | None, body: str | bytes | None, headers: str | bytes | None
     ) -> Job:
         """The job as a backend stores it: its state, and its payload, result body and headers as JSON."""
+        state = {name: getattr(info, name) for name in _field_names(cls) & _field_names(JobInfo)}
         return cls(
-            request_id=info.request_id,
-            endpoint=info.endpoint,
-            owner=info.owner,
+            **state,
             payload=json.loads(payload) if payload is not None else {},
-            priority=info.priority,
-            status=info.status,
-            created_at=info.created_at,
-            started_at=info.started_at,
-            completed_at=info.completed_at,
-            attempts=info.attempts,
-            cancel_requested=info.cancel_requested,
             webhook_url=webhook_url,
             result=stored_result(info, body, headers),
         )
+
+
+def _field_names(dataclass_type: type) -> set[str]:
+    return {field.name for field in dataclasses.fields(dataclass_type)}
 
 
 def stored_result(info: JobInfo, body: str | bytes | None, headers: str | bytes | None) -> JobResult | None:
