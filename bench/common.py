@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -28,7 +29,7 @@ def machine() -> dict[str, Any]:
     return {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {cpu}",
         "cpu": cpu,
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "kiln": server.__version__,
@@ -36,10 +37,11 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
+    """The checked-out commit, or `KILN_COMMIT` where the tree was copied without its git history (a lent GPU)."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("KILN_COMMIT", "unknown")
 
 
 def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS) -> Path:

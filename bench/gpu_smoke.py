@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from bench.common import RESULTS, write_result
+
 logger = logging.getLogger("bench.gpu_smoke")
 
 GIB = 1024**3
@@ -462,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="where the tiny weights go (default: a temporary folder)")
     parser.add_argument("--only", default="", help="comma-separated check names to run (default: all)")
     parser.add_argument("--skip-full-size", action="store_true", help="skip the full-size FLUX peak measurement")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON record goes (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -497,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         **{status: [r["check"] for r in results if r["status"] == status] for status in ("ok", "skipped", "failed")},
     }
     print(json.dumps(summary), flush=True)
+    path = write_result("gpu_smoke", {"summary": summary, "checks": results}, folder=args.results)
+    print(f"wrote {path}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 

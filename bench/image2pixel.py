@@ -19,10 +19,14 @@ encoding on either side), after a warm-up; Kiln runs with the server's CPU threa
 `--baseline-tree DIR` (e.g. `git archive HEAD | tar -x -C DIR`) the same timing runs, interleaved, on that tree's
 Kiln, so before and after are measured in the same run.
 
+Kiln runs on `--device` (CUDA where there is one), unfake on the CPU. On a GPU machine without the art packages,
+`--timing-only --timing-images FILE.npz` times the images written to that file where the packages are.
+
 `unfake` is installed for the benchmark only (`pip install unfake==1.0.7`), and the set needs the art packages
 (`apt-get install nethack-common angband-data crawl-tiles-data freeciv-data`).
 
-    python -m bench.image2pixel [--quick] [--systems kiln,unfake] [--baseline-tree DIR]
+    python -m bench.image2pixel [--quick] [--systems kiln,unfake] [--baseline-tree DIR] [--device cuda]
+    python -m bench.image2pixel --timing-only --timing-images FILE.npz [--device cuda]
 """
 
 from __future__ import annotations
@@ -102,13 +106,17 @@ def correct_cells(result: np.ndarray, truth: np.ndarray) -> int:
     return best
 
 
-def run_kiln(image: np.ndarray) -> tuple[int, np.ndarray]:
+def kiln_runner(device: torch.device) -> Runner:
+    """Kiln's `pixelate` on ``device``: the image goes there, the result comes back to the host."""
     from pipelines.image2pixel import Image2PixelInput, pixelate
 
-    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
-    tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0)
-    result = pixelate(tensor, Image2PixelInput(image_url="bench"))
-    return result.grid.scale, result.native.permute(1, 2, 0).numpy()
+    def run(image: np.ndarray) -> tuple[int, np.ndarray]:
+        rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+        tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
+        result = pixelate(tensor, Image2PixelInput(image_url="bench"))
+        return result.grid.scale, result.native.permute(1, 2, 0).cpu().numpy()
+
+    return run
 
 
 def reference_runner() -> tuple[Runner | None, str]:
@@ -219,8 +227,14 @@ def _order(key: str) -> tuple:
 # -- timing --------------------------------------------------------------------------------------------------
 
 
-def timing_images() -> list[tuple[str, np.ndarray]]:
-    """1024x1024 JPEGs (q75, 4:2:0) of real art at scales 8 and 16; a crop smaller than 1024 px is tiled."""
+def timing_images(saved: Path | None) -> list[tuple[str, np.ndarray]]:
+    """1024x1024 JPEGs (q75, 4:2:0) of real art at scales 8 and 16; a crop smaller than 1024 px is tiled.
+
+    With ``saved``, read from that `.npz` where it exists, else built and written there: a machine without the art
+    packages (a lent GPU) times the same images."""
+    if saved is not None and saved.exists():
+        with np.load(saved) as stored:
+            return list(stored.items())
     rng = np.random.default_rng(7)
     sources = {source.name: source for source in SOURCES}
     images = []
@@ -229,6 +243,8 @@ def timing_images() -> list[tuple[str, np.ndarray]]:
         big = upscale(art, scale, (0, 0), (0, 0))
         big = np.tile(big, (-(-1024 // big.shape[0]), -(-1024 // big.shape[1]), 1))[:1024, :1024]
         images.append((f"1024x1024 {name} scale {scale} jpeg q75 420", jpeg(np.ascontiguousarray(big), 75, "420")))
+    if saved is not None:
+        np.savez_compressed(saved, **dict(images))
     return images
 
 
@@ -276,9 +292,11 @@ def time_tree(tree: Path, image: np.ndarray, threads: int, repeats: int) -> list
     return json.loads(output.strip().splitlines()[-1])
 
 
-def timing(systems: dict[str, Runner], baseline: Path | None, threads: int, repeats: int) -> dict:
+def timing(
+    systems: dict[str, Runner], images: list[tuple[str, np.ndarray]], baseline: Path | None, threads: int, repeats: int
+) -> dict:
     results: dict[str, dict[str, float]] = {}
-    for name, image in timing_images():
+    for name, image in images:
         row = {}
         # interleaved rounds, so a busy moment of the machine hits every system alike
         samples: dict[str, list[float]] = {}
@@ -305,6 +323,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--systems", default="kiln,unfake", help="comma-separated: kiln, unfake")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--timing-only", action="store_true", help="time Kiln and unfake; skip the accuracy set")
+    parser.add_argument("--timing-images", type=Path, help="an .npz of the timing images: read, or written if missing")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where Kiln runs (unfake: the CPU)"
+    )
     parser.add_argument("--baseline-tree", type=Path, help="also time Kiln of this source tree (before/after)")
     parser.add_argument("--records", type=Path, help="write every case's result to this JSON-lines file")
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. 'before')")
@@ -313,14 +336,15 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.cpu_threads)
-    if missing := missing_packages():
+    needs_art = not (args.timing_only and args.timing_images and args.timing_images.exists())
+    if needs_art and (missing := missing_packages()):
         sys.exit(f"the pixel-art set needs: apt-get install {' '.join(missing)}")
 
     wanted = args.systems.split(",")
     systems: dict[str, Runner] = {}
     reference_name = "not run"
     if "kiln" in wanted:
-        systems["kiln"] = run_kiln
+        systems["kiln"] = kiln_runner(torch.device(args.device))
     if "unfake" in wanted:
         reference, reference_name = reference_runner()
         if reference is None:
@@ -329,7 +353,7 @@ def main() -> None:
             systems["unfake"] = reference
 
     per_cell = 1 if args.quick else 2
-    scales = range(2, 10) if args.quick else SCALES
+    scales = [] if args.timing_only else range(2, 10) if args.quick else SCALES
     records: dict[str, list[dict]] = {name: [] for name in systems}
     started = time.perf_counter()
     for number, case in enumerate(build_cases(args.seed, per_cell, scales)):
@@ -345,7 +369,7 @@ def main() -> None:
 
     summary = {name: summarise(rows) for name, rows in records.items()}
     keys = list(next(iter(summary.values())))
-    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
+    print(f"kiln on {args.device}, torch threads {torch.get_num_threads()}")
     print(f"{'set':<46}{'system':<8}{'images':>7}{'scale':>9}{'cells':>9}{'|dcol|':>8}{'<=2':>8}")
     for key in keys:
         for name in summary:
@@ -359,7 +383,8 @@ def main() -> None:
                 f"{key:<46}{name:<8}{numbers['images']:>7}{numbers['scale_accuracy']:>9.1%}"
                 f"{numbers['cell_accuracy']:>9.1%}{palette}"
             )
-    times = {} if args.no_timing else timing(systems, args.baseline_tree, args.cpu_threads, TIMING_REPEATS)
+    images = [] if args.no_timing else timing_images(args.timing_images)
+    times = timing(systems, images, args.baseline_tree, args.cpu_threads, TIMING_REPEATS)
     results = {key: {name: summary[name][key] for name in summary} for key in keys}
     path = write_result(
         "image2pixel",
@@ -367,8 +392,9 @@ def main() -> None:
             "label": args.label,
             "reference": reference_name,
             "torch_threads": torch.get_num_threads(),
+            "kiln_device": args.device,
             "quick": args.quick,
-            "set": describe(args.seed, per_cell),
+            "set": None if args.timing_only else describe(args.seed, per_cell),
             "results": results,
             "timing_ms": times,
         },

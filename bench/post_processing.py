@@ -37,10 +37,10 @@ import httpx
 import numpy as np
 import torch
 
-from bench.common import percentile, write_result
+from bench.common import RESULTS, percentile, write_result
 from bench.queue_overhead import start as start_server
 from kernels.convert import quantize
-from pipelines.contract import RawImage
+from pipelines.contract import PipelineSettings, RawImage
 from pipelines.post_processing import (
     EFFECTS,
     Item,
@@ -267,7 +267,7 @@ def bench_kernels(items: dict[str, Item], device: torch.device, args: argparse.N
 def bench_predict(item: Item, device: torch.device, args: argparse.Namespace) -> dict[str, float]:
     pipeline = PostProcessingPipeline()
     no_weights = Path(tempfile.mkdtemp(prefix="kiln-bench-weights-"))  # post-processing loads none
-    pipeline.setup(device, WeightsStore(no_weights, WeightsLock(no_weights / "weights.lock")))
+    pipeline.setup(device, WeightsStore(no_weights, WeightsLock(no_weights / "weights.lock")), PipelineSettings())
     single = wall_times(lambda: pipeline.predict([item], []), args.runs, args.warmup)
     batched = wall_times(lambda: pipeline.predict([item] * args.batch, []), max(1, args.runs // 2), 1)
     return {"batch_1_ms": ms(single), f"batch_{args.batch}_per_image_ms": round(ms(batched) / args.batch, 3)}
@@ -410,6 +410,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="server client concurrencies")
     parser.add_argument("--requests", type=int, default=32, help="server requests per concurrency")
     parser.add_argument("--note", default="", help="free text stored with the results (machine load, ...)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON record goes (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -466,6 +467,7 @@ def main() -> None:
             "server": server,
             "targets": targets,
         },
+        folder=args.results,
     )
     print(f"wrote {path}")
 

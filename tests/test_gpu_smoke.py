@@ -26,7 +26,7 @@ CPU_CHECKS = {"fused_qkv_parameters", "memory_plan", "tiny_endpoints", "out_of_m
 @pytest.mark.slow  # builds tiny models and runs every endpoint on them: about a minute
 def test_the_gpu_smoke_suite_skips_each_cuda_check_by_name_on_a_cpu(tmp_path):
     smoke = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_smoke", "--work-dir", str(tmp_path)],
+        [sys.executable, "-m", "bench.gpu_smoke", "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path)],
         cwd=REPO,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,
@@ -47,3 +47,5 @@ def test_the_gpu_smoke_suite_skips_each_cuda_check_by_name_on_a_cpu(tmp_path):
     assert endpoints["flux_image_to_image"]["transformers_loaded"] == 1
     assert endpoints["safety_checker"]["shared_by_endpoints"] is True
     assert results["out_of_memory_recovery"]["warm_after_recovery"] == ["fal-ai/flux/dev/image-to-image"]
+    (record,) = tmp_path.glob("gpu_smoke-cpu-*.json")
+    assert json.loads(record.read_text())["summary"] == summary
