@@ -353,10 +353,11 @@ def main() -> None:
             systems["unfake"] = reference
 
     per_cell = 1 if args.quick else 2
-    scales = [] if args.timing_only else range(2, 10) if args.quick else SCALES
+    scales = range(2, 10) if args.quick else SCALES
+    cases = [] if args.timing_only else build_cases(args.seed, per_cell, scales)
     records: dict[str, list[dict]] = {name: [] for name in systems}
     started = time.perf_counter()
-    for number, case in enumerate(build_cases(args.seed, per_cell, scales)):
+    for number, case in enumerate(cases):
         for name, runner in systems.items():
             records[name].append(evaluate(runner, case))
         if number % 100 == 99:
