@@ -248,7 +248,7 @@ def _next_split(moments: Tensor, boxes: list, variances: list[float]) -> tuple[i
 def _cut_boxes(moments: Tensor, max_colors: int) -> Tensor:
     full = (0, _WU_SIDE - 1, 0, _WU_SIDE - 1, 0, _WU_SIDE - 1)
     if float(_box_sum(moments, full)[0]) == 0:
-        return torch.zeros(0, 3, dtype=torch.uint8)
+        return torch.zeros(0, 3, dtype=torch.uint8, device=moments.device)
     boxes = [full]
     variances = [_variance(_box_sum(moments, full))]
     while len(boxes) < max_colors:

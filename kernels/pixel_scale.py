@@ -319,7 +319,7 @@ def _candidate_periods(magnitude: Tensor, size: int, longest: float) -> list[flo
     ``1 / |k / p - m|`` near ``1 / |f - 1|``. All of them are candidates; `_grid_evidence` tells them apart. A
     peak above 0.44 cycles per pixel also stands for its mirror ``1 - nu`` (cells of 1.8 to 2 px: a scale-2
     upscale shrunk a little), which whole-pixel sampling cannot tell from it."""
-    frequencies = torch.arange(magnitude.shape[0], dtype=torch.float64) / size
+    frequencies = torch.arange(magnitude.shape[0], dtype=torch.float64, device=magnitude.device) / size
     usable = (frequencies >= 1.0 / longest) & (frequencies <= 0.5)
     padded = torch.cat([magnitude.new_zeros(1), magnitude, magnitude.new_zeros(1)])
     is_peak = (magnitude >= padded[:-2]) & (magnitude > padded[2:]) & usable
@@ -377,8 +377,9 @@ def _residual(sums: Tensor, squares: Tensor, period: float, phase: float) -> flo
     whole pixels), from `_line_sums`."""
     length = sums.shape[-1] - 1
     first = math.floor(-phase / period)
-    cuts = torch.round(phase + period * torch.arange(first, first + length / period + 3, dtype=torch.float64)).long()
-    cuts = torch.unique(torch.cat([cuts.clamp(0, length), torch.tensor([0, length])]))
+    steps = torch.arange(first, first + length / period + 3, dtype=torch.float64, device=sums.device)
+    cuts = torch.round(phase + period * steps).long()
+    cuts = torch.unique(torch.cat([cuts.clamp(0, length), torch.tensor([0, length], device=sums.device)]))
     segment = sums[..., cuts[1:]] - sums[..., cuts[:-1]]
     counts = (cuts[1:] - cuts[:-1]).double()
     explained = (segment * segment / counts).sum()
@@ -475,7 +476,8 @@ def _centre_purity(planes: Tensor, lattices: list[tuple[float, float]]) -> float
     indices = []
     for (period, phase), length in zip(lattices, planes.shape[-2:]):
         first = math.ceil(-phase / period - 0.5)
-        centres = phase + period * (torch.arange(first, first + length / period + 1, dtype=torch.float64) + 0.5)
+        steps = torch.arange(first, first + length / period + 1, dtype=torch.float64, device=planes.device)
+        centres = phase + period * (steps + 0.5)
         indices.append(centres[(centres >= 0) & (centres < length)].floor().long())
     samples = planes[:, indices[0]][:, :, indices[1]].flatten(1).t().double()
     samples = samples[:: max(1, samples.shape[0] // _PURITY_SAMPLES)]

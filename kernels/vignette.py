@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -46,5 +44,7 @@ def apply_vignette(image: Tensor, strength: float | Tensor) -> Tensor:
     height, width = x.shape[-2:]
     u = torch.linspace(-1.0, 1.0, width, device=x.device, dtype=x.dtype)
     v = torch.linspace(-1.0, 1.0, height, device=x.device, dtype=x.dtype)
-    rho = torch.sqrt(v[:, None] * v[:, None] + u[None, :] * u[None, :]) / math.sqrt(2.0)
+    # halving inside the root keeps the corners at exactly 1: CUDA divides by a scalar as a product with its
+    # reciprocal, and sqrt(2) * (1 / sqrt(2)) rounds to just below 1 in float32, leaving them not quite black
+    rho = torch.sqrt((v[:, None] * v[:, None] + u[None, :] * u[None, :]) * 0.5)
     return (x * (1 - strength * rho).clamp(0.0, 1.0)).clamp(0.0, 1.0).to(image.dtype)

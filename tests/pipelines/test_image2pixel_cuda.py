@@ -1,0 +1,69 @@
+"""fal-ai/image2pixel on CUDA gives what it gives on the CPU: every option family on real and degraded art.
+
+A lent H200 found `pixelate` failing on CUDA (a spectrum compared with a CPU frequency axis) while every CPU
+test passed, so this runs the endpoint's whole computation on both devices and compares the results. The CPU is
+the oracle for the device, not for the art: the CPU results are checked against the art in test_image2pixel.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.pixel_downscale import DOWNSCALE_METHODS
+from pipelines.image2pixel import Image2PixelInput, pixelate
+from tests.fixtures import pixel_art
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"),
+]
+
+CASES = [
+    (2, (1, 0), ""),
+    (3, (2, 1), "resample0.98"),
+    (2, (0, 1), "resample1.02 jpeg75-444"),
+    (5, (3, 2), "jpeg75-420"),
+    (9, (4, 4), "blur0.8"),
+    (16, (0, 11), "jpeg90-420"),
+]
+OPTIONS = [
+    {},
+    {"auto_color_detect": True},
+    {"max_colors": 4, "downscale_method": "median"},
+    {"fixed_palette": ["#000000", "#ffffff", "#ff0000", "#2050c0"]},
+    {"transparent_background": True, "background_mode": "corners", "trim_borders": True},
+    {"cleanup_morph": True, "cleanup_jaggy": True, "detect_method": "runs"},
+    {"snap_grid": False, "scale": 4},
+    *({"downscale_method": method} for method in DOWNSCALE_METHODS),
+]
+
+
+def pixelate_on(device: str, image: np.ndarray, options: dict):
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
+    tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
+    return pixelate(tensor, Image2PixelInput(image_url="x", **options))
+
+
+@pytest.mark.parametrize("scale, start, degradation", CASES)
+def test_detection_and_cells_match_the_cpu(scale, start, degradation):
+    for name in pixel_art.NAMES[:4]:
+        case = pixel_art.degraded(name, scale, start, degradation)
+        on_cpu, on_cuda = pixelate_on("cpu", case.image, {}), pixelate_on("cuda", case.image, {})
+        assert on_cuda.native.device.type == "cuda"
+        assert (on_cuda.grid, on_cuda.detected_by) == (on_cpu.grid, on_cpu.detected_by), name
+        same = (on_cuda.native.cpu() == on_cpu.native).all(0).float().mean().item()
+        assert same >= 0.99, f"{name}: {same:.3f} of the cells agree"
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda options: ",".join(options) or "defaults")
+def test_every_option_runs_on_cuda_as_on_the_cpu(options):
+    case = pixel_art.degraded(pixel_art.NAMES[0], 6, (2, 3), "jpeg80-420")
+    on_cpu, on_cuda = pixelate_on("cpu", case.image, options), pixelate_on("cuda", case.image, options)
+    assert on_cuda.grid == on_cpu.grid and on_cuda.palette_source == on_cpu.palette_source
+    assert on_cuda.native.shape == on_cpu.native.shape
+    same = (on_cuda.native.cpu() == on_cpu.native).all(0).float().mean().item()
+    assert same >= 0.99, f"{same:.3f} of the cells agree"
+    if "fixed_palette" in options:
+        assert set(on_cuda.palette) <= set(options["fixed_palette"])
