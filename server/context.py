@@ -98,6 +98,9 @@ class RunningRequest:
             self.cancelled.set()
         self.timings: dict[str, float] = {}
         self.provenance: dict[str, Any] = {}
+        # as the store last recorded it (`JobStore.mark_running`; a claim marks it): a worker death is
+        # charged only when set
+        self.marked_running = True
         self._store = store
         self._media = media
         self._stopping = stopping

@@ -210,8 +210,7 @@ class Worker(threading.Thread):
             for job in jobs
         ]
         with self._tracking(requests):
-            # A worker death is charged only to the requests marked running (see server.store).
-            self._mark_running(requests, True)
+            # Claimed requests are marked running: a worker death now is charged to them (see server.store).
             # 1. The endpoint's pipeline, set up on this device.
             try:
                 pipeline = self.pipelines.get(self._pipeline_class(jobs[0].endpoint))
@@ -354,11 +353,17 @@ class Worker(threading.Thread):
         return list(self._host_threads.map(guarded, calls))
 
     def _mark_running(self, requests: Sequence[RunningRequest], running: bool) -> None:
+        changed = [request for request in requests if request.marked_running != running]
+        if not changed:
+            return
         try:
-            self._store.mark_running(self.worker_id, [request.request_id for request in requests], running=running)
+            self._store.mark_running(self.worker_id, [request.request_id for request in changed], running=running)
         except Exception as error:
             # they run all the same; only a worker death in the meantime would be charged wrongly
             logger.warning("could not record which requests are running: %s", error)
+            return
+        for request in changed:
+            request.marked_running = running
 
     @contextmanager
     def _tracking(self, requests: Sequence[RunningRequest]) -> Iterator[None]:

@@ -288,7 +288,8 @@ class JobStore(abc.ABC):
         default_batch: int = 1,
         warm: Collection[str] = (),
     ) -> list[Job]:
-        """Leases the next job and up to `batch_limits[endpoint] - 1` queued jobs of its endpoint.
+        """Leases the next job and up to `batch_limits[endpoint] - 1` queued jobs of its endpoint,
+        marked running (`mark_running`): the worker starts on them at once.
 
         A suspect (a job whose worker died while running it) is leased alone, and only once no
         other job is running; while it runs nothing else is leased (empty list). `warm` names the

@@ -91,6 +91,8 @@ INFO_FIELDS = (
     "endpoint", "owner", "priority", "status", "created_at", "started_at", "completed_at", "attempts",
     "cancel_requested", "result_status", "error", "error_type", "metrics",
 )
+# what a worker reads of a job it claims, besides its payload
+JOB_FIELDS = (*INFO_FIELDS, "webhook_url")
 # nodes not heard of for this long are removed from the registry
 NODE_FORGET_SECONDS = 3600.0
 
@@ -267,11 +269,11 @@ local leased = {}
 for _, rid in ipairs(ids) do
   local job = load(rid)
   unqueue(rid, job)
-  redis.call('HSET', jk(rid), 'status', 'IN_PROGRESS', 'lease_owner', worker, 'running', '0', 'started_at', ARGV[3],
+  redis.call('HSET', jk(rid), 'status', 'IN_PROGRESS', 'lease_owner', worker, 'running', '1', 'started_at', ARGV[3],
              'attempts', tonumber(job.attempts) + 1)
   redis.call('ZADD', P .. ':leases', expiry, rid)
   if job.crashes ~= '0' then redis.call('SADD', P .. ':active:suspects', rid) end
-  redis.call('RPUSH', P .. ':attempts:' .. rid, cjson.encode({'claimed', worker, now}))
+  redis.call('RPUSH', P .. ':attempts:' .. rid, cjson.encode({'claimed', worker, now}), cjson.encode({'running', worker, now}))
   redis.call('XADD', stream, '*', 'id', rid)
   leased[rid] = true
 end
@@ -288,9 +290,13 @@ end
 local head_priority, head_round = unpack(redis.call('HMGET', jk(rid_of(head)), 'priority', 'round'))
 local clock = P .. ':clock:' .. head_priority
 if tonumber(redis.call('GET', clock) or '0') < tonumber(head_round) then redis.call('SET', clock, head_round) end
-for _, rid in ipairs(ids) do event('job', rid) end
-return ids
-"""
+local claimed = {}
+for _, rid in ipairs(ids) do
+  event('job', rid)
+  table.insert(claimed, {rid, redis.call('HMGET', jk(rid), unpack(JOB_FIELDS)), redis.call('GET', P .. ':payload:' .. rid)})
+end
+return claimed
+""".replace("JOB_FIELDS", "{" + ", ".join(f"'{name}'" for name in JOB_FIELDS) + "}")
 
 # ARGV: prefix, worker, running (0/1), now, id... Marks the worker's leased ids; each start of
 # running goes in the request's attempt log.
@@ -338,11 +344,17 @@ end
 return 0
 """
 
-# ARGV: prefix, id, now, only_if_queued_late (0/1), status_code, error, error_type, metrics, body, headers
+# ARGV: prefix, id, now, only_if_queued_late (0/1), status_code, error, error_type, metrics, body, headers,
+# then log lines (JSON) the request wrote before it finished, appended first
 COMPLETE = r"""
 local rid, now = ARGV[2], ARGV[3]
 local job = load(rid)
-if not job or job.status == 'COMPLETED' then return 0 end
+if not job then return 0 end
+if #ARGV > 10 then redis.call('RPUSH', P .. ':logs:' .. rid, unpack(ARGV, 11)) end
+if job.status == 'COMPLETED' then
+  if #ARGV > 10 then event('job', rid) end
+  return 0
+end
 if ARGV[4] == '1' then  -- a start deadline: only a request still waiting, and late
   if job.status ~= 'IN_QUEUE' or job.start_deadline == '' or tonumber(job.start_deadline) >= tonumber(now) then
     return 0
@@ -504,6 +516,13 @@ class RedisJobStore(JobStore):
         }
         self._check_server()
         self._stopping = threading.Event()
+        # Log lines are written behind the worker, in order, by one thread (`_write_logs`); a request's
+        # last lines go with its completion, in the same script.
+        self._log_lock = threading.Lock()
+        self._pending_logs: dict[str, list[str]] = {}
+        self._logs_waiting = threading.Event()
+        self._log_writer = threading.Thread(target=self._write_logs, name="kiln-queue-logs", daemon=True)
+        self._log_writer.start()
         self._listener = None
         if listen:
             # its own connection, which `close` cuts to end a blocked read at once
@@ -571,9 +590,7 @@ class RedisJobStore(JobStore):
                 f"The queue for {job.endpoint} already holds {outcome[1]} request(s), "
                 f"the `fal_max_queue_length` of {max_queue_length} given"
             )
-        self.changes.publish_work()
-        if job.start_deadline is not None:
-            self.changes.schedule_changed.set()
+        self._changed(work=True, schedule=job.start_deadline is not None)
         return int(outcome[0])
 
     def _info(self, request_id: str, values: Sequence[bytes | None]) -> JobInfo | None:
@@ -600,29 +617,26 @@ class RedisJobStore(JobStore):
     def info(self, request_id: str) -> JobInfo | None:
         return self._info(request_id, self._call(lambda: self._redis.hmget(self._key("job", request_id), INFO_FIELDS)))
 
-    def _read_jobs(self, request_ids: Sequence[str]) -> list[Job]:
-        def read() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for request_id in request_ids:
-                pipe.hmget(self._key("job", request_id), [*INFO_FIELDS, "webhook_url"])
-                pipe.get(self._key("payload", request_id))
-                pipe.hmget(self._key("result", request_id), ["body", "headers"])
-            return pipe.execute()
-
-        replies = self._call(read)
-        jobs = []
-        for index, request_id in enumerate(request_ids):
-            values, payload, (body, headers) = replies[3 * index : 3 * index + 3]
-            info = self._info(request_id, values[:-1])
-            if info is None:
-                continue
-            webhook_url = (values[-1] or b"").decode() or None
-            jobs.append(Job.stored(info, payload=payload, webhook_url=webhook_url, body=body, headers=headers))
-        return jobs
+    def _job(
+        self, request_id: str, values: Sequence[bytes | None], payload: bytes | None, body=None, headers=None
+    ) -> Job | None:
+        """A `Job` from the `JOB_FIELDS` of its hash, its payload and its result; None if it is gone."""
+        info = self._info(request_id, values[:-1])
+        if info is None:
+            return None
+        webhook_url = (values[-1] or b"").decode() or None
+        return Job.stored(info, payload=payload, webhook_url=webhook_url, body=body, headers=headers)
 
     def get(self, request_id: str) -> Job | None:
-        jobs = self._read_jobs([request_id])
-        return jobs[0] if jobs else None
+        def read() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(self._key("job", request_id), JOB_FIELDS)
+            pipe.get(self._key("payload", request_id))
+            pipe.hmget(self._key("result", request_id), ["body", "headers"])
+            return pipe.execute()
+
+        values, payload, (body, headers) = self._call(read)
+        return self._job(request_id, values, payload, body, headers)
 
     def result(self, request_id: str) -> JobResult | None:
         def read() -> list[Any]:
@@ -642,6 +656,7 @@ class RedisJobStore(JobStore):
         return None if position is None else int(position)
 
     def logs(self, request_id: str, *, after_seq: int = 0) -> list[LogEntry]:
+        self._flush_logs([request_id])
         lines = self._call(lambda: self._redis.lrange(self._key("logs", request_id), after_seq, -1))
         entries = []
         for offset, line in enumerate(lines, start=after_seq + 1):
@@ -650,19 +665,59 @@ class RedisJobStore(JobStore):
         return entries
 
     def append_logs(self, request_id: str, entries: Iterable[tuple[str, str]]) -> None:
+        """Queues the lines for the log writer and returns: a worker does not wait a round trip (and an
+        fsync) per line. This node's `logs` reads them at once; other nodes a moment later."""
         now = self._clock()
         lines = [json.dumps([now, level, message]) for level, message in entries]
         if not lines:
             return
+        with self._log_lock:
+            self._pending_logs.setdefault(request_id, []).extend(lines)
+        self._logs_waiting.set()
 
-        def append() -> None:
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.rpush(self._key("logs", request_id), *lines)
-            pipe.xadd(self._key("events"), {"t": "job", "id": request_id, "x": ""}, maxlen=EVENTS_KEPT, approximate=True)
-            pipe.execute()
+    def _take_logs(self, request_ids: Iterable[str] | None) -> dict[str, list[str]]:
+        """Removes and returns the pending lines (of `request_ids`, or all); the caller holds `_log_lock`."""
+        if request_ids is None:
+            taken, self._pending_logs = self._pending_logs, {}
+            return taken
+        return {rid: self._pending_logs.pop(rid) for rid in request_ids if rid in self._pending_logs}
 
-        self._call(append)
-        self.changes.publish(request_id)
+    def _flush_logs(self, request_ids: Iterable[str] | None = None) -> None:
+        """Writes the pending lines now. Holding `_log_lock` through the write keeps each request's lines
+        in order, whoever writes them."""
+        with self._log_lock:
+            taken = self._take_logs(request_ids)
+            if not taken:
+                return
+
+            def append() -> None:
+                pipe = self._redis.pipeline(transaction=True)
+                for request_id, lines in taken.items():
+                    pipe.rpush(self._key("logs", request_id), *lines)
+                    pipe.xadd(self._key("events"), {"t": "job", "id": request_id, "x": ""}, maxlen=EVENTS_KEPT, approximate=True)
+                pipe.execute()
+
+            try:
+                self._call(append)
+            except Exception:
+                for request_id, lines in taken.items():
+                    self._pending_logs[request_id] = lines + self._pending_logs.get(request_id, [])
+                raise
+        for request_id in taken:
+            self._changed(request_id)
+
+    def _write_logs(self) -> None:
+        while not self._stopping.is_set():
+            self._logs_waiting.wait()
+            self._logs_waiting.clear()
+            try:
+                self._flush_logs()
+            except StoreClosed:
+                return
+            except Exception as error:
+                logger.warning("could not write log lines to the queue (%s); retrying", error)
+                self._logs_waiting.set()
+                self._stopping.wait(0.5)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -676,7 +731,7 @@ class RedisJobStore(JobStore):
     ) -> list[Job]:
         now = self._clock()
         limits = [item for endpoint, limit in batch_limits.items() for item in (endpoint, limit)]
-        ids = self._run(
+        claimed = self._run(
             "claim",
             worker_id,
             repr(now),
@@ -688,10 +743,12 @@ class RedisJobStore(JobStore):
             len(warm),
             *sorted(warm),
         )
-        ids = [request_id.decode() for request_id in ids]
-        for request_id in ids:
-            self.changes.publish(request_id)
-        return self._read_jobs(ids) if ids else []
+        jobs = []
+        for request_id, values, payload in claimed:
+            request_id = request_id.decode()
+            self._changed(request_id)
+            jobs.append(self._job(request_id, values, payload))
+        return jobs
 
     def mark_running(self, worker_id: str, request_ids: Sequence[str], *, running: bool = True) -> None:
         if request_ids:
@@ -705,19 +762,27 @@ class RedisJobStore(JobStore):
 
     def release(self, request_ids: Sequence[str], *, worker_id: str | None = None) -> None:
         if request_ids:
+            self._flush_logs(request_ids)  # before the line saying it was requeued
             self._run("release", repr(self._clock()), worker_id or "", *request_ids)
             for request_id in request_ids:
-                self.changes.publish(request_id)
+                self._changed(request_id)
 
     def complete(self, request_id: str, result: JobResult) -> bool:
-        done = self._run("complete", request_id, repr(self._clock()), 0, *_result_args(result)) == 1
-        if done:
-            self.changes.publish(request_id)
+        with self._log_lock:
+            lines = self._take_logs([request_id]).get(request_id, [])
+            try:
+                done = self._run("complete", request_id, repr(self._clock()), 0, *_result_args(result), *lines) == 1
+            except Exception:
+                if lines:
+                    self._pending_logs[request_id] = lines + self._pending_logs.get(request_id, [])
+                raise
+        if done or lines:
+            self._changed(request_id)
         return done
 
     def cancel(self, request_id: str, result: JobResult) -> CancelOutcome:
         outcome = self._run("cancel", request_id, repr(self._clock()), *_result_args(result))
-        self.changes.publish(request_id)
+        self._changed(request_id)
         return CancelOutcome(outcome.decode())
 
     def recover(self) -> list[str]:
@@ -749,7 +814,7 @@ class RedisJobStore(JobStore):
             )
             if outcome == b"failed":
                 completed.append(request_id)
-            self.changes.publish(request_id)
+            self._changed(request_id)
         late = self._call(lambda: self._redis.zrangebyscore(self._key("deadlines"), "-inf", f"({now!r}"))
         timeout = _result_args(
             JobResult.from_error(
@@ -762,7 +827,7 @@ class RedisJobStore(JobStore):
         for request_id in (raw.decode() for raw in late):
             if self._run("complete", request_id, repr(now), 1, *timeout) == 1:
                 completed.append(request_id)
-                self.changes.publish(request_id)
+                self._changed(request_id)
         return completed
 
     def next_start_deadline(self) -> float | None:
@@ -815,6 +880,7 @@ class RedisJobStore(JobStore):
         self._run("webhook_attempted", request_id, repr(now), int(delivered), next_try, _arg(error))
 
     def purge(self, older_than: float) -> int:
+        self._flush_logs()  # a line written after its request was purged would outlive it
         total = 0
         while True:
             deleted = int(self._run("purge", repr(older_than), 500))
@@ -828,8 +894,14 @@ class RedisJobStore(JobStore):
     def close(self) -> None:
         if self._closed:
             return
+        try:
+            self._flush_logs()
+        except Exception as error:
+            logger.warning("log lines not written before closing the queue: %s", error)
         self._closed = True
         self._stopping.set()
+        self._logs_waiting.set()
+        self._log_writer.join(5)
         if self._listener is not None:
             self._events.connection_pool.disconnect()
             self._listener.join(5)
@@ -945,6 +1017,19 @@ class RedisJobStore(JobStore):
         return value
 
     # -- hearing of the other nodes' changes -----------------------------------------------
+
+    def _changed(self, *request_ids: str, work: bool = False, schedule: bool = False) -> None:
+        """Wakes this node's waiters for a change it made itself, where no listener will. A listening
+        store hears its own changes on the event stream like every other node's: once, and as soon
+        as Redis has them, which on a busy node is sooner than the reply reaches the caller."""
+        if self._listener is not None:
+            return
+        for request_id in request_ids:
+            self.changes.publish(request_id)
+        if work:
+            self.changes.publish_work()
+        if schedule:
+            self.changes.schedule_changed.set()
 
     def _latest_event_id(self) -> str:
         last = self._redis.xrevrange(self._key("events"), count=1)

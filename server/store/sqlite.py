@@ -348,7 +348,7 @@ class SqliteJobStore(JobStore):
                 ).fetchall()
                 ids = [first[0], *(row[0] for row in followers)]
             db.executemany(
-                "UPDATE jobs SET status = 'IN_PROGRESS', lease_owner = ?, lease_expires = ?, running = 0, "
+                "UPDATE jobs SET status = 'IN_PROGRESS', lease_owner = ?, lease_expires = ?, running = 1, "
                 "attempts = attempts + 1, started_at = ? WHERE request_id = ?",
                 [(worker_id, now + self._lease_seconds, now, rid) for rid in ids],
             )

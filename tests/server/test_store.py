@@ -127,19 +127,18 @@ def test_expired_lease_charges_only_a_running_job_until_it_runs_out(open_store, 
     store = open_store(max_attempts=2)
     store.submit(job("a"))
     store.claim("w1", {})
+    store.mark_running("w1", ["a"], running=False)  # decoded, waiting for the device
     clock.now += 31
     assert store.recover() == []
     assert store.get("a").status is JobStatus.IN_QUEUE
-    assert "not counted" in store.logs("a")[-1].message  # claimed, never started: not its fault
-    store.claim("w2", {})
-    store.mark_running("w2", ["a"])
+    assert "not counted" in store.logs("a")[-1].message  # it was not running: not its fault
+    store.claim("w2", {})  # a claim marks it running
     clock.now += 31
     assert store.recover() == []
     requeued = store.get("a")
     assert requeued.status is JobStatus.IN_QUEUE and requeued.attempts == 2
     assert "strike 1 of 2" in store.logs("a")[-1].message
     store.claim("w3", {})
-    store.mark_running("w3", ["a"])
     clock.now += 31
     assert store.recover() == ["a"]
     failed = store.get("a")
@@ -246,7 +245,6 @@ def test_a_suspect_runs_alone_and_nothing_runs_beside_it(open_store, clock, back
     for rid in "abcd":
         store.submit(job(rid))
     assert [j.request_id for j in store.claim("w", {"e/a": 4})] == list("abcd")
-    store.mark_running("w", list("abcd"))
     store.mark_running("w", list("bcd"), running=False)  # decoded, waiting for the device
     store = worker_died(store, open_store, backend, clock)  # `a` was running, the others waited
     assert "strike 1 of 3" in store.logs("a")[-1].message
@@ -263,7 +261,6 @@ def test_a_suspect_waits_until_what_runs_has_finished(open_store, clock):
     store.submit(job("crashed"))
     store.claim("w1", {"e/a": 1})
     store.claim("w2", {"e/a": 1})
-    store.mark_running("w2", ["crashed"])
     store.submit(job("later"))
     clock.now += 20
     store.renew("w1", ["long"])  # w1 lives on; w2 died
