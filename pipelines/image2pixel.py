@@ -86,7 +86,7 @@ from kernels.pixel_cleanup import (
 )
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
 from kernels.pixel_palette import (
-    cell_spread,
+    cell_spreads,
     map_to_palette,
     merge_similar_colors,
     unique_colors,
@@ -108,7 +108,7 @@ AUTO_COLOR_CAP = 32
 
 # Pixels a side (at most) of the interior of a cell whose median is its colour for the palette.
 CELL_SAMPLES = 8
-# Degraded inputs merge shades closer than this many times the cells' spread (`cell_spread`), at least.
+# Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
 
 HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")]
@@ -311,11 +311,15 @@ def working_palette(image: torch.Tensor, scale: int, inputs: Image2PixelInput) -
     if not bool(opaque.any()):
         return None, "image"
     rgb = cells[0, :3, opaque].long()
-    keys, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_counts=True)
+    keys, which, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_inverse=True, return_counts=True)
     colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).to(torch.uint8)
-    spread = cell_spread(image, cells, scale)[0]
-    merge_at_least = SPREAD_TO_MERGE * spread
-    palette, _ = merge_similar_colors(colours, counts.double(), max_colors=budget, min_distance=merge_at_least)
+    spreads = cell_spreads(image, cells, scale)[0, opaque].double()
+    # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
+    errors = (torch.zeros_like(keys, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
+    merge_at_least = SPREAD_TO_MERGE * float(spreads.median())
+    palette, _ = merge_similar_colors(
+        colours, counts.double(), max_colors=budget, min_distance=merge_at_least, errors=errors
+    )
     return palette, "merged"
 
 
