@@ -46,6 +46,8 @@ _DISTANCE_CHUNK = 2048
 _MERGE_PER_SPREAD = 2.5
 _HEAVY_SHARE = 0.01
 _MERGE_DISTANCE = (2.5, 8.0)
+# `cell_spreads` measures at most this many interior pixels a side of each cell.
+_SPREAD_SAMPLES = 4
 # `_merge_unimodal`: two clusters are one colour while the colours midway between them weigh at least this many
 # times those around the lesser centre: the two halves of one gaussian cloud leave about 1.4 and a cloud's tail
 # more, while a ramp of real shades a little apart (textures) leaves about 1 and two separate colours less.
@@ -396,9 +398,9 @@ def colour_distance(first: Tensor, second: Tensor) -> Tensor:
 
 def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     r"""How far the pixels of each cell stray from its colour: the mean `colour_distance` between a cell's opaque
-    interior pixels (less the one-pixel border ring from 3 px, at most 8 x 8 of them, evenly spaced) and the
-    cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it, most in cells at an edge, whose
-    colour is then the least certain.
+    interior pixels (less the one-pixel border ring from 3 px; at most 4 x 4 of them, evenly spaced, as every
+    cell is measured) and the cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it, most in
+    cells at an edge, whose colour is then the least certain.
 
     Args:
         image: RGBA uint8 :math:`(B, 4, H, W)` of whole ``scale`` x ``scale`` cells, binary alpha.
@@ -418,7 +420,7 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     _check_rgba(image)
     check_int(scale, "scale", 1)
     batch, _, rows, columns = cells.shape
-    inner = slice(1, scale - 1, -(-(scale - 2) // 8)) if scale >= 3 else slice(0, scale)
+    inner = slice(1, scale - 1, -(-(scale - 2) // _SPREAD_SAMPLES)) if scale >= 3 else slice(0, scale)
     blocks = image[:, :, : rows * scale, : columns * scale].reshape(batch, 4, rows, scale, columns, scale)
     blocks = blocks[:, :, :, inner, :, inner]
     opaque = (blocks[:, 3] >= 128) & (cells[:, 3] >= 128)[:, :, None, :, None]
@@ -629,6 +631,7 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
     in the middle, or thins out from one end to the other. The pair with the fullest middle merges first, while
     it holds at least `_VALLEY` times the weight around its lesser centre."""
     label = _compact(label)
+    lab = lab.float()  # single precision is ample for counting colours in balls, and twice as fast
     count = int(label.max()) + 1
     order = label.argsort(stable=True)
     members: list[Tensor | None] = list(order.split(torch.bincount(label, minlength=count).tolist()))
