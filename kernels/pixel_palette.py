@@ -17,7 +17,7 @@ from torch import Tensor
 from kernels._utils import check_int
 
 __all__ = [
-    "cell_spread",
+    "cell_spreads",
     "colour_distance",
     "estimate_color_count",
     "map_to_palette",
@@ -46,6 +46,15 @@ _DISTANCE_CHUNK = 2048
 _MERGE_PER_SPREAD = 2.5
 _HEAVY_SHARE = 0.01
 _MERGE_DISTANCE = (2.5, 8.0)
+# `cell_spreads` measures at most this many interior pixels a side of each cell.
+_SPREAD_SAMPLES = 4
+# `_merge_unimodal`: two clusters are one colour while the colours midway between them weigh at least this many
+# times those around the lesser centre: the two halves of one gaussian cloud leave about 1.4 and a cloud's tail
+# more, while a ramp of real shades a little apart (textures) leaves about 1 and two separate colours less.
+_VALLEY = 1.25
+# `_merge_insignificant`: two cluster colours differ when they are this many standard errors apart (about the
+# 97th percentile of the length of a 3-D standard normal).
+_SIGNIFICANT = 3.0
 
 
 def _check_rgba(image: Tensor) -> None:
@@ -387,41 +396,38 @@ def colour_distance(first: Tensor, second: Tensor) -> Tensor:
     return torch.cat(rows) if rows else first.new_zeros(0, second.shape[0])
 
 
-def cell_spread(image: Tensor, cells: Tensor, scale: int, max_cells: int = 1024) -> list[float]:
-    r"""How far the pixels of a cell stray from its colour, typically: the median over cells of the mean
-    `colour_distance` between a cell's opaque interior pixels (less the one-pixel border ring from 3 px, at most
-    8 x 8 of them, evenly spaced) and the cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it.
+def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
+    r"""How far the pixels of each cell stray from its colour: the mean `colour_distance` between a cell's opaque
+    interior pixels (less the one-pixel border ring from 3 px; at most 4 x 4 of them, evenly spaced, as every
+    cell is measured) and the cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it, most in
+    cells at an edge, whose colour is then the least certain.
 
     Args:
         image: RGBA uint8 :math:`(B, 4, H, W)` of whole ``scale`` x ``scale`` cells, binary alpha.
         cells: RGBA uint8 :math:`(B, 4, H / s, W / s)`, one colour per cell (e.g. its median).
         scale: cell size in pixels.
-        max_cells: at most about this many cells, evenly spaced, are measured.
 
     Returns:
-        One float per sample (0 where no cell is opaque).
+        float32 :math:`(B, H / s, W / s)`, in `colour_distance` units; 0 where the cell or all its interior
+        pixels are transparent.
 
     Example:
         >>> import torch
         >>> image = torch.full((1, 4, 4, 4), 255, dtype=torch.uint8)
-        >>> cell_spread(image, image[..., ::2, ::2], 2)
-        [0.0]
+        >>> cell_spreads(image, image[..., ::2, ::2], 2).tolist()
+        [[[0.0, 0.0], [0.0, 0.0]]]
     """
     _check_rgba(image)
     check_int(scale, "scale", 1)
     batch, _, rows, columns = cells.shape
-    inner = slice(1, scale - 1, -(-(scale - 2) // 8)) if scale >= 3 else slice(0, scale)
-    stride = max(1, round((rows * columns / max_cells) ** 0.5))
+    inner = slice(1, scale - 1, -(-(scale - 2) // _SPREAD_SAMPLES)) if scale >= 3 else slice(0, scale)
     blocks = image[:, :, : rows * scale, : columns * scale].reshape(batch, 4, rows, scale, columns, scale)
-    blocks = blocks[:, :, ::stride, inner, ::stride, inner]
-    colours = cells[:, :, ::stride, ::stride]
-    opaque = (blocks[:, 3] >= 128) & (colours[:, 3] >= 128)[:, :, None, :, None]
+    blocks = blocks[:, :, :, inner, :, inner]
+    opaque = (blocks[:, 3] >= 128) & (cells[:, 3] >= 128)[:, :, None, :, None]
     pixel_lab = srgb_to_lab(blocks[:, :3].permute(0, 2, 3, 4, 5, 1).float()).float()
-    cell_lab = srgb_to_lab(colours[:, :3].permute(0, 2, 3, 1).float())[:, :, None, :, None].float()
+    cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())[:, :, None, :, None].float()
     distance = _delta_e94(pixel_lab, cell_lab) * opaque
-    count = opaque.sum((2, 4))
-    mean = distance.sum((2, 4)) / count.clamp_min(1)
-    return [float(m[c > 0].median()) if bool((c > 0).any()) else 0.0 for m, c in zip(mean, count)]
+    return distance.sum((2, 4)) / opaque.sum((2, 4)).clamp_min(1)
 
 
 def merge_similar_colors(
@@ -430,6 +436,7 @@ def merge_similar_colors(
     distance: float | None = None,
     max_colors: int | None = None,
     min_distance: float = 0.0,
+    errors: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Merge the near-duplicate shades that compression and blur make of each real colour into one.
 
@@ -452,7 +459,9 @@ def merge_similar_colors(
         weights: :math:`(N,)` non-negative weights (e.g. how many cells have the colour).
         distance: merge radius in `colour_distance` units (about 1 is just noticeable), or None to measure.
         max_colors: largest palette size, or None for no limit.
-        min_distance: with ``distance`` None, the smallest radius to use (e.g. from `cell_spread`).
+        min_distance: with ``distance`` None, the smallest radius to use (e.g. from `cell_spreads`).
+        errors: :math:`(N,)` how far each colour may be from the one it stands for, in `colour_distance` units
+            (the root mean square of its cells' `cell_spreads`), or None to skip the significance test.
 
     Returns:
         ``(palette, labels)``: uint8 :math:`(K, 3)` without duplicates, and long :math:`(N,)` indices into it.
@@ -494,6 +503,12 @@ def merge_similar_colors(
     centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
     label = colour_distance(lab, srgb_to_lab(centre_rgb)).argmin(1)
     label = _merge_close(rgb, weight, label, distance)
+    label = _merge_unimodal(rgb, lab, weight, label, distance)
+    if errors is not None:
+        squared = errors.to("cpu", torch.float64) ** 2 * weights.to("cpu", torch.float64)
+        if groups is not None:
+            squared = torch.zeros(key.shape[0], dtype=torch.float64).index_add_(0, groups, squared)
+        label = _merge_insignificant(rgb, weight, squared, label)
     label = _absorb_tails(rgb, weight, label, distance)
     if max_colors is not None:
         label = _ward_merge(rgb, weight, label, max_colors)
@@ -603,6 +618,102 @@ def _merge_close(rgb: Tensor, weight: Tensor, label: Tensor, distance: float) ->
         gap[keep], gap[:, keep] = row, row
         gap[drop], gap[:, drop] = torch.inf, torch.inf
         count -= 1
+    return _compact(target[label])
+
+
+def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, distance: float) -> Tensor:
+    """Merge clusters whose colours have no valley between them: pieces of one noise cloud, or a cloud and its tail.
+
+    For two clusters that can touch (centres within ``2 * distance`` plus their root-mean-square radii: seeds at
+    ``distance`` leave neighbouring pieces of one cloud that close), the weight of their colours within a quarter
+    of the gap of the midpoint is compared with that around each centre (three disjoint balls). Two real colours
+    leave fewer colours between them than around the lesser of the two; the noise around one colour is densest
+    in the middle, or thins out from one end to the other. The pair with the fullest middle merges first, while
+    it holds at least `_VALLEY` times the weight around its lesser centre."""
+    label = _compact(label)
+    lab = lab.float()  # single precision is ample for counting colours in balls, and twice as fast
+    count = int(label.max()) + 1
+    order = label.argsort(stable=True)
+    members: list[Tensor | None] = list(order.split(torch.bincount(label, minlength=count).tolist()))
+    centres = torch.zeros(count, 3, dtype=lab.dtype)
+    radii = torch.zeros(count, dtype=lab.dtype)
+
+    def measure(index: int) -> None:
+        points = members[index]
+        mean, total = _cluster_means(rgb[points], weight[points], torch.zeros_like(points), 1)
+        centres[index] = srgb_to_lab(mean[0])
+        squared = colour_distance(lab[points], centres[index : index + 1])[:, 0] ** 2
+        radii[index] = (squared * weight[points]).sum().div(total[0].clamp_min(1e-12)).sqrt()
+
+    def middle_share(first: int, second: int) -> float:
+        points = torch.cat([members[first], members[second]])
+        ends = centres[[first, second]]
+        gap = float(colour_distance(ends[:1], ends[1:])[0, 0])
+        inside = colour_distance(lab[points], torch.stack([ends[0], ends.mean(0), ends[1]])) <= gap / 4
+        around = (weight[points].unsqueeze(1) * inside).sum(0)
+        return float(around[1] / around[[0, 2]].min().clamp_min(1e-12))
+
+    def pairs_of(index: int, alive: Tensor) -> dict[tuple[int, int], float]:
+        reach = 2 * distance + radii[index] + radii
+        near = (colour_distance(centres[index : index + 1], centres)[0] <= reach) & alive
+        near[index] = False
+        return {(min(index, j), max(index, j)): middle_share(index, j) for j in near.nonzero().flatten().tolist()}
+
+    for index in range(count):
+        measure(index)
+    alive = torch.ones(count, dtype=torch.bool)
+    shares: dict[tuple[int, int], float] = {}
+    for index in range(count):
+        alive[index] = False  # each pair once
+        shares |= pairs_of(index, alive)
+    alive[:] = True
+    target = torch.arange(count)
+    while shares:
+        # the fullest middle; ties to the lower pair of indices, so the result is deterministic
+        (keep, drop), share = max(shares.items(), key=lambda item: (item[1], -item[0][0], -item[0][1]))
+        if share < _VALLEY:
+            break
+        members[keep] = torch.cat([members[keep], members[drop]])
+        members[drop] = None
+        alive[drop] = False
+        target[target == drop] = keep
+        measure(keep)
+        shares = {pair: share for pair, share in shares.items() if keep not in pair and drop not in pair}
+        shares |= pairs_of(keep, alive)
+    return _compact(target[label])
+
+
+def _merge_insignificant(rgb: Tensor, weight: Tensor, squared: Tensor, label: Tensor) -> Tensor:
+    """Merge the clusters whose colours are not told apart by their cells: a cluster's colour is the mean of its
+    cells', each uncertain by its spread, so it is uncertain by the root of the summed squared spreads over the
+    cell count (``squared`` holds each colour's summed squared spread). While two clusters are closer than
+    `_SIGNIFICANT` times the uncertainty of their difference, the closest such pair (in those units) merges: a
+    few cells at edges, whose pixels stray far, cannot make a colour of their own, while the same few cells
+    with clean interiors can."""
+    label = _compact(label)
+    count = int(label.max()) + 1
+    centre_rgb, centre_weight = _cluster_means(rgb, weight, label, count)
+    spread = torch.zeros(count, dtype=torch.float64).index_add_(0, label, squared)
+    lab = srgb_to_lab(centre_rgb)
+    target = torch.arange(count)
+    alive = torch.ones(count, dtype=torch.bool)
+    while int(alive.sum()) > 1:
+        variance = spread / centre_weight.clamp_min(1e-12) ** 2
+        score = colour_distance(lab, lab) / (variance.unsqueeze(0) + variance.unsqueeze(1)).sqrt().clamp_min(1e-12)
+        score[~alive] = torch.inf
+        score[:, ~alive] = torch.inf
+        score.fill_diagonal_(torch.inf)
+        flat = int(score.argmin())
+        if float(score.flatten()[flat]) >= _SIGNIFICANT:
+            break
+        keep, drop = sorted((flat // count, flat % count))
+        merged = centre_weight[keep] + centre_weight[drop]
+        centre_rgb[keep] = (centre_rgb[keep] * centre_weight[keep] + centre_rgb[drop] * centre_weight[drop]) / merged
+        centre_weight[keep] = merged
+        spread[keep] += spread[drop]
+        lab[keep] = srgb_to_lab(centre_rgb[keep])
+        alive[drop] = False
+        target[target == drop] = keep
     return _compact(target[label])
 
 

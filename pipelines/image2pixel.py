@@ -86,7 +86,7 @@ from kernels.pixel_cleanup import (
 )
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
 from kernels.pixel_palette import (
-    cell_spread,
+    cell_spreads,
     map_to_palette,
     merge_similar_colors,
     unique_colors,
@@ -108,7 +108,7 @@ AUTO_COLOR_CAP = 32
 
 # Pixels a side (at most) of the interior of a cell whose median is its colour for the palette.
 CELL_SAMPLES = 8
-# Degraded inputs merge shades closer than this many times the cells' spread (`cell_spread`), at least.
+# Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
 
 HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")]
@@ -285,8 +285,11 @@ def cell_colours(image: torch.Tensor, scale: int) -> torch.Tensor:
     return downscale_median(image.index_select(-2, interior(height)).index_select(-1, interior(width)), len(taken))
 
 
-def working_palette(image: torch.Tensor, scale: int, inputs: Image2PixelInput) -> tuple[torch.Tensor | None, str]:
-    """The palette every colour ends on, and where it came from: `fixed`, `image`, `wu`, `merged` or `unlimited`.
+def working_palette(
+    image: torch.Tensor, scale: int, inputs: Image2PixelInput
+) -> tuple[torch.Tensor | None, str, torch.Tensor | None]:
+    """The palette every colour ends on, where it came from (`fixed`, `image`, `wu`, `merged` or `unlimited`), and
+    the cells' colours (`cell_colours`) where they were measured for it, so they are not measured twice.
 
     On a clean upscale (every cell one colour) the palette is the image's colours, or Wu's at `max_colors`. On a
     degraded one it is the cells' colours (`cell_colours`) with near-duplicate shades merged
@@ -294,29 +297,33 @@ def working_palette(image: torch.Tensor, scale: int, inputs: Image2PixelInput) -
     and resampling do not turn each real colour into several; that is also the estimate of `auto_color_detect`.
     """
     if inputs.fixed_palette:
-        return parse_palette(inputs.fixed_palette).to(image.device), "fixed"
+        return parse_palette(inputs.fixed_palette).to(image.device), "fixed", None
     budget = inputs.max_colors
     if inputs.auto_color_detect:
         budget = min(budget or AUTO_COLOR_CAP, AUTO_COLOR_CAP)
     if budget is None:
-        return None, "unlimited"
+        return None, "unlimited", None
     corners = image[..., ::scale, ::scale]
     if torch.equal(image, corners.repeat_interleave(scale, -2).repeat_interleave(scale, -1)):
         colours = unique_colors(image)[0]
         if colours.shape[0] <= budget:
-            return (colours if colours.shape[0] else None), "image"
-        return wu_palette(image, budget)[0], "wu"
+            return (colours if colours.shape[0] else None), "image", None
+        return wu_palette(image, budget)[0], "wu", None
     cells = cell_colours(image, scale)
     opaque = cells[0, 3] >= 128
     if not bool(opaque.any()):
-        return None, "image"
+        return None, "image", cells
     rgb = cells[0, :3, opaque].long()
-    keys, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_counts=True)
+    keys, which, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_inverse=True, return_counts=True)
     colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).to(torch.uint8)
-    spread = cell_spread(image, cells, scale)[0]
-    merge_at_least = SPREAD_TO_MERGE * spread
-    palette, _ = merge_similar_colors(colours, counts.double(), max_colors=budget, min_distance=merge_at_least)
-    return palette, "merged"
+    spreads = cell_spreads(image, cells, scale)[0, opaque].double()
+    # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
+    errors = (torch.zeros_like(keys, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
+    merge_at_least = SPREAD_TO_MERGE * float(spreads.median())
+    palette, _ = merge_similar_colors(
+        colours, counts.double(), max_colors=budget, min_distance=merge_at_least, errors=errors
+    )
+    return palette, "merged", cells
 
 
 def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
@@ -332,7 +339,7 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
     if inputs.cleanup_morph:
         image = open_close_alpha(image)
     # 5. Colours onto the working palette.
-    palette, palette_source = working_palette(image, grid.scale, inputs)
+    palette, palette_source, cells = working_palette(image, grid.scale, inputs)
     if palette_source in ("fixed", "wu"):
         image = map_to_palette(image, palette)
     # 6. One pixel per cell, every colour back on the palette.
@@ -340,7 +347,7 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
         # A degraded cell's pixels are its colour plus noise and its neighbours' bleed: its colour is the palette
         # colour nearest its interior's median, not a vote that the bleed can win. Opaque: half its pixels are.
         opaque = F.avg_pool2d((image[:, 3:] >= 128).float(), grid.scale) >= 0.5
-        native = torch.cat([cell_colours(image, grid.scale)[:, :3], (opaque * 255).to(torch.uint8)], 1) * opaque
+        native = torch.cat([cells[:, :3], (opaque * 255).to(torch.uint8)], 1) * opaque
     else:
         native = downscale_cells(image, grid.scale, inputs.downscale_method, inputs.dominant_color_threshold)
     if palette is not None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.pixel_palette import (
-    cell_spread,
+    cell_spreads,
     colour_distance,
     estimate_color_count,
     map_to_palette,
@@ -143,6 +143,33 @@ class TestMergeSimilarColors:
         assert sorted(nearest.argmin(1).tolist()) == [0, 1, 2, 3] and nearest.min(1).max() <= 3 * 3**2
         assert labels.shape == (colours.shape[0],) and int(labels.max()) == palette.shape[0] - 1
 
+    def test_one_wide_cloud_is_one_colour_and_two_apart_are_two(self):
+        """One colour under gaussian noise of 3 levels a channel (a cloud the seeding cuts into several pieces)
+        is one colour, however the pieces fall; two such clouds far apart stay two."""
+        rng = np.random.default_rng(3)
+        grey = np.array([120, 120, 120])
+        wide = np.clip(grey + rng.normal(0, 3, (3000, 3)).round(), 0, 255)
+        colours, weights = np.unique(wide, axis=0, return_counts=True)
+        palette, _ = merge_similar_colors(torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights * 1.0))
+        assert palette.shape[0] == 1
+        pair = np.concatenate([wide, np.clip(grey + 60 + rng.normal(0, 3, (3000, 3)).round(), 0, 255)])
+        colours, weights = np.unique(pair, axis=0, return_counts=True)
+        palette, _ = merge_similar_colors(torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights * 1.0))
+        assert palette.shape[0] == 2
+
+    def test_errors_decide_whether_a_few_far_cells_are_a_colour(self):
+        """A handful of cells far from the real colours are a colour of their own when their cells are clean,
+        and noise (to be merged) when their pixels stray further than they lie from a real colour."""
+        colours, weights, real = self.noisy_cloud(0)
+        few = torch.tensor([[20, 60, 82], [22, 60, 84], [20, 62, 80]], dtype=torch.uint8)  # 3 cells near real[0]
+        colours, weights = torch.cat([colours, few]), torch.cat([weights, torch.ones(3)])
+        clean = torch.full((colours.shape[0],), 0.5, dtype=torch.float64)
+        noisy = clean.clone()
+        noisy[-3:] = 40.0
+        assert merge_similar_colors(colours, weights, errors=clean)[0].shape[0] == len(real) + 1
+        palette, labels = merge_similar_colors(colours, weights, errors=noisy)
+        assert palette.shape[0] == len(real) and bool((labels[-3:] == labels[weights.argmax()]).all())
+
     def test_distinct_colours_stay_and_max_colors_is_honoured(self):
         colours = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255], [0, 200, 0]], dtype=torch.uint8)
         weights = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
@@ -164,11 +191,27 @@ class TestMergeSimilarColors:
             merge_similar_colors(torch.zeros(2, 3, dtype=torch.uint8), torch.ones(3))
 
 
-class TestCellSpread:
+class TestCellSpreads:
     def test_zero_when_clean_and_grows_with_noise(self):
         rgb = np.random.default_rng(5).integers(0, 256, (1, 6, 6, 3)).repeat(4, 1).repeat(4, 2)
         clean = rgba(rgb)
         cells = clean[..., ::4, ::4]
         noise = np.random.default_rng(6).integers(-6, 7, rgb.shape)
-        assert cell_spread(clean, cells, 4) == [0.0]
-        assert cell_spread(rgba(np.clip(rgb + noise, 0, 255)), cells, 4)[0] > 1.0
+        assert cell_spreads(clean, cells, 4).shape == (1, 6, 6)
+        assert float(cell_spreads(clean, cells, 4).abs().max()) < 1e-3  # float32 CIELAB
+        assert float(cell_spreads(rgba(np.clip(rgb + noise, 0, 255)), cells, 4).median()) > 1.0
+
+    def test_mean_distance_of_the_interior(self):
+        """One 4 px cell: its border ring is left out, and the mean runs over the opaque interior pixels only."""
+        rgb = np.full((1, 4, 4, 3), 100)
+        rgb[0, 0, 0] = 0  # border ring: ignored
+        rgb[0, 1, 1] = [130, 100, 100]
+        rgb[0, 1, 2] = [100, 100, 160]  # transparent below: ignored
+        opaque = np.ones((1, 4, 4), bool)
+        opaque[0, 1, 2] = False
+        image = rgba(rgb, opaque)
+        cell = rgba(np.full((1, 1, 1, 3), 100))
+        lab = srgb_to_lab(torch.tensor([[130, 100, 100], [100, 100, 100]]))
+        expected = float(colour_distance(lab[:1], lab[1:]))
+        assert cell_spreads(image, cell, 4).item() == pytest.approx(expected / 3, rel=1e-3)
+        assert cell_spreads(image, cell * 0, 4).item() == 0.0  # a transparent cell
