@@ -18,6 +18,7 @@ writers that died; `purge_partial` deletes them.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -543,13 +544,93 @@ def chosen_parts(
     return numbers, size
 
 
-class UploadWriter:
-    """Bytes streaming into a `.part` file, charged to their owner as they arrive.
+class StreamingUpload(abc.ABC):
+    """An upload streaming into storage, charged to its owner as it arrives: what the disk's writer
+    (`UploadWriter`) and the S3 store's share.
 
-    `write` raises PayloadTooLarge past the file limit or the owner's byte quota; `commit` calls
-    `on_commit(writer)` and returns what it returns; `abort` (also on any failure) deletes what was
-    written, refunds it and calls `on_abort`. Used from one thread at a time.
+    `write` raises PayloadTooLarge past the file limit or the owner's byte quota; `commit` finishes the
+    upload, calls `on_commit(writer)` and returns what it returns; `abort` (also on any failure)
+    discards what was written, gives back what was charged and calls `on_abort`. Used from one thread
+    at a time.
     """
+
+    def __init__(
+        self,
+        limits: UploadLimits,
+        *,
+        on_commit: Callable[[Any], Any],
+        on_abort: Callable[[], None] | None = None,
+        already: int = 0,
+    ) -> None:
+        self.size = 0
+        self._limits = limits
+        self._on_commit = on_commit
+        self._on_abort = on_abort
+        self._already = already
+        self._done = False
+
+    @abc.abstractmethod
+    def _charge(self, length: int) -> None:
+        """Charges the owner for `length` more bytes; PayloadTooLarge past the quota."""
+
+    @abc.abstractmethod
+    def _append(self, data: bytes) -> None:
+        """Stores the next bytes, already charged for."""
+
+    @abc.abstractmethod
+    def _finish(self) -> None:
+        """Completes what `_append` stored, before `on_commit`."""
+
+    @abc.abstractmethod
+    def _discard(self) -> None:
+        """Deletes what `_append` stored and gives back what `_charge` took."""
+
+    def _announced(self, length: int) -> None:
+        """Told a body's announced length once it is within the file limit, before any of it is read."""
+
+    def check_declared(self, declared: int) -> None:
+        """Refuses a body whose announced length is over the file limit before reading it."""
+        try:
+            if self._already + declared > self._limits.max_file_bytes:
+                raise file_too_large(self._limits)
+            self._announced(declared)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, data: bytes) -> None:
+        try:
+            if self._already + self.size + len(data) > self._limits.max_file_bytes:
+                raise file_too_large(self._limits)
+            self._charge(len(data))
+            self.size += len(data)
+            self._append(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> Any:
+        try:
+            self._finish()
+            result = self._on_commit(self)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return result
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._discard()
+        if self._on_abort:
+            self._on_abort()
+
+
+class UploadWriter(StreamingUpload):
+    """An upload streaming into a `.part` file (see `StreamingUpload`), charged to the disk store's quota
+    of its owner block by block."""
 
     def __init__(
         self,
@@ -564,68 +645,40 @@ class UploadWriter:
         charged_file: bool = True,
         hashed: bool = False,
     ) -> None:
+        super().__init__(limits, on_commit=on_commit, on_abort=on_abort, already=already)
         self.path = path
-        self.size = 0
         self._store = store
         self._owner = owner
-        self._limits = limits
-        self._on_commit = on_commit
-        self._on_abort = on_abort
-        self._already = already
         self._charged_file = charged_file
         self._digest = hashlib.md5(usedforsecurity=False) if hashed else None
         self._handle = open(path, "wb")  # noqa: SIM115 (open until commit or abort)
-        self._done = False
 
     @property
     def md5(self) -> str:
         return self._digest.hexdigest() if self._digest else ""
 
-    def _too_large(self) -> PayloadTooLarge:
-        return file_too_large(self._limits)
+    def _charge(self, length: int) -> None:
+        self._store._charge(self._owner, length, 0, self._limits)
 
-    def check_declared(self, declared: int) -> None:
-        """Refuses a body whose announced length is over the file limit before reading it."""
-        if self._already + declared > self._limits.max_file_bytes:
-            self.abort()
-            raise self._too_large()
+    def _append(self, data: bytes) -> None:
+        self._handle.write(data)
+        if self._digest:
+            self._digest.update(data)
 
-    def write(self, data: bytes) -> None:
-        try:
-            if self._already + self.size + len(data) > self._limits.max_file_bytes:
-                raise self._too_large()
-            self._store._charge(self._owner, len(data), 0, self._limits)
-            self.size += len(data)
-            self._handle.write(data)
-            if self._digest:
-                self._digest.update(data)
-        except BaseException:
-            self.abort()
-            raise
-
-    def commit(self):
+    def _finish(self) -> None:
         self._handle.close()
-        try:
-            result = self._on_commit(self)
-        except FileNotFoundError:
-            # the `.part` was purged as stale while this upload stalled
-            self.abort()
-            raise BadRequest("The upload stalled for too long and was discarded; upload the file again") from None
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        return result
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _discard(self) -> None:
         self._handle.close()
         self.path.unlink(missing_ok=True)
-        if self._on_abort:
-            self._on_abort()
         self._store._refund(self._owner, self.size, 1 if self._charged_file else 0)
+
+    def commit(self) -> Any:
+        try:
+            return super().commit()
+        except FileNotFoundError:
+            # the `.part` was purged as stale while this upload stalled
+            raise BadRequest("The upload stalled for too long and was discarded; upload the file again") from None
 
 
 def _write_new(path: Path, data: bytes) -> None:

@@ -49,10 +49,10 @@ from server.files import (
     MultipartSession,
     chosen_parts,
     StoredFile,
+    StreamingUpload,
     UploadLimits,
     UploadUrlUsed,
     file_id_in_url,
-    file_too_large,
     new_file_id,
     quota_bytes_error,
     quota_files_error,
@@ -775,14 +775,10 @@ class S3FileStore:
         return aborted
 
 
-class S3UploadWriter:
-    """An upload streaming into the store, charged to its owner's quota as it arrives.
-
-    The same methods as `server.files.UploadWriter`: `write` raises PayloadTooLarge past the file
-    limit or the owner's byte quota; `commit` stores the object and returns what `on_commit` returns;
-    `abort` (also on any failure) discards what was sent and releases the reservation. Quota is
-    reserved ahead in grains (`RESERVE_GRAIN_BYTES`, or the whole declared length), so a ledger write
-    happens every few MiB, not every block."""
+class S3UploadWriter(StreamingUpload):
+    """An upload streaming into the store (see `server.files.StreamingUpload`), charged to its owner's
+    quota as it arrives. Quota is reserved ahead in grains (`RESERVE_GRAIN_BYTES`, or the whole
+    declared length), so a ledger write happens every few MiB, not every block."""
 
     def __init__(
         self,
@@ -797,68 +793,38 @@ class S3UploadWriter:
         already: int = 0,
         ref: str = "",
     ) -> None:
-        self.size = 0
+        super().__init__(limits, on_commit=on_commit, on_abort=on_abort, already=already)
         self._store = store
         self._owner = owner
         self._writer_id = writer_id
-        self._limits = limits
         self._target = target
-        self._on_commit = on_commit
-        self._on_abort = on_abort
-        self._already = already
         self._ref = ref
         self._reserved = 0
-        self._done = False
 
     def _reserve(self, needed: int, wanted: int) -> None:
         self._reserved += self._store.ledger.reserve(
             self._owner, self._writer_id, self._limits, at_least=needed, wanted=wanted, ref=self._ref
         )
 
-    def check_declared(self, declared: int) -> None:
-        """Refuses a body whose announced length is over the file limit or the quota before reading
-        it; else reserves all of it at once."""
-        try:
-            if self._already + declared > self._limits.max_file_bytes:
-                raise file_too_large(self._limits)
-            if declared:
-                self._reserve(declared, declared)
-        except BaseException:
-            self.abort()
-            raise
+    def _announced(self, length: int) -> None:
+        if length:
+            self._reserve(length, length)
 
-    def write(self, data: bytes) -> None:
-        try:
-            if self._already + self.size + len(data) > self._limits.max_file_bytes:
-                raise file_too_large(self._limits)
-            short = self.size + len(data) - self._reserved
-            if short > 0:
-                room = self._limits.max_file_bytes - self._already - self._reserved
-                self._reserve(short, min(max(short, RESERVE_GRAIN_BYTES), room))
-            self._target.write(data)
-            self.size += len(data)
-        except BaseException:
-            self.abort()
-            raise
+    def _charge(self, length: int) -> None:
+        short = self.size + length - self._reserved
+        if short > 0:
+            room = self._limits.max_file_bytes - self._already - self._reserved
+            self._reserve(short, min(max(short, RESERVE_GRAIN_BYTES), room))
 
-    def commit(self) -> Any:
-        try:
-            self._target.finish()
-            result = self._on_commit(self)
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        return result
+    def _append(self, data: bytes) -> None:
+        self._target.write(data)
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _finish(self) -> None:
+        self._target.finish()
+
+    def _discard(self) -> None:
         self._target.abort()
         try:
             self._store.ledger.release(self._owner, self._writer_id)
         except Exception as error:  # the reservation lapses on its own after STALE_PART_SECONDS
             logger.warning("could not release an upload's quota reservation: %s", error)
-        if self._on_abort:
-            self._on_abort()
