@@ -4,28 +4,17 @@ against the NumPy reference, `predict`, host encodings, a real `kiln serve`) and
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+
 import pytest
 
-from testkit.servers import REPO
+from tests.fixtures.benchmarks import run_on_cpu
 
 
 @pytest.mark.slow  # starts a server: about 15 s
 def test_the_post_processing_benchmark_runs_end_to_end_and_writes_its_record(tmp_path):
     tiny = ["--size", "64", "--runs", "1", "--warmup", "1", "--reference-runs", "1", "--encode-runs", "1"]
     server = ["--batch", "2", "--concurrency", "2", "--requests", "2"]
-    bench = subprocess.run(
-        [sys.executable, "-m", "bench.post_processing", "--device", "cpu", *tiny, *server, "--results", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert bench.returncode == 0, bench.stdout + bench.stderr
+    run_on_cpu("bench.post_processing", "--device", "cpu", *tiny, *server, "--results", str(tmp_path), timeout=300)
     (path,) = tmp_path.glob("post_processing-cpu-*.json")
     record = json.loads(path.read_text())
     assert record["settings"]["size"] == 64

@@ -4,13 +4,10 @@ name, the others run on the CPU, and it exits 0 (run as a user runs it, with CUD
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from testkit.servers import REPO
+from tests.fixtures.benchmarks import run_on_cpu
 
 CUDA_CHECKS = {
     "cuda_attention_backend",
@@ -25,16 +22,9 @@ CPU_CHECKS = {"fused_qkv_parameters", "memory_plan", "tiny_endpoints", "out_of_m
 
 @pytest.mark.slow  # builds tiny models and runs every endpoint on them: about a minute
 def test_the_gpu_smoke_suite_skips_each_cuda_check_by_name_on_a_cpu(tmp_path):
-    smoke = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_smoke", "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    smoke = run_on_cpu(
+        "bench.gpu_smoke", "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path), timeout=600
     )
-    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     lines = [json.loads(line) for line in smoke.stdout.splitlines() if line.startswith("{")]
     results = {line["check"]: line for line in lines}
     summary = results.pop("summary")

@@ -9,10 +9,7 @@ Kiln's pipeline computes what stock diffusers computes, and the refusals.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +30,8 @@ from pipelines.pixart_sigma import (
     apply_style,
 )
 from server.cli import main as kiln
-from testkit.servers import REPO, wait_completed
+from testkit.servers import wait_completed
+from tests.fixtures.benchmarks import run_on_cpu
 from testkit.tiny_diffusion import PIXART, TinyWeights, build_pixart_store
 from tests.fixtures.apps import (
     image_bytes,
@@ -369,14 +367,6 @@ def test_weights_verified_by_the_cli_load_and_a_changed_byte_is_refused(tmp_path
 
 def test_the_gpu_benchmark_says_it_needs_cuda_and_measures_nothing_on_a_cpu(tmp_path):
     """Run as a user runs it, with CUDA hidden: a clear message, exit 0, nothing written."""
-    benchmark = subprocess.run(
-        [sys.executable, "-m", "bench.diffusion", "--work-dir", str(tmp_path)],
-        cwd=REPO,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert benchmark.returncode == 0, benchmark.stderr
+    benchmark = run_on_cpu("bench.diffusion", "--work-dir", str(tmp_path), timeout=120)
     assert "needs CUDA" in benchmark.stderr
     assert not any(tmp_path.iterdir())
