@@ -29,7 +29,8 @@ Checks (the `cuda_` ones need CUDA):
 - `cuda_memory_plan_vs_peak`: full-size FLUX transformer step at 1024² and VAE decode, measured
   peak against the plan's estimates (uninitialised weights: `to_empty`, nothing is written to disk).
 
-A run on an H100/H200 takes about two to three minutes, most of it compiling.
+On an H200 (2026-11-30) the first two checks took 8 s and the run had not finished after 210 s, most of it
+`max-autotune` compiling the tiny endpoints: give it at least five minutes, or `--only` a few checks at a time.
 """
 
 from __future__ import annotations
