@@ -44,12 +44,15 @@ def commit() -> str:
         return os.environ.get("KILN_COMMIT", "unknown")
 
 
-def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS) -> Path:
+def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS, path: Path | None = None) -> Path:
+    """Writes the record to a new dated file in `folder`, or over `path` (a benchmark that records each
+    phase as it ends, so a run stopped at a time limit keeps what it measured); returns the file."""
     now = datetime.datetime.now(datetime.timezone.utc)
     record = {"benchmark": name, "date": now.isoformat(timespec="seconds"), "commit": commit(), **machine(), **numbers}
-    folder.mkdir(parents=True, exist_ok=True)
-    device = "gpu" if torch.cuda.is_available() else "cpu"
-    path = folder / f"{name}-{device}-{now:%Y%m%d-%H%M%S}.json"
+    if path is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        path = folder / f"{name}-{device}-{now:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -460,6 +460,14 @@ def run_check(check: Check, smoke: Smoke) -> dict[str, Any]:
         }
 
 
+def summarise(results: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    return {
+        "check": "summary",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        **{status: [r["check"] for r in results if r["status"] == status] for status in ("ok", "skipped", "failed")},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, help="where the tiny weights go (default: a temporary folder)")
@@ -487,21 +495,21 @@ def main(argv: list[str] | None = None) -> int:
 
         use_compile_cache(work / "compile-cache")
         smoke = Smoke(work=work, device=device, full_size=not args.skip_full_size)
+        path = None
         for check in CHECKS:
             if wanted and check.name not in wanted:
                 continue
             result = run_check(check, smoke)
             results.append(result)
             print(json.dumps(result, default=str), flush=True)
+            # after every check, so a run stopped at a time limit keeps the checks it finished
+            record = {"summary": summarise(results, device), "checks": results}
+            path = write_result("gpu_smoke", record, args.results, path)
         smoke._cache = None
         gc.collect()
-    summary = {
-        "check": "summary",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        **{status: [r["check"] for r in results if r["status"] == status] for status in ("ok", "skipped", "failed")},
-    }
+    summary = summarise(results, device)
     print(json.dumps(summary), flush=True)
-    path = write_result("gpu_smoke", {"summary": summary, "checks": results}, folder=args.results)
+    path = write_result("gpu_smoke", {"summary": summary, "checks": results}, args.results, path)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 

@@ -424,14 +424,44 @@ def main() -> None:
         "NumPy reference on the CPU in float64"
     )
     print(f"{'effects':<18}{'kernel ms':>12}{'reference ms':>14}{'speedup':>11}{'max |diff|':>12}{'<= 1/255':>12}")
+    record = {
+        "note": args.note,
+        "settings": {
+            "device": str(device),
+            "size": args.size,
+            "torch_threads": torch.get_num_threads(),
+            "numpy": np.__version__,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "reference_runs": args.reference_runs,
+            "encode_runs": args.encode_runs,
+            "batch": args.batch,
+            "requests": args.requests,
+            "timer": "CUDA events" if device.type == "cuda" else "wall clock",
+            "server": f"kiln serve --device {args.device} --max-batch-size {args.batch}, other options default",
+            "reference": "tests/kernels/reference.py, NumPy float64 on the CPU",
+            "effects": SETTINGS,
+            "variants": {label: extra for label, (_, extra) in VARIANTS.items()},
+        },
+    }
+    path = None
+
+    def save(**phase) -> Path:
+        """Records each phase as it ends: a run stopped at a time limit keeps what it measured."""
+        record.update(phase)
+        return write_result("post_processing", record, folder=args.results, path=path)
+
     kernels = bench_kernels(items, device, args)
+    path = save(kernels=kernels)
     predict = bench_predict(items["all"], device, args)
     print(f"\npredict (upload, effects, rounding, download): {predict}")
+    save(predict=predict)
     result = quantize(apply_effects(image_raw.to_float(device)[None], [items["all"]], EFFECTS))
     image_png, dissolve_png = png_bytes(image), png_bytes(dissolve)
     host = bench_host(
         result[0].permute(1, 2, 0).cpu().numpy(), image_png, predict[f"batch_{args.batch}_per_image_ms"], args
     )
+    save(**host)
     server = run_server(image_png, dissolve_png, args)
     targets = {
         "all_effects_within_5_ms": kernels["all"]["kernel_ms"] <= 5,
@@ -439,36 +469,7 @@ def main() -> None:
         "encode_not_the_bound_at_png1": host["throughput_model"]["png1"]["bound_by"] != "encode",
     }
     print(f"\nissue 3 targets (meant for an H100 at 1024x1024): {targets}")
-
-    path = write_result(
-        "post_processing",
-        {
-            "note": args.note,
-            "settings": {
-                "device": str(device),
-                "size": args.size,
-                "torch_threads": torch.get_num_threads(),
-                "numpy": np.__version__,
-                "runs": args.runs,
-                "warmup": args.warmup,
-                "reference_runs": args.reference_runs,
-                "encode_runs": args.encode_runs,
-                "batch": args.batch,
-                "requests": args.requests,
-                "timer": "CUDA events" if device.type == "cuda" else "wall clock",
-                "server": f"kiln serve --device {args.device} --max-batch-size {args.batch}, other options default",
-                "reference": "tests/kernels/reference.py, NumPy float64 on the CPU",
-                "effects": SETTINGS,
-                "variants": {label: extra for label, (_, extra) in VARIANTS.items()},
-            },
-            "kernels": kernels,
-            "predict": predict,
-            **host,
-            "server": server,
-            "targets": targets,
-        },
-        folder=args.results,
-    )
+    save(server=server, targets=targets)
     print(f"wrote {path}")
 
 

@@ -694,7 +694,8 @@ class RedisJobStore(JobStore):
                 pipe = self._redis.pipeline(transaction=True)
                 for request_id, lines in taken.items():
                     pipe.rpush(self._key("logs", request_id), *lines)
-                    pipe.xadd(self._key("events"), {"t": "job", "id": request_id, "x": ""}, maxlen=EVENTS_KEPT, approximate=True)
+                    event = {"t": "job", "id": request_id, "x": ""}
+                    pipe.xadd(self._key("events"), event, maxlen=EVENTS_KEPT, approximate=True)
                 pipe.execute()
 
             try:
