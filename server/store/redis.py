@@ -682,6 +682,12 @@ class RedisJobStore(JobStore):
             return taken
         return {rid: self._pending_logs.pop(rid) for rid in request_ids if rid in self._pending_logs}
 
+    def _put_back_logs(self, taken: Mapping[str, list[str]]) -> None:
+        """Returns lines that could not be written ahead of any queued since; the caller holds `_log_lock`."""
+        for request_id, lines in taken.items():
+            if lines:
+                self._pending_logs[request_id] = lines + self._pending_logs.get(request_id, [])
+
     def _flush_logs(self, request_ids: Iterable[str] | None = None) -> None:
         """Writes the pending lines now. Holding `_log_lock` through the write keeps each request's lines
         in order, whoever writes them."""
@@ -701,8 +707,7 @@ class RedisJobStore(JobStore):
             try:
                 self._call(append)
             except Exception:
-                for request_id, lines in taken.items():
-                    self._pending_logs[request_id] = lines + self._pending_logs.get(request_id, [])
+                self._put_back_logs(taken)
                 raise
         for request_id in taken:
             self._changed(request_id)
@@ -774,8 +779,7 @@ class RedisJobStore(JobStore):
             try:
                 done = self._run("complete", request_id, repr(self._clock()), 0, *_result_args(result), *lines) == 1
             except Exception:
-                if lines:
-                    self._pending_logs[request_id] = lines + self._pending_logs.get(request_id, [])
+                self._put_back_logs({request_id: lines})
                 raise
         if done or lines:
             self._changed(request_id)
