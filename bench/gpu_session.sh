@@ -2,7 +2,7 @@
 # One lent-GPU session of the benchmarks, each step bounded, for the workplace's `device` tool: its output
 # goes to $OUT/all.log and each JSON record to $OUT. Before the run, on a machine with the art packages:
 #   ../shared/tools/gpu-wheels.sh httpx2 httpcore2 truststore opentelemetry-api importlib_metadata \
-#       cryptography cffi fastapi-offline redis unfake==1.0.7
+#       cryptography cffi fastapi-offline redis hiredis unfake==1.0.7
 #   python -m bench.image2pixel --timing-only --timing-images .gpu/i2p-timing.npz   # .gpu/ git-ignored
 # then run `bash bench/gpu_session.sh COMMIT STEP...` there, carrying .whl and .gpu.
 # Steps: smoke i2p pytest pp diffusion. What the 2026-11-30 H200 run taught: gpu_smoke and bench.diffusion
