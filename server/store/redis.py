@@ -95,6 +95,9 @@ INFO_FIELDS = (
 JOB_FIELDS = (*INFO_FIELDS, "webhook_url")
 # nodes not heard of for this long are removed from the registry
 NODE_FORGET_SECONDS = 3600.0
+# How long the log writer lets lines gather before it writes them: the lines of a request shorter than
+# this go with its completion, in the same script, and a long one's lines reach other nodes this late.
+LOG_WRITE_DELAY_SECONDS = 0.2
 
 # -- the scripts -------------------------------------------------------------------------------
 # Each script's ARGV[1] is the key prefix; helpers shared by all of them come first.
@@ -666,7 +669,8 @@ class RedisJobStore(JobStore):
 
     def append_logs(self, request_id: str, entries: Iterable[tuple[str, str]]) -> None:
         """Queues the lines for the log writer and returns: a worker does not wait a round trip (and an
-        fsync) per line. This node's `logs` reads them at once; other nodes a moment later."""
+        fsync) per line. This node's `logs` reads them at once; other nodes up to
+        `LOG_WRITE_DELAY_SECONDS` later."""
         now = self._clock()
         lines = [json.dumps([now, level, message]) for level, message in entries]
         if not lines:
@@ -715,6 +719,7 @@ class RedisJobStore(JobStore):
     def _write_logs(self) -> None:
         while not self._stopping.is_set():
             self._logs_waiting.wait()
+            self._stopping.wait(LOG_WRITE_DELAY_SECONDS)
             self._logs_waiting.clear()
             try:
                 self._flush_logs()
