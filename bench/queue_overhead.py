@@ -66,7 +66,8 @@ async def bare(client: httpx.AsyncClient, body: dict) -> None:
     assert response.status_code == 200, response.text
 
 
-async def measure(base: str, call, body: dict, concurrency: int, total: int) -> dict:
+async def timed_calls(base: str, call, body: dict, concurrency: int, total: int) -> tuple[list[float], float]:
+    """Each call's latency (seconds) and the time all took, after 10 calls of warm-up."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
@@ -84,7 +85,11 @@ async def measure(base: str, call, body: dict, concurrency: int, total: int) -> 
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+        return latencies, time.perf_counter() - started
+
+
+async def measure(base: str, call, body: dict, concurrency: int, total: int) -> dict:
+    latencies, elapsed = await timed_calls(base, call, body, concurrency, total)
     return {
         "p50_ms": round(percentile(latencies, 0.5) * 1e3, 3),
         "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3),
