@@ -13,7 +13,8 @@ on a Redis queue of its own, so an idle one hears nothing of the others):
 Latency (submit -> COMPLETED on the status stream, concurrency 1) is measured in `--rounds` rounds,
 every setup once per round in turn, so a change in the machine's background load reaches every
 setup alike; p50 and p99 are over all rounds, and each setup's p50 less `sqlite`'s is what it adds
-per request. Throughput is measured once per setup at concurrency 32. Redis runs as the README
+per request. Throughput is measured once per setup at concurrency 32, with the share of the machine's
+CPU time that was busy meanwhile. Redis runs as the README
 recommends (AOF, `appendfsync always`). On a machine with fewer cores than processes, throughput
 stops growing once the cores are used up: the record says how many there are.
 
@@ -96,6 +97,17 @@ class Setup:
                 process.kill()
 
 
+def busy_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot (Linux `/proc/stat`), None elsewhere."""
+    try:
+        fields = [float(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle, iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
 def submit_to_completed(client: httpx.AsyncClient, payload: dict):
     return kiln_queue(client, payload, with_result=False)
 
@@ -139,7 +151,9 @@ def main() -> None:
                 latencies[name] += taken
         for name, setup, policy in measured:
             with appendfsync(redis, policy):
+                before = busy_cpu_seconds()
                 throughput = asyncio.run(measure(setup.url, submit_to_completed, body, 32, args.requests))
+                after = busy_cpu_seconds()
             results[name] = {
                 "processes": 1 + setup.workers,
                 "worker_processes": setup.workers or 1,
@@ -148,6 +162,8 @@ def main() -> None:
                 "requests_c1": len(latencies[name]),
                 "requests_per_s_c32": throughput["requests_per_s"],
                 "p50_ms_c32": throughput["p50_ms"],
+                # the share of all cores busy meanwhile (benchmark client and Redis included)
+                "cpu_busy_c32": None if before is None else round((after[0] - before[0]) / (after[1] - before[1]), 3),
             }
     finally:
         for setup in setups:
@@ -155,13 +171,15 @@ def main() -> None:
         redis.stop()
 
     base = results["sqlite"]
-    print(f"{'setup':<22}{'procs':>6}{'p50 ms c1':>11}{'+ms p50':>9}{'p99 ms c1':>11}{'req/s c32':>11}{'x sqlite':>10}")
+    print(f"{'setup':<22}{'procs':>6}{'p50 ms c1':>11}{'+ms p50':>9}{'p99 ms c1':>11}{'req/s c32':>11}{'x sqlite':>10}"
+          f"{'cpu busy':>10}")
     for name, numbers in results.items():
         numbers["p50_overhead_ms_vs_sqlite"] = round(numbers["p50_ms_c1"] - base["p50_ms_c1"], 3)
         numbers["throughput_vs_sqlite"] = round(numbers["requests_per_s_c32"] / base["requests_per_s_c32"], 2)
         print(f"{name:<22}{numbers['processes']:>6}{numbers['p50_ms_c1']:>11.2f}"
               f"{numbers['p50_overhead_ms_vs_sqlite']:>+9.2f}{numbers['p99_ms_c1']:>11.2f}"
-              f"{numbers['requests_per_s_c32']:>11.1f}{numbers['throughput_vs_sqlite']:>10.2f}")
+              f"{numbers['requests_per_s_c32']:>11.1f}{numbers['throughput_vs_sqlite']:>10.2f}"
+              f"{numbers['cpu_busy_c32'] or float('nan'):>10.0%}")
     path = write_result("scale_out", {
         "image": "64x64 PNG", "work": "color correction, sync_mode",
         "redis": "appendonly yes, appendfsync always (redis_1proc_everysec: everysec)",
