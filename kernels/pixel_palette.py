@@ -19,6 +19,7 @@ from kernels._utils import check_int
 __all__ = [
     "cell_spreads",
     "colour_distance",
+    "edge_cells",
     "estimate_color_count",
     "map_to_palette",
     "merge_similar_colors",
@@ -428,6 +429,37 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())[:, :, None, :, None].float()
     distance = _delta_e94(pixel_lab, cell_lab) * opaque
     return distance.sum((2, 4)) / opaque.sum((2, 4)).clamp_min(1)
+
+
+def edge_cells(cells: Tensor, distance: float) -> Tensor:
+    r"""The opaque cells whose colour is more than ``distance`` (`colour_distance`) from that of an opaque
+    4-neighbour: where JPEG's ringing and chroma subsampling, blur and resampling bleed one colour into the next.
+
+    Args:
+        cells: RGBA uint8 :math:`(B, 4, h, w)`, one colour per cell (e.g. its median).
+        distance: the largest difference that is still one colour, in `colour_distance` units.
+
+    Returns:
+        bool :math:`(B, h, w)`.
+
+    Example:
+        >>> import torch
+        >>> cells = torch.full((1, 4, 1, 3), 255, dtype=torch.uint8)
+        >>> cells[0, :3, 0, 2] = 0
+        >>> edge_cells(cells, 2.0).tolist()
+        [[[False, True, True]]]
+    """
+    _check_rgba(cells)
+    lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())
+    opaque = cells[:, 3] >= 128
+    down = (_delta_e94(lab[:, 1:], lab[:, :-1]) > distance) & opaque[:, 1:] & opaque[:, :-1]
+    across = (_delta_e94(lab[:, :, 1:], lab[:, :, :-1]) > distance) & opaque[:, :, 1:] & opaque[:, :, :-1]
+    edge = torch.zeros_like(opaque)
+    edge[:, 1:] |= down
+    edge[:, :-1] |= down
+    edge[:, :, 1:] |= across
+    edge[:, :, :-1] |= across
+    return edge
 
 
 def merge_similar_colors(

@@ -87,6 +87,7 @@ from kernels.pixel_cleanup import (
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
 from kernels.pixel_palette import (
     cell_spreads,
+    edge_cells,
     map_to_palette,
     merge_similar_colors,
     unique_colors,
@@ -110,6 +111,11 @@ AUTO_COLOR_CAP = 32
 CELL_SAMPLES = 8
 # Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
+# Cells under this many pixels a side that border another colour (`edge_cells`) weigh this much in the palette: in
+# so small a cell JPEG's ringing and chroma bleed reach most of the interior, so its median is shifted towards the
+# neighbour, and a region's border cells would otherwise outweigh the tail test that merges such shades.
+BLEED_REACH = 8
+EDGE_WEIGHT = 0.25
 
 HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")]
 
@@ -295,6 +301,7 @@ def working_palette(
     degraded one it is the cells' colours (`cell_colours`) with near-duplicate shades merged
     (`merge_similar_colors`, within a radius that follows how far the cells' colours scatter), so JPEG, blur
     and resampling do not turn each real colour into several; that is also the estimate of `auto_color_detect`.
+    Small cells at a colour boundary weigh less there (`EDGE_WEIGHT`): their colours are the ones bled into.
     """
     if inputs.fixed_palette:
         return parse_palette(inputs.fixed_palette).to(image.device), "fixed", None
@@ -320,9 +327,11 @@ def working_palette(
     # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
     errors = (torch.zeros_like(keys, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
     merge_at_least = SPREAD_TO_MERGE * float(spreads.median())
-    palette, _ = merge_similar_colors(
-        colours, counts.double(), max_colors=budget, min_distance=merge_at_least, errors=errors
-    )
+    weights = counts.double()
+    if scale < BLEED_REACH:
+        edge = edge_cells(cells, merge_at_least)[0, opaque]
+        weights = torch.zeros_like(weights).index_add_(0, which, torch.where(edge, EDGE_WEIGHT, 1.0).double())
+    palette, _ = merge_similar_colors(colours, weights, max_colors=budget, min_distance=merge_at_least, errors=errors)
     return palette, "merged", cells
 
 

@@ -367,6 +367,17 @@ def test_real_art_palette_keeps_its_colour_count_under_jpeg(name):
         assert cell_accuracy(result, case) >= 0.98, degradation
 
 
+@pytest.mark.parametrize("name", ["nethack-cells", "angband-red-on-navy"])
+def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
+    """Issue 15 (5): in 4 px cells 4:2:0 chroma bleeds a neighbour's hue into the whole interior of the cells at a
+    colour boundary, so each colour also came out as a tinted shade (whites next to NetHack's teal: 15 colours
+    gave 23); the border cells' shades are tails of their colour, not colours."""
+    case = pixel_art.degraded(name, 4, (1, 2), "jpeg75-420")
+    result = pixelate_rgb(case.image)
+    assert abs(len(result.palette) - case.colours) <= 2, (len(result.palette), case.colours)
+    assert cell_accuracy(result, case) >= 0.98
+
+
 def test_auto_color_detect_finds_the_real_colour_count():
     clean = pixel_art.degraded("nethack-cells", 5, (1, 2))
     assert len(pixelate_rgb(clean.image, auto_color_detect=True).palette) == clean.colours
