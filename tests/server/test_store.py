@@ -382,46 +382,46 @@ def test_nodes_and_shared_secrets(open_store, clock):
     assert first == b"one" and store.shared_secret("k", lambda: b"two") == b"one"
 
 
-def test_redis_log_lines_of_a_short_request_go_with_its_completion(redis_server, clock, monkeypatch):
+@pytest.fixture
+def redis_nodes(redis_server, clock):
+    """Two nodes on one Redis queue: a worker's (listening) and an API node's; with the queue's URL."""
+    url = redis_server.queue_url()
+    worker_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock)
+    api_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock, listen=False)
+    yield worker_node, api_node, url
+    worker_node.close()
+    api_node.close()
+
+
+def test_redis_log_lines_of_a_short_request_go_with_its_completion(redis_server, redis_nodes, monkeypatch):
     """A worker's lines wait for the log writer's delay; a request that ends sooner takes them into its
     completion script, so another node reads them with the result and no separate write was made."""
     monkeypatch.setattr(redis_store, "LOG_WRITE_DELAY_SECONDS", 60.0)
-    url = redis_server.queue_url()
-    worker_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock)
-    api_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock, listen=False)
-    try:
-        worker_node.submit(job("a"))
-        worker_node.claim("w", {})
-        worker_node.append_logs("a", [("INFO", "step 1")])
-        worker_node.append_logs("a", [("INFO", "step 2")])
-        assert worker_node.logs("a")[-1].message == "step 2"  # this node reads its own lines at once
-        events_before = redis_server.client().xlen(url.rsplit("=", 1)[1] + ":events")
-        worker_node.append_logs("a", [("INFO", "step 3")])
-        assert api_node.logs("a")[-1].message == "step 2"  # step 3 waits for the writer
-        assert worker_node.complete("a", OK)
-        assert [entry.message for entry in api_node.logs("a")] == ["step 1", "step 2", "step 3"]
-        assert api_node.info("a").status is JobStatus.COMPLETED
-        assert redis_server.client().xlen(url.rsplit("=", 1)[1] + ":events") == events_before + 1
-    finally:
-        worker_node.close()
-        api_node.close()
+    worker_node, api_node, url = redis_nodes
+    events = url.rsplit("=", 1)[1] + ":events"
+    worker_node.submit(job("a"))
+    worker_node.claim("w", {})
+    worker_node.append_logs("a", [("INFO", "step 1")])
+    worker_node.append_logs("a", [("INFO", "step 2")])
+    assert worker_node.logs("a")[-1].message == "step 2"  # this node reads its own lines at once
+    events_before = redis_server.client().xlen(events)
+    worker_node.append_logs("a", [("INFO", "step 3")])
+    assert api_node.logs("a")[-1].message == "step 2"  # step 3 waits for the writer
+    assert worker_node.complete("a", OK)
+    assert [entry.message for entry in api_node.logs("a")] == ["step 1", "step 2", "step 3"]
+    assert api_node.info("a").status is JobStatus.COMPLETED
+    assert redis_server.client().xlen(events) == events_before + 1
 
 
-def test_redis_log_lines_of_a_running_request_reach_other_nodes_after_the_delay(redis_server, clock, monkeypatch):
+def test_redis_log_lines_of_a_running_request_reach_other_nodes_after_the_delay(redis_nodes, monkeypatch):
     monkeypatch.setattr(redis_store, "LOG_WRITE_DELAY_SECONDS", 0.05)
-    url = redis_server.queue_url()
-    worker_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock)
-    api_node = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock, listen=False)
-    try:
-        worker_node.submit(job("a"))
-        worker_node.claim("w", {})
-        worker_node.append_logs("a", [("INFO", "step 1")])
-        deadline = time.monotonic() + 10
-        while not api_node.logs("a"):
-            assert time.monotonic() < deadline, "the log writer never wrote the line"
-            time.sleep(0.02)
-        assert [entry.message for entry in api_node.logs("a")] == ["step 1"]
-        assert api_node.info("a").status is JobStatus.IN_PROGRESS
-    finally:
-        worker_node.close()
-        api_node.close()
+    worker_node, api_node, _ = redis_nodes
+    worker_node.submit(job("a"))
+    worker_node.claim("w", {})
+    worker_node.append_logs("a", [("INFO", "step 1")])
+    deadline = time.monotonic() + 10
+    while not api_node.logs("a"):
+        assert time.monotonic() < deadline, "the log writer never wrote the line"
+        time.sleep(0.02)
+    assert [entry.message for entry in api_node.logs("a")] == ["step 1"]
+    assert api_node.info("a").status is JobStatus.IN_PROGRESS
