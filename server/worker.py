@@ -187,12 +187,12 @@ class Worker(threading.Thread):
                 logger.exception("claiming from the queue failed; retrying")
                 time.sleep(1.0)
                 continue
-            if not jobs:
-                self._store.wait_for_work(0.5)
-                continue
-            self.state = "busy"
-            self.run_batch(jobs)
-            self.state = "ready"
+            if jobs:
+                self.state = "busy"
+                self.run_batch(jobs)
+                self.state = "ready"
+            # at once if work came meanwhile or the claim left some waiting: see JobStore.wait_for_work
+            self._store.wait_for_work(0.5)
         self._host_threads.shutdown(wait=False)
 
     # -- one claimed batch -----------------------------------------------------------------

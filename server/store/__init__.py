@@ -355,7 +355,10 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def wait_for_work(self, timeout: float) -> None:
-        """Blocks a worker thread until a job may be claimable or the timeout passes."""
+        """Blocks a worker thread until a job may be claimable or the timeout passes. It returns at
+        once if work arrived since the last wait, or if a `claim` since then leased jobs and left
+        others waiting: a worker waits here after every claim, so one that finds the queue empty
+        costs no round trip to the store."""
 
     @abc.abstractmethod
     def close(self) -> None:

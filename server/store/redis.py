@@ -204,7 +204,7 @@ return {redis.call('ZRANK', P .. ':q', job.qkey)}
 
 # ARGV: prefix, worker, now, lease expiry, default batch, affinity cutoff (created after it: may be
 # passed over), number of limits, (endpoint, limit)..., number of warm endpoints, endpoint...
-# Returns the leased ids.
+# Returns {{id, JOB_FIELDS values, payload} per leased job, how many requests still wait}.
 CLAIM = r"""
 local worker, now, expiry = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local default_batch, cutoff = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -233,15 +233,16 @@ local function first(key, lo, hi, skip_suspects, skip)
   return nil
 end
 
-if redis.call('SCARD', P .. ':active:suspects') > 0 then return {} end  -- a suspect runs alone
+local nothing = {{}, 0}
+if redis.call('SCARD', P .. ':active:suspects') > 0 then return nothing end  -- a suspect runs alone
 local chosen, head
 local suspect = first(P .. ':q:suspects', '-', '+', false, nil)
 if suspect then
-  if redis.call('ZCARD', P .. ':leases') > 0 then return {} end  -- it waits until what runs has finished
+  if redis.call('ZCARD', P .. ':leases') > 0 then return nothing end  -- it waits until what runs has finished
   chosen, head = suspect, suspect
 else
   head = first(P .. ':q', '-', '+', false, nil)
-  if not head then return {} end
+  if not head then return nothing end
   chosen = head
   local endpoint, priority, created = unpack(redis.call('HMGET', jk(rid_of(head)), 'endpoint', 'priority', 'created_at'))
   if nwarm > 0 and not warm[endpoint] and tonumber(created) > cutoff then
@@ -298,7 +299,7 @@ for _, rid in ipairs(ids) do
   event('job', rid)
   table.insert(claimed, {rid, redis.call('HMGET', jk(rid), unpack(JOB_FIELDS)), redis.call('GET', P .. ':payload:' .. rid)})
 end
-return claimed
+return {claimed, redis.call('ZCARD', P .. ':q')}
 """.replace("JOB_FIELDS", "{" + ", ".join(f"'{name}'" for name in JOB_FIELDS) + "}")
 
 # ARGV: prefix, worker, running (0/1), now, id... Marks the worker's leased ids; each start of
@@ -742,8 +743,7 @@ class RedisJobStore(JobStore):
     ) -> list[Job]:
         now = self._clock()
         limits = [item for endpoint, limit in batch_limits.items() for item in (endpoint, limit)]
-        claimed = self._run(
-            "claim",
+        arguments = (
             worker_id,
             repr(now),
             repr(now + self._lease_seconds),
@@ -754,11 +754,14 @@ class RedisJobStore(JobStore):
             len(warm),
             *sorted(warm),
         )
+        claimed, waiting = self._run("claim", *arguments)
         jobs = []
         for request_id, values, payload in claimed:
             request_id = request_id.decode()
             self._changed(request_id)
             jobs.append(self._job(request_id, values, payload))
+        if jobs and waiting:
+            self.changes.publish_work()  # not an event: only this node's workers need to know
         return jobs
 
     def mark_running(self, worker_id: str, request_ids: Sequence[str], *, running: bool = True) -> None:

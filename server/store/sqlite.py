@@ -363,6 +363,8 @@ class SqliteJobStore(JobStore):
         ids = self._write(lease)
         for request_id in ids:
             self.changes.publish(request_id)
+        if ids and self._queue.waiting():
+            self.changes.publish_work()
         return [job for job in map(self.get, ids) if job is not None]
 
     def mark_running(self, worker_id: str, request_ids: Sequence[str], *, running: bool = True) -> None:
@@ -777,6 +779,10 @@ class _QueueIndex:
         with self._lock:
             known = self._keys.get(request_id)
             return None if known is None else self._order.rank(known[0])
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._keys)
 
     def count(self, endpoint: str) -> int:
         with self._lock:

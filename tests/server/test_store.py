@@ -84,6 +84,29 @@ def test_claim_batches_jobs_of_the_head_endpoint(open_store):
     assert [j.request_id for j in store.claim("w", {"e/x": 8})] == ["b"]
 
 
+def waited(store, timeout: float) -> float:
+    started = time.monotonic()
+    store.wait_for_work(timeout)
+    return time.monotonic() - started
+
+
+def test_a_worker_waits_after_a_claim_only_if_none_are_left_waiting(open_store):
+    """A worker waits for work after every claim (no claim that finds nothing per request), so a
+    claim that leaves requests waiting must let its next wait return at once."""
+    store = open_store()
+    for rid in "abc":
+        store.submit(job(rid, "e/x" if rid != "c" else "e/y"))
+    for _ in range(20):  # take up the submits' own signals, however late a listener delivers them
+        if waited(store, 0.3) >= 0.25:
+            break
+    else:
+        pytest.fail("wait_for_work never blocked")
+    assert [j.request_id for j in store.claim("w", {"e/x": 2})] == ["a", "b"]
+    assert waited(store, 10) < 5  # `c`, of another endpoint, waits
+    assert [j.request_id for j in store.claim("w", {})] == ["c"]
+    assert waited(store, 0.3) >= 0.25  # nothing does
+
+
 def test_max_queue_length_counts_waiting_jobs_of_the_endpoint(open_store):
     store = open_store()
     store.submit(job("a"), max_queue_length=2)
