@@ -182,17 +182,19 @@ class Worker(threading.Thread):
         self.state = "ready"
         while not self._stopping.is_set():
             try:
-                jobs = self._store.claim(self.worker_id, self._claim_limits, warm=self.warm_endpoints())
+                jobs = self._store.next_jobs(self.worker_id, self._claim_limits, warm=self.warm_endpoints(), timeout=0.5)
             except Exception:
                 logger.exception("claiming from the queue failed; retrying")
-                time.sleep(1.0)
+                self._stopping.wait(1.0)
                 continue
             if jobs:
                 self.state = "busy"
                 self.run_batch(jobs)
                 self.state = "ready"
-            # at once if work came meanwhile or the claim left some waiting: see JobStore.wait_for_work
-            self._store.wait_for_work(0.5)
+        try:
+            self._store.stop_waiting(self.worker_id)
+        except Exception as error:
+            logger.warning("could not hand back the work leased to this worker while it waited: %s", error)
         self._host_threads.shutdown(wait=False)
 
     # -- one claimed batch -----------------------------------------------------------------

@@ -354,11 +354,22 @@ class JobStore(abc.ABC):
         """Deletes jobs completed before the timestamp; returns how many."""
 
     @abc.abstractmethod
-    def wait_for_work(self, timeout: float) -> None:
-        """Blocks a worker thread until a job may be claimable or the timeout passes. It returns at
-        once if work arrived since the last wait, or if a `claim` since then leased jobs and left
-        others waiting: a worker waits here after every claim, so one that finds the queue empty
-        costs no round trip to the store."""
+    def next_jobs(
+        self,
+        worker_id: str,
+        batch_limits: Mapping[str, int],
+        *,
+        default_batch: int = 1,
+        warm: Collection[str] = (),
+        timeout: float,
+    ) -> list[Job]:
+        """What a worker runs next: a `claim`, waiting up to `timeout` seconds for work if there is
+        none (an empty list then). A worker calls it in a loop, so it must not cost a round trip to
+        the store per request to find the queue empty."""
+
+    def stop_waiting(self, worker_id: str) -> None:
+        """Called once a worker stops calling `next_jobs`: a store that leases work to waiting
+        workers requeues what it leased to this one and it never took."""
 
     @abc.abstractmethod
     def close(self) -> None:

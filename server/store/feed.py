@@ -38,7 +38,7 @@ class ChangeFeed:
         self._lock = threading.Lock()
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._work = threading.Condition()
-        self._work_pending = False
+        self._work_pending = True  # work may be waiting from before this process started
         # set when a start deadline is added, so the thread that enforces them re-plans its sleep
         self.schedule_changed = threading.Event()
         self._cancel_listeners: list[Callable[[str, str], None]] = []

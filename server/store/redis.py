@@ -28,6 +28,13 @@ Data layout, under a prefix (`kiln` unless the URL says `?prefix=NAME`), `P` bel
   shows) and move the request's expiry in `P:leases`; the janitor reclaims only requests whose
   expiry passed, i.e. whose worker stopped beating. Expiries are on the nodes' clocks (keep them in
   NTP sync, well within `--lease-seconds`), which is also what lets the tests drive time.
+- Waiting workers: a worker that `next_jobs` finds nothing for waits in `P:idle` (until when, with its
+  claim settings in `P:idle:settings`) and blocks in `BLPOP P:inbox:WORKER`. Whatever makes a request
+  claimable (a submit, a requeue, a completion, a claim that leaves some) leases it to a waiting
+  worker in the same script and pushes the batch's ids to its inbox, so Redis answers the submit
+  and wakes the worker after one fsync, with no claim in between. The waiting itself is not written
+  to the AOF or replicas: it is worth no fsync, and a worker that a restart forgot asks again
+  within a second.
 - `P:active:suspects` the suspects now running; `P:done` completion times (retention);
   `P:history:OWNER` an owner's requests by creation time; `P:endpoints` every endpoint seen.
 - Webhooks: `P:webhook:ID` (url, owner, destination, attempts, next try, delivered) and
@@ -35,7 +42,7 @@ Data layout, under a prefix (`kiln` unless the URL says `?prefix=NAME`), `P` bel
   moves the next try forward, so exactly one node sends each attempt.
 - `P:events`, a stream (capped) of changes: every script appends what it changed, and each node
   reads it (`XREAD BLOCK`) into its own `ChangeFeed`, which wakes its status streams, sync waits
-  and workers, and relays cancellations to the worker running the request. A node that loses
+  and deadline enforcer, and relays cancellations to the worker running the request. A node that loses
   its connection resumes from the last event it read and wakes every waiter once.
 - `P:nodes` / `P:nodes:beat` each node's record and last heartbeat; `P:secret:NAME` the shared
   keys (`SET NX`: the first node to start makes them).
@@ -98,6 +105,9 @@ NODE_FORGET_SECONDS = 3600.0
 # How long the log writer lets lines gather before it writes them: the lines of a request shorter than
 # this go with its completion, in the same script, and a long one's lines reach other nodes this late.
 LOG_WRITE_DELAY_SECONDS = 0.2
+# How long past its wait a waiting worker may still be handed work: what it is handed as its wait
+# ends, it takes with its next claim.
+WAIT_MARGIN_SECONDS = 1.0
 
 # -- the scripts -------------------------------------------------------------------------------
 # Each script's ARGV[1] is the key prefix; helpers shared by all of them come first.
@@ -141,12 +151,126 @@ local function unlease(rid, job)
   end
   redis.call('HDEL', jk(rid), 'entry')
 end
-local function requeue(rid, job, fields)
+-- Leases the next request and the batch that goes with it to `worker` (see `claim`); returns their ids.
+-- `s`: the worker's settings (batch, lease, affinity, limits: endpoint -> batch, warm: endpoint -> true).
+local function lease_next(worker, now_text, s)
+  local now = tonumber(now_text)
+  local expiry, cutoff = now + s.lease, now - s.affinity
+  local function usable(rid, skip_suspects)
+    local deadline, crashes = unpack(redis.call('HMGET', jk(rid), 'start_deadline', 'crashes'))
+    if deadline and deadline ~= '' and tonumber(deadline) < now then return false end
+    return not (skip_suspects and crashes ~= '0')
+  end
+  -- the first usable member of a sorted set within [lo, hi], or nil; `skip` is a member to leave out
+  local function first(key, lo, hi, skip_suspects, skip)
+    local offset = 0
+    while offset < 4096 do
+      local chunk = redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', offset, 32)
+      if #chunk == 0 then return nil end
+      for _, qkey in ipairs(chunk) do
+        if qkey ~= skip and usable(rid_of(qkey), skip_suspects) then return qkey end
+      end
+      offset = offset + 32
+    end
+    return nil
+  end
+
+  if redis.call('SCARD', P .. ':active:suspects') > 0 then return {} end  -- a suspect runs alone
+  local chosen, head
+  local suspect = first(P .. ':q:suspects', '-', '+', false, nil)
+  if suspect then
+    if redis.call('ZCARD', P .. ':leases') > 0 then return {} end  -- it waits until what runs has finished
+    chosen, head = suspect, suspect
+  else
+    head = first(P .. ':q', '-', '+', false, nil)
+    if not head then return {} end
+    chosen = head
+    local endpoint, priority, created = unpack(redis.call('HMGET', jk(rid_of(head)), 'endpoint', 'priority', 'created_at'))
+    if next(s.warm) ~= nil and not s.warm[endpoint] and tonumber(created) > cutoff then
+      for candidate_endpoint in pairs(s.warm) do
+        local candidate = first(P .. ':q:ep:' .. candidate_endpoint, '[' .. priority .. ':', '(' .. priority .. ';', true, nil)
+        if candidate and (chosen == head or candidate < chosen) then chosen = candidate end
+      end
+    end
+  end
+  local ids = {rid_of(chosen)}
+  local endpoint = redis.call('HGET', jk(ids[1]), 'endpoint')
+  if not suspect then
+    local limit = math.max(1, s.limits[endpoint] or s.batch)
+    local offset = 0
+    while #ids < limit and offset < 4096 do
+      local chunk = redis.call('ZRANGEBYLEX', P .. ':q:ep:' .. endpoint, '-', '+', 'LIMIT', offset, 32)
+      if #chunk == 0 then break end
+      for _, qkey in ipairs(chunk) do
+        if #ids < limit and qkey ~= chosen and usable(rid_of(qkey), true) then table.insert(ids, rid_of(qkey)) end
+      end
+      offset = offset + 32
+    end
+  end
+
+  local stream = P .. ':stream:' .. endpoint
+  redis.pcall('XGROUP', 'CREATE', stream, 'workers', '$', 'MKSTREAM')
+  local leased = {}
+  for _, rid in ipairs(ids) do
+    local job = load(rid)
+    unqueue(rid, job)
+    redis.call('HSET', jk(rid), 'status', 'IN_PROGRESS', 'lease_owner', worker, 'running', '1', 'started_at', now_text,
+               'attempts', tonumber(job.attempts) + 1)
+    redis.call('ZADD', P .. ':leases', expiry, rid)
+    if job.crashes ~= '0' then redis.call('SADD', P .. ':active:suspects', rid) end
+    redis.call('RPUSH', P .. ':attempts:' .. rid, cjson.encode({'claimed', worker, now}), cjson.encode({'running', worker, now}))
+    redis.call('XADD', stream, '*', 'id', rid)
+    leased[rid] = true
+  end
+  local read = redis.call('XREADGROUP', 'GROUP', 'workers', worker, 'COUNT', #ids + 16, 'STREAMS', stream, '>')
+  for _, entry in ipairs(read[1] and read[1][2] or {}) do
+    local rid = entry[2][2]
+    if leased[rid] then
+      redis.call('HSET', jk(rid), 'entry', entry[1])
+    else  -- not ours (a stray entry): nothing may stay pending without a lease
+      redis.call('XACK', stream, 'workers', entry[1])
+      redis.call('XDEL', stream, entry[1])
+    end
+  end
+  local head_priority, head_round = unpack(redis.call('HMGET', jk(rid_of(head)), 'priority', 'round'))
+  local clock = P .. ':clock:' .. head_priority
+  if tonumber(redis.call('GET', clock) or '0') < tonumber(head_round) then redis.call('SET', clock, head_round) end
+  for _, rid in ipairs(ids) do event('job', rid) end
+  return ids
+end
+-- Workers waiting for work (`next_jobs`): `P:idle` their deadlines, `P:idle:settings` their settings.
+-- Only this server keeps these (not the AOF, not replicas): a waiting worker is not worth an fsync,
+-- and one that a restart forgot asks again within a second.
+local function unrecorded(fn)
+  redis.set_repl(redis.REPL_NONE)
+  fn()
+  redis.set_repl(redis.REPL_ALL)
+end
+local function stop_waiting(worker)
+  unrecorded(function()
+    redis.call('ZREM', P .. ':idle', worker)
+    redis.call('HDEL', P .. ':idle:settings', worker)
+  end)
+end
+-- Leases waiting requests to waiting workers, in the same step (and fsync) as the change that made
+-- them claimable; each worker's batch goes on its list `P:inbox:WORKER`, where it is blocked in BLPOP.
+local function dispatch(now_text)
+  local idle = P .. ':idle'
+  if redis.call('ZCARD', idle) == 0 then return end
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', idle, '-inf', now_text)) do stop_waiting(gone) end
+  for _, worker in ipairs(redis.call('ZRANGEBYSCORE', idle, '(' .. now_text, '+inf')) do
+    local ids = lease_next(worker, now_text, cjson.decode(redis.call('HGET', idle .. ':settings', worker)))
+    if #ids == 0 then return end
+    stop_waiting(worker)
+    redis.call('RPUSH', P .. ':inbox:' .. worker, cjson.encode(ids))
+  end
+end
+local function requeue(rid, job, now, fields)
   unlease(rid, job)
   redis.call('HSET', jk(rid), 'status', 'IN_QUEUE', 'lease_owner', '', 'running', '0', unpack(fields))
   enqueue(rid, job)
   event('job', rid)
-  event('work')
+  dispatch(now)
 end
 local function add_log(rid, now, level, message)
   redis.call('RPUSH', P .. ':logs:' .. rid, cjson.encode({tonumber(now), level, message}))
@@ -167,6 +291,7 @@ local function complete(rid, job, now, r)
     redis.call('ZADD', P .. ':webhooks:due', now, rid)
   end
   event('job', rid)
+  dispatch(now)  -- a suspect that ended, or a batch's place freed, may let another run
 end
 """.replace("EVENTS_KEPT", str(EVENTS_KEPT))
 
@@ -197,109 +322,41 @@ redis.call('SET', P .. ':payload:' .. rid, ARGV[11])
 enqueue(rid, job)
 redis.call('SADD', P .. ':endpoints', endpoint)
 redis.call('ZADD', P .. ':history:' .. owner, ARGV[6], rid)
-event('work')
 if ARGV[7] ~= '' then event('schedule') end
-return {redis.call('ZRANK', P .. ':q', job.qkey)}
+local position = redis.call('ZRANK', P .. ':q', job.qkey)
+dispatch(ARGV[6])
+return {position}
 """
 
-# ARGV: prefix, worker, now, lease expiry, default batch, affinity cutoff (created after it: may be
-# passed over), number of limits, (endpoint, limit)..., number of warm endpoints, endpoint...
-# Returns {{id, JOB_FIELDS values, payload} per leased job, how many requests still wait}.
+# ARGV: prefix, worker, now, wait until ('' for not at all), settings (JSON, see `lease_next`). Takes
+# what was leased to the worker while it waited, else leases; a worker given nothing waits (`next_jobs`).
+# Returns {id, JOB_FIELDS values, payload} per leased job.
 CLAIM = r"""
-local worker, now, expiry = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local default_batch, cutoff = tonumber(ARGV[5]), tonumber(ARGV[6])
-local limits, warm, nwarm = {}, {}, 0
-local i = 8
-for _ = 1, tonumber(ARGV[7]) do limits[ARGV[i]] = tonumber(ARGV[i + 1]); i = i + 2 end
-local warm_count = tonumber(ARGV[i]); i = i + 1
-for _ = 1, warm_count do warm[ARGV[i]] = true; nwarm = nwarm + 1; i = i + 1 end
-
-local function usable(rid, skip_suspects)
-  local deadline, crashes = unpack(redis.call('HMGET', jk(rid), 'start_deadline', 'crashes'))
-  if deadline and deadline ~= '' and tonumber(deadline) < now then return false end
-  return not (skip_suspects and crashes ~= '0')
-end
--- the first usable member of a sorted set within [lo, hi], or nil; `skip` is a member to leave out
-local function first(key, lo, hi, skip_suspects, skip)
-  local offset = 0
-  while offset < 4096 do
-    local chunk = redis.call('ZRANGEBYLEX', key, lo, hi, 'LIMIT', offset, 32)
-    if #chunk == 0 then return nil end
-    for _, qkey in ipairs(chunk) do
-      if qkey ~= skip and usable(rid_of(qkey), skip_suspects) then return qkey end
-    end
-    offset = offset + 32
+local worker, now_text, settings = ARGV[2], ARGV[3], ARGV[5]
+local ids = {}
+local handed = redis.call('LPOP', P .. ':inbox:' .. worker)
+if handed then  -- leased to this worker while it waited, and not taken then
+  for _, rid in ipairs(cjson.decode(handed)) do
+    local status, owner = unpack(redis.call('HMGET', jk(rid), 'status', 'lease_owner'))
+    if status == 'IN_PROGRESS' and owner == worker then table.insert(ids, rid) end
   end
-  return nil
-end
-
-local nothing = {{}, 0}
-if redis.call('SCARD', P .. ':active:suspects') > 0 then return nothing end  -- a suspect runs alone
-local chosen, head
-local suspect = first(P .. ':q:suspects', '-', '+', false, nil)
-if suspect then
-  if redis.call('ZCARD', P .. ':leases') > 0 then return nothing end  -- it waits until what runs has finished
-  chosen, head = suspect, suspect
 else
-  head = first(P .. ':q', '-', '+', false, nil)
-  if not head then return nothing end
-  chosen = head
-  local endpoint, priority, created = unpack(redis.call('HMGET', jk(rid_of(head)), 'endpoint', 'priority', 'created_at'))
-  if nwarm > 0 and not warm[endpoint] and tonumber(created) > cutoff then
-    for candidate_endpoint in pairs(warm) do
-      local candidate = first(P .. ':q:ep:' .. candidate_endpoint, '[' .. priority .. ':', '(' .. priority .. ';', true, nil)
-      if candidate and (chosen == head or candidate < chosen) then chosen = candidate end
-    end
-  end
+  stop_waiting(worker)
+  ids = lease_next(worker, now_text, cjson.decode(settings))
 end
-local ids = {rid_of(chosen)}
-local endpoint = redis.call('HGET', jk(ids[1]), 'endpoint')
-if not suspect then
-  local limit = math.max(1, limits[endpoint] or default_batch)
-  local offset = 0
-  while #ids < limit and offset < 4096 do
-    local chunk = redis.call('ZRANGEBYLEX', P .. ':q:ep:' .. endpoint, '-', '+', 'LIMIT', offset, 32)
-    if #chunk == 0 then break end
-    for _, qkey in ipairs(chunk) do
-      if #ids < limit and qkey ~= chosen and usable(rid_of(qkey), true) then table.insert(ids, rid_of(qkey)) end
-    end
-    offset = offset + 32
-  end
+if #ids == 0 and ARGV[4] ~= '' then
+  unrecorded(function()
+    redis.call('ZADD', P .. ':idle', ARGV[4], worker)
+    redis.call('HSET', P .. ':idle:settings', worker, settings)
+  end)
+elseif #ids > 0 then
+  dispatch(now_text)  -- what is left, to the other waiting workers
 end
-
-local stream = P .. ':stream:' .. endpoint
-redis.pcall('XGROUP', 'CREATE', stream, 'workers', '$', 'MKSTREAM')
-local leased = {}
-for _, rid in ipairs(ids) do
-  local job = load(rid)
-  unqueue(rid, job)
-  redis.call('HSET', jk(rid), 'status', 'IN_PROGRESS', 'lease_owner', worker, 'running', '1', 'started_at', ARGV[3],
-             'attempts', tonumber(job.attempts) + 1)
-  redis.call('ZADD', P .. ':leases', expiry, rid)
-  if job.crashes ~= '0' then redis.call('SADD', P .. ':active:suspects', rid) end
-  redis.call('RPUSH', P .. ':attempts:' .. rid, cjson.encode({'claimed', worker, now}), cjson.encode({'running', worker, now}))
-  redis.call('XADD', stream, '*', 'id', rid)
-  leased[rid] = true
-end
-local read = redis.call('XREADGROUP', 'GROUP', 'workers', worker, 'COUNT', #ids + 16, 'STREAMS', stream, '>')
-for _, entry in ipairs(read[1] and read[1][2] or {}) do
-  local rid = entry[2][2]
-  if leased[rid] then
-    redis.call('HSET', jk(rid), 'entry', entry[1])
-  else  -- not ours (a stray entry): nothing may stay pending without a lease
-    redis.call('XACK', stream, 'workers', entry[1])
-    redis.call('XDEL', stream, entry[1])
-  end
-end
-local head_priority, head_round = unpack(redis.call('HMGET', jk(rid_of(head)), 'priority', 'round'))
-local clock = P .. ':clock:' .. head_priority
-if tonumber(redis.call('GET', clock) or '0') < tonumber(head_round) then redis.call('SET', clock, head_round) end
 local claimed = {}
 for _, rid in ipairs(ids) do
-  event('job', rid)
   table.insert(claimed, {rid, redis.call('HMGET', jk(rid), unpack(JOB_FIELDS)), redis.call('GET', P .. ':payload:' .. rid)})
 end
-return {claimed, redis.call('ZCARD', P .. ':q')}
+return claimed
 """.replace("JOB_FIELDS", "{" + ", ".join(f"'{name}'" for name in JOB_FIELDS) + "}")
 
 # ARGV: prefix, worker, running (0/1), now, id... Marks the worker's leased ids; each start of
@@ -335,13 +392,31 @@ end
 return cancelled
 """
 
+# ARGV: prefix, now, worker. Returns the ids it had been handed and had not taken, requeued.
+STOP_WAITING = r"""
+local worker = ARGV[3]
+stop_waiting(worker)
+local requeued = {}
+for _, handed in ipairs(redis.call('LRANGE', P .. ':inbox:' .. worker, 0, -1)) do
+  for _, rid in ipairs(cjson.decode(handed)) do
+    local job = load(rid)
+    if job and job.status == 'IN_PROGRESS' and job.lease_owner == worker then
+      requeue(rid, job, ARGV[2], {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
+      table.insert(requeued, rid)
+    end
+  end
+end
+redis.call('DEL', P .. ':inbox:' .. worker)
+return requeued
+"""
+
 # ARGV: prefix, now, worker ('' for any), id...
 RELEASE = r"""
 for i = 4, #ARGV do
   local rid = ARGV[i]
   local job = load(rid)
   if job and job.status == 'IN_PROGRESS' and (ARGV[3] == '' or job.lease_owner == ARGV[3]) then
-    requeue(rid, job, {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
+    requeue(rid, job, ARGV[2], {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
     add_log(rid, ARGV[2], 'WARN', 'Interrupted by a server shutdown; requeued')
   end
 end
@@ -409,7 +484,7 @@ if job.running == '1' then
   message = string.gsub(ARGV[5], '{crashes}', tostring(crashes))
 end
 job.crashes = tostring(crashes)
-requeue(rid, job, {'crashes', crashes})
+requeue(rid, job, now, {'crashes', crashes})
 add_log(rid, now, 'WARN', message)
 return 'requeued'
 """
@@ -512,7 +587,7 @@ class RedisJobStore(JobStore):
         self._scripts = {
             name: client.register_script(PRELUDE + body)
             for name, body in {
-                "submit": SUBMIT, "claim": CLAIM, "mark_running": MARK_RUNNING, "renew": RENEW,
+                "submit": SUBMIT, "claim": CLAIM, "stop_waiting": STOP_WAITING, "mark_running": MARK_RUNNING, "renew": RENEW,
                 "release": RELEASE, "complete": COMPLETE, "cancel": CANCEL, "expire": EXPIRE,
                 "position": POSITION, "webhook_sending": WEBHOOK_SENDING,
                 "webhook_attempted": WEBHOOK_ATTEMPTED, "purge": PURGE,
@@ -594,7 +669,7 @@ class RedisJobStore(JobStore):
                 f"The queue for {job.endpoint} already holds {outcome[1]} request(s), "
                 f"the `fal_max_queue_length` of {max_queue_length} given"
             )
-        self._changed(work=True, schedule=job.start_deadline is not None)
+        self._changed(schedule=job.start_deadline is not None)
         return int(outcome[0])
 
     def _info(self, request_id: str, values: Sequence[bytes | None]) -> JobInfo | None:
@@ -741,28 +816,70 @@ class RedisJobStore(JobStore):
         default_batch: int = 1,
         warm: Collection[str] = (),
     ) -> list[Job]:
-        now = self._clock()
-        limits = [item for endpoint, limit in batch_limits.items() for item in (endpoint, limit)]
-        arguments = (
-            worker_id,
-            repr(now),
-            repr(now + self._lease_seconds),
-            default_batch,
-            repr(now - self._affinity_seconds),
-            len(batch_limits),
-            *limits,
-            len(warm),
-            *sorted(warm),
-        )
-        claimed, waiting = self._run("claim", *arguments)
+        return self._claim(worker_id, batch_limits, default_batch, warm, wait_until="")
+
+    def next_jobs(
+        self,
+        worker_id: str,
+        batch_limits: Mapping[str, int],
+        *,
+        default_batch: int = 1,
+        warm: Collection[str] = (),
+        timeout: float,
+    ) -> list[Job]:
+        """Claims; given nothing, the worker waits in `P:idle` and blocks on its inbox, where the change
+        that makes a request claimable (a submit, a requeue, a completion) leases it to the worker in
+        the same step: no round trip (and no fsync) between a submit and its claim."""
+        wait_until = repr(self._clock() + timeout + WAIT_MARGIN_SECONDS)
+        jobs = self._claim(worker_id, batch_limits, default_batch, warm, wait_until=wait_until)
+        if jobs:
+            return jobs
+        handed = self._call(lambda: self._redis.blpop([self._key("inbox", worker_id)], timeout=timeout))
+        if handed is None:
+            return []
+        return self._handed(worker_id, [request_id for request_id in json.loads(handed[1])])
+
+    def _claim(
+        self, worker_id: str, batch_limits: Mapping[str, int], default_batch: int, warm: Collection[str], *, wait_until: str
+    ) -> list[Job]:
+        settings = {
+            "batch": default_batch,
+            "lease": self._lease_seconds,
+            "affinity": self._affinity_seconds,
+            "limits": dict(batch_limits),
+            "warm": {endpoint: True for endpoint in warm},
+        }
+        claimed = self._run("claim", worker_id, repr(self._clock()), wait_until, json.dumps(settings))
         jobs = []
         for request_id, values, payload in claimed:
             request_id = request_id.decode()
             self._changed(request_id)
             jobs.append(self._job(request_id, values, payload))
-        if jobs and waiting:
-            self.changes.publish_work()  # not an event: only this node's workers need to know
         return jobs
+
+    def _handed(self, worker_id: str, request_ids: Sequence[str]) -> list[Job]:
+        """The jobs leased to the worker while it waited (those still leased to it)."""
+
+        def read() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for request_id in request_ids:
+                pipe.hmget(self._key("job", request_id), [*JOB_FIELDS, "lease_owner"])
+                pipe.get(self._key("payload", request_id))
+            return pipe.execute()
+
+        replies = self._call(read)
+        jobs = []
+        for request_id, values, payload in zip(request_ids, replies[::2], replies[1::2]):
+            job = self._job(request_id, values[:-1], payload)
+            if job is not None and job.status is JobStatus.IN_PROGRESS and values[-1] == worker_id.encode():
+                self._changed(request_id)
+                jobs.append(job)
+        return jobs
+
+    def stop_waiting(self, worker_id: str) -> None:
+        requeued = self._run("stop_waiting", repr(self._clock()), worker_id)
+        for request_id in requeued:
+            self._changed(request_id.decode())
 
     def mark_running(self, worker_id: str, request_ids: Sequence[str], *, running: bool = True) -> None:
         if request_ids:
@@ -901,9 +1018,6 @@ class RedisJobStore(JobStore):
             if deleted < 500:
                 return total
 
-    def wait_for_work(self, timeout: float) -> None:
-        self.changes.wait_for_work(timeout)
-
     def close(self) -> None:
         if self._closed:
             return
@@ -1031,7 +1145,7 @@ class RedisJobStore(JobStore):
 
     # -- hearing of the other nodes' changes -----------------------------------------------
 
-    def _changed(self, *request_ids: str, work: bool = False, schedule: bool = False) -> None:
+    def _changed(self, *request_ids: str, schedule: bool = False) -> None:
         """Wakes this node's waiters for a change it made itself, where no listener will. A listening
         store hears its own changes on the event stream like every other node's: once, and as soon
         as Redis has them, which on a busy node is sooner than the reply reaches the caller."""
@@ -1039,8 +1153,6 @@ class RedisJobStore(JobStore):
             return
         for request_id in request_ids:
             self.changes.publish(request_id)
-        if work:
-            self.changes.publish_work()
         if schedule:
             self.changes.schedule_changed.set()
 
@@ -1082,8 +1194,6 @@ class RedisJobStore(JobStore):
         request_id = fields.get(b"id", b"").decode()
         if kind == "job":
             self.changes.publish(request_id)
-        elif kind == "work":
-            self.changes.publish_work()
         elif kind == "schedule":
             self.changes.schedule_changed.set()
         elif kind == "cancel":

@@ -598,8 +598,19 @@ class SqliteJobStore(JobStore):
 
         return self._write(delete)
 
-    def wait_for_work(self, timeout: float) -> None:
+    def next_jobs(
+        self,
+        worker_id: str,
+        batch_limits: Mapping[str, int],
+        *,
+        default_batch: int = 1,
+        warm: Collection[str] = (),
+        timeout: float,
+    ) -> list[Job]:
+        # every change that makes work claimable signals the feed, and so does a claim that leaves
+        # some waiting: a claim without a signal since the last one would find nothing
         self.changes.wait_for_work(timeout)
+        return self.claim(worker_id, batch_limits, default_batch=default_batch, warm=warm)
 
     def close(self) -> None:
         # under the write lock, so a write in flight on another thread finishes before the

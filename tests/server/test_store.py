@@ -4,6 +4,7 @@ idempotent completion."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -84,27 +85,58 @@ def test_claim_batches_jobs_of_the_head_endpoint(open_store):
     assert [j.request_id for j in store.claim("w", {"e/x": 8})] == ["b"]
 
 
-def waited(store, timeout: float) -> float:
+def timed_next_jobs(store, worker_id: str, limits: dict, timeout: float) -> tuple[list[str], float]:
     started = time.monotonic()
-    store.wait_for_work(timeout)
-    return time.monotonic() - started
+    jobs = store.next_jobs(worker_id, limits, timeout=timeout)
+    return [j.request_id for j in jobs], time.monotonic() - started
 
 
-def test_a_worker_waits_after_a_claim_only_if_none_are_left_waiting(open_store):
-    """A worker waits for work after every claim (no claim that finds nothing per request), so a
-    claim that leaves requests waiting must let its next wait return at once."""
+def test_next_jobs_claims_at_once_while_requests_wait_and_waits_once_none_do(open_store):
+    """A worker asks for its next jobs after every batch, so a claim that leaves requests waiting must
+    not make the next ask wait, and an ask that finds none waits (it costs no claim per request)."""
     store = open_store()
     for rid in "abc":
         store.submit(job(rid, "e/x" if rid != "c" else "e/y"))
-    for _ in range(20):  # take up the submits' own signals, however late a listener delivers them
-        if waited(store, 0.3) >= 0.25:
-            break
-    else:
-        pytest.fail("wait_for_work never blocked")
-    assert [j.request_id for j in store.claim("w", {"e/x": 2})] == ["a", "b"]
-    assert waited(store, 10) < 5  # `c`, of another endpoint, waits
-    assert [j.request_id for j in store.claim("w", {})] == ["c"]
-    assert waited(store, 0.3) >= 0.25  # nothing does
+    assert timed_next_jobs(store, "w", {"e/x": 2}, 10)[0] == ["a", "b"]
+    ids, took = timed_next_jobs(store, "w", {}, 10)
+    assert ids == ["c"] and took < 5  # `c`, of another endpoint, was left waiting
+    ids, took = timed_next_jobs(store, "w", {}, 0.3)
+    assert ids == [] and took >= 0.25
+
+
+def test_a_waiting_worker_is_leased_a_request_by_its_submit(open_store, backend):
+    """On Redis the submit itself leases the request to a worker waiting in `next_jobs`, in the same
+    script (and fsync): the worker's claim costs no round trip after it."""
+    if backend != "redis":
+        pytest.skip("SQLite's workers are in its own process: a submit wakes them directly")
+    store = open_store()
+    handed: list[list[str]] = []
+    waiting = threading.Thread(target=lambda: handed.append(timed_next_jobs(store, "w", {"e/a": 4}, 10)[0]))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while not store._redis.zscore(store._key("idle"), "w"):  # it has asked, found nothing, and waits
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    store.submit(job("a"))
+    info = store.info("a")  # read as the submit returns, before the worker could claim
+    assert info.status is JobStatus.IN_PROGRESS and info.attempts == 1
+    waiting.join(10)
+    assert handed == [["a"]]
+    store.submit(job("b"))  # nobody waits now
+    assert store.info("b").status is JobStatus.IN_QUEUE
+
+
+def test_work_leased_to_a_worker_that_stopped_waiting_goes_back_uncounted(open_store, clock, backend):
+    if backend != "redis":
+        pytest.skip("only Redis leases work to waiting workers")
+    store = open_store()
+    assert store.next_jobs("w", {}, timeout=0.05) == []  # it waited, and its wait has not yet lapsed
+    store.submit(job("a"))
+    assert store.info("a").status is JobStatus.IN_PROGRESS
+    store.stop_waiting("w")
+    info = store.info("a")
+    assert info.status is JobStatus.IN_QUEUE and info.attempts == 0
+    assert [j.request_id for j in store.claim("w2", {})] == ["a"]
 
 
 def test_max_queue_length_counts_waiting_jobs_of_the_endpoint(open_store):
