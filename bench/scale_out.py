@@ -18,7 +18,7 @@ CPU time that was busy meanwhile. Redis runs as the README
 recommends (AOF, `appendfsync always`). On a machine with fewer cores than processes, throughput
 stops growing once the cores are used up: the record says how many there are.
 
-    python -m bench.scale_out [--requests 300] [--workers 3] [--rounds 6]
+    python -m bench.scale_out [--requests 300] [--workers 3] [--rounds 10]
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="requests per throughput measurement")
     parser.add_argument("--workers", type=int, default=3, help="the most worker processes to measure")
-    parser.add_argument("--rounds", type=int, default=6, help="latency rounds (every setup once per round)")
+    parser.add_argument("--rounds", type=int, default=10, help="latency rounds (every setup once per round)")
     parser.add_argument("--note", default="", help="recorded with the numbers (e.g. that the machine was shared)")
     args = parser.parse_args()
 

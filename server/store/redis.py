@@ -31,10 +31,11 @@ Data layout, under a prefix (`kiln` unless the URL says `?prefix=NAME`), `P` bel
 - Waiting workers: a worker that `next_jobs` finds nothing for waits in `P:idle` (until when, with its
   claim settings in `P:idle:settings`) and blocks in `BLPOP P:inbox:WORKER`. Whatever makes a request
   claimable (a submit, a requeue, a completion, a claim that leaves some) leases it to a waiting
-  worker in the same script and pushes the batch's ids to its inbox, so Redis answers the submit
-  and wakes the worker after one fsync, with no claim in between. The waiting itself is not written
-  to the AOF or replicas: it is worth no fsync, and a worker that a restart forgot asks again
-  within a second.
+  worker in the same script and pushes the batch (ids, fields, payloads) to its inbox, so Redis
+  answers the submit and wakes the worker after one fsync, with no claim or read in between. The
+  waiting and the inbox are not written to the AOF or replicas: they are worth no fsync; a worker
+  that a restart forgot asks again within a second, and a batch it lost is taken over once its
+  leases expire.
 - `P:active:suspects` the suspects now running; `P:done` completion times (retention);
   `P:history:OWNER` an owner's requests by creation time; `P:endpoints` every endpoint seen.
 - Webhooks: `P:webhook:ID` (url, owner, destination, attempts, next try, delivered) and
@@ -252,8 +253,18 @@ local function stop_waiting(worker)
     redis.call('HDEL', P .. ':idle:settings', worker)
   end)
 end
+-- {id, JOB_FIELDS values, payload} of each leased id: what a worker needs of a job it takes
+local function leased_rows(ids)
+  local rows = {}
+  for _, rid in ipairs(ids) do
+    table.insert(rows, {rid, redis.call('HMGET', jk(rid), unpack(JOB_FIELDS)), redis.call('GET', P .. ':payload:' .. rid)})
+  end
+  return rows
+end
 -- Leases waiting requests to waiting workers, in the same step (and fsync) as the change that made
--- them claimable; each worker's batch goes on its list `P:inbox:WORKER`, where it is blocked in BLPOP.
+-- them claimable; each worker's batch goes on its list `P:inbox:WORKER`, where it is blocked in BLPOP,
+-- whole, so that it needs no read after. The list is not recorded either: the leases are, and a
+-- batch a restart lost is taken over once its leases expire.
 local function dispatch(now_text)
   local idle = P .. ':idle'
   if redis.call('ZCARD', idle) == 0 then return end
@@ -262,7 +273,7 @@ local function dispatch(now_text)
     local ids = lease_next(worker, now_text, cjson.decode(redis.call('HGET', idle .. ':settings', worker)))
     if #ids == 0 then return end
     stop_waiting(worker)
-    redis.call('RPUSH', P .. ':inbox:' .. worker, cjson.encode(ids))
+    unrecorded(function() redis.call('RPUSH', P .. ':inbox:' .. worker, cjson.encode(leased_rows(ids))) end)
   end
 end
 local function requeue(rid, job, now, fields)
@@ -293,7 +304,7 @@ local function complete(rid, job, now, r)
   event('job', rid)
   dispatch(now)  -- a suspect that ended, or a batch's place freed, may let another run
 end
-""".replace("EVENTS_KEPT", str(EVENTS_KEPT))
+""".replace("EVENTS_KEPT", str(EVENTS_KEPT)).replace("JOB_FIELDS", "{" + ", ".join(f"'{name}'" for name in JOB_FIELDS) + "}")
 
 # ARGV: prefix, id, endpoint, owner, priority, now, start deadline, webhook url, destination,
 # max queue length, payload. Returns {position} or {-1, waiting} when the queue is full.
@@ -336,7 +347,8 @@ local worker, now_text, settings = ARGV[2], ARGV[3], ARGV[5]
 local ids = {}
 local handed = redis.call('LPOP', P .. ':inbox:' .. worker)
 if handed then  -- leased to this worker while it waited, and not taken then
-  for _, rid in ipairs(cjson.decode(handed)) do
+  for _, row in ipairs(cjson.decode(handed)) do
+    local rid = row[1]
     local status, owner = unpack(redis.call('HMGET', jk(rid), 'status', 'lease_owner'))
     if status == 'IN_PROGRESS' and owner == worker then table.insert(ids, rid) end
   end
@@ -352,12 +364,8 @@ if #ids == 0 and ARGV[4] ~= '' then
 elseif #ids > 0 then
   dispatch(now_text)  -- what is left, to the other waiting workers
 end
-local claimed = {}
-for _, rid in ipairs(ids) do
-  table.insert(claimed, {rid, redis.call('HMGET', jk(rid), unpack(JOB_FIELDS)), redis.call('GET', P .. ':payload:' .. rid)})
-end
-return claimed
-""".replace("JOB_FIELDS", "{" + ", ".join(f"'{name}'" for name in JOB_FIELDS) + "}")
+return leased_rows(ids)
+"""
 
 # ARGV: prefix, worker, running (0/1), now, id... Marks the worker's leased ids; each start of
 # running goes in the request's attempt log.
@@ -398,7 +406,8 @@ local worker = ARGV[3]
 stop_waiting(worker)
 local requeued = {}
 for _, handed in ipairs(redis.call('LRANGE', P .. ':inbox:' .. worker, 0, -1)) do
-  for _, rid in ipairs(cjson.decode(handed)) do
+  for _, row in ipairs(cjson.decode(handed)) do
+    local rid = row[1]
     local job = load(rid)
     if job and job.status == 'IN_PROGRESS' and job.lease_owner == worker then
       requeue(rid, job, ARGV[2], {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
@@ -406,7 +415,7 @@ for _, handed in ipairs(redis.call('LRANGE', P .. ':inbox:' .. worker, 0, -1)) d
     end
   end
 end
-redis.call('DEL', P .. ':inbox:' .. worker)
+unrecorded(function() redis.call('DEL', P .. ':inbox:' .. worker) end)
 return requeued
 """
 
@@ -837,7 +846,12 @@ class RedisJobStore(JobStore):
         handed = self._call(lambda: self._redis.blpop([self._key("inbox", worker_id)], timeout=timeout))
         if handed is None:
             return []
-        return self._handed(worker_id, [request_id for request_id in json.loads(handed[1])])
+        # the rows as JSON: strings, and false for a field the job's hash lacks
+        rows = [
+            [request_id.encode(), [None if value is False else value.encode() for value in values], payload.encode()]
+            for request_id, values, payload in json.loads(handed[1])
+        ]
+        return self._jobs(rows)
 
     def _claim(
         self, worker_id: str, batch_limits: Mapping[str, int], default_batch: int, warm: Collection[str], *, wait_until: str
@@ -849,31 +863,15 @@ class RedisJobStore(JobStore):
             "limits": dict(batch_limits),
             "warm": {endpoint: True for endpoint in warm},
         }
-        claimed = self._run("claim", worker_id, repr(self._clock()), wait_until, json.dumps(settings))
+        return self._jobs(self._run("claim", worker_id, repr(self._clock()), wait_until, json.dumps(settings)))
+
+    def _jobs(self, rows: Sequence[Sequence[Any]]) -> list[Job]:
+        """Jobs from the scripts' `leased_rows`."""
         jobs = []
-        for request_id, values, payload in claimed:
+        for request_id, values, payload in rows:
             request_id = request_id.decode()
             self._changed(request_id)
             jobs.append(self._job(request_id, values, payload))
-        return jobs
-
-    def _handed(self, worker_id: str, request_ids: Sequence[str]) -> list[Job]:
-        """The jobs leased to the worker while it waited (those still leased to it)."""
-
-        def read() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for request_id in request_ids:
-                pipe.hmget(self._key("job", request_id), [*JOB_FIELDS, "lease_owner"])
-                pipe.get(self._key("payload", request_id))
-            return pipe.execute()
-
-        replies = self._call(read)
-        jobs = []
-        for request_id, values, payload in zip(request_ids, replies[::2], replies[1::2]):
-            job = self._job(request_id, values[:-1], payload)
-            if job is not None and job.status is JobStatus.IN_PROGRESS and values[-1] == worker_id.encode():
-                self._changed(request_id)
-                jobs.append(job)
         return jobs
 
     def stop_waiting(self, worker_id: str) -> None:

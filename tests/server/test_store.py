@@ -110,8 +110,8 @@ def test_a_waiting_worker_is_leased_a_request_by_its_submit(open_store, backend)
     if backend != "redis":
         pytest.skip("SQLite's workers are in its own process: a submit wakes them directly")
     store = open_store()
-    handed: list[list[str]] = []
-    waiting = threading.Thread(target=lambda: handed.append(timed_next_jobs(store, "w", {"e/a": 4}, 10)[0]))
+    handed: list = []
+    waiting = threading.Thread(target=lambda: handed.extend(store.next_jobs("w", {"e/a": 4}, timeout=10)))
     waiting.start()
     deadline = time.monotonic() + 10
     while not store._redis.zscore(store._key("idle"), "w"):  # it has asked, found nothing, and waits
@@ -121,7 +121,9 @@ def test_a_waiting_worker_is_leased_a_request_by_its_submit(open_store, backend)
     info = store.info("a")  # read as the submit returns, before the worker could claim
     assert info.status is JobStatus.IN_PROGRESS and info.attempts == 1
     waiting.join(10)
-    assert handed == [["a"]]
+    [taken] = handed
+    assert (taken.request_id, taken.payload, taken.status, taken.attempts) == ("a", {"n": "a"}, JobStatus.IN_PROGRESS, 1)
+    assert (taken.endpoint, taken.owner, taken.webhook_url) == ("e/a", "o", None)
     store.submit(job("b"))  # nobody waits now
     assert store.info("b").status is JobStatus.IN_QUEUE
 
