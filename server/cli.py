@@ -34,6 +34,8 @@ from server.weights import (
 from server.worker import DeviceUnavailable, resolve_devices
 
 logger = logging.getLogger("kiln")
+# the longest a thread whose I/O has finished waits for the interpreter while another runs Python
+INTERPRETER_SWITCH_SECONDS = 0.001
 
 
 def storage_options() -> argparse.ArgumentParser:
@@ -453,6 +455,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command in ("serve", "worker"):
+        # Worker threads run Python between their device calls: without this, an HTTP or queue thread
+        # whose I/O has finished waits up to Python's default 5 ms for the interpreter.
+        sys.setswitchinterval(INTERPRETER_SWITCH_SECONDS)
     if args.command == "serve":
         serve(args)
     elif args.command == "worker":
