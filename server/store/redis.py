@@ -210,7 +210,7 @@ local function lease_next(worker, now_text, s)
   end
 
   local stream = P .. ':stream:' .. endpoint
-  redis.pcall('XGROUP', 'CREATE', stream, 'workers', '$', 'MKSTREAM')
+  if redis.call('EXISTS', stream) == 0 then redis.call('XGROUP', 'CREATE', stream, 'workers', '$', 'MKSTREAM') end
   local leased = {}
   for _, rid in ipairs(ids) do
     local job = load(rid)
