@@ -35,7 +35,8 @@ Data layout, under a prefix (`kiln` unless the URL says `?prefix=NAME`), `P` bel
   answers the submit and wakes the worker after one fsync, with no claim or read in between. The
   waiting and the inbox are not written to the AOF or replicas: they are worth no fsync; a worker
   that a restart forgot asks again within a second, and a batch it lost is taken over once its
-  leases expire.
+  leases expire. A handed batch is marked running, as a claimed one is: a worker that dies within
+  a second of asking for work is charged for what it was handed in that second.
 - `P:active:suspects` the suspects now running; `P:done` completion times (retention);
   `P:history:OWNER` an owner's requests by creation time; `P:endpoints` every endpoint seen.
 - Webhooks: `P:webhook:ID` (url, owner, destination, attempts, next try, delivered) and
