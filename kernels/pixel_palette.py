@@ -431,9 +431,15 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     return distance.sum((2, 4)) / opaque.sum((2, 4)).clamp_min(1)
 
 
+# Neighbours this many times `edge_cells`' distance apart bleed into each other whatever the channel (resampling, blur).
+FAR_APART = 5.0
+
+
 def edge_cells(cells: Tensor, distance: float) -> Tensor:
-    r"""The opaque cells whose colour is more than ``distance`` (`colour_distance`) from that of an opaque
-    4-neighbour: where JPEG's ringing and chroma subsampling, blur and resampling bleed one colour into the next.
+    r"""The opaque cells that would look more than ``distance`` (`colour_distance`) different with the chroma of an
+    opaque 4-neighbour at their own luma (JPEG's YCbCr), where chroma subsampling bleeds one colour into the next,
+    or that are `FAR_APART` times ``distance`` from one, where resampling and blur do. Neighbours that differ by a
+    few steps of luma alone (a ramp of shades) are not edges: JPEG keeps luma at full resolution.
 
     Args:
         cells: RGBA uint8 :math:`(B, 4, h, w)`, one colour per cell (e.g. its median).
@@ -445,21 +451,43 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
     Example:
         >>> import torch
         >>> cells = torch.full((1, 4, 1, 3), 255, dtype=torch.uint8)
-        >>> cells[0, :3, 0, 2] = 0
+        >>> cells[0, :3, 0, 0], cells[0, :3, 0, 1] = 120, 128  # two greys: a step of luma
+        >>> cells[0, :2, 0, 2] = 0  # blue
         >>> edge_cells(cells, 2.0).tolist()
         [[[False, True, True]]]
     """
     _check_rgba(cells)
+    ycc = _ycbcr(cells[:, :3].float())
     lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())
     opaque = cells[:, 3] >= 128
-    down = (_delta_e94(lab[:, 1:], lab[:, :-1]) > distance) & opaque[:, 1:] & opaque[:, :-1]
-    across = (_delta_e94(lab[:, :, 1:], lab[:, :, :-1]) > distance) & opaque[:, :, 1:] & opaque[:, :, :-1]
     edge = torch.zeros_like(opaque)
-    edge[:, 1:] |= down
-    edge[:, :-1] |= down
-    edge[:, :, 1:] |= across
-    edge[:, :, :-1] |= across
+    for axis in (1, 2):  # down, across (of (B, h, w))
+        size = opaque.shape[axis] - 1
+        both = opaque.narrow(axis, 0, size) & opaque.narrow(axis, 1, size)
+        for own, other in ((0, 1), (1, 0)):
+            own_ycc, other_ycc = ycc.narrow(axis + 1, own, size), ycc.narrow(axis + 1, other, size)
+            tinted = _ycbcr_to_srgb(torch.cat([own_ycc[:, :1], other_ycc[:, 1:]], 1))
+            own_lab = lab.narrow(axis, own, size)
+            shift = _delta_e94(srgb_to_lab(tinted.permute(0, 2, 3, 1)), own_lab)
+            apart = _delta_e94(lab.narrow(axis, other, size), own_lab)
+            edge.narrow(axis, own, size).logical_or_(both & ((shift > distance) | (apart > FAR_APART * distance)))
     return edge
+
+
+def _ycbcr(rgb: Tensor) -> Tensor:
+    """JPEG's full-range YCbCr of sRGB :math:`(B, 3, h, w)` in 0-255."""
+    r, g, b = rgb.unbind(1)
+    return torch.stack([
+        0.299 * r + 0.587 * g + 0.114 * b,
+        128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+        128 + 0.5 * r - 0.418688 * g - 0.081312 * b,
+    ], 1)
+
+
+def _ycbcr_to_srgb(ycc: Tensor) -> Tensor:
+    """The inverse of `_ycbcr`, clamped to 0-255."""
+    y, cb, cr = ycc[:, 0], ycc[:, 1] - 128, ycc[:, 2] - 128
+    return torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1).clamp(0, 255)
 
 
 def merge_similar_colors(

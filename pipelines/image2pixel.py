@@ -111,9 +111,10 @@ AUTO_COLOR_CAP = 32
 CELL_SAMPLES = 8
 # Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
-# Cells under this many pixels a side that border another colour (`edge_cells`) weigh this much in the palette: in
-# so small a cell JPEG's ringing and chroma bleed reach most of the interior, so its median is shifted towards the
-# neighbour, and a region's border cells would otherwise outweigh the tail test that merges such shades.
+# Cells under this many pixels a side that border another chroma (`edge_cells`) weigh this much in the palette: in
+# so small a cell JPEG's chroma bleed reaches most of the interior, so its median is shifted towards the
+# neighbour, and a region's border cells would otherwise outweigh the tail test that merges such shades. Shades
+# that differ in luma alone (a texture's ramps) keep their weight: luma is not subsampled.
 BLEED_REACH = 8
 EDGE_WEIGHT = 0.25
 
@@ -301,7 +302,7 @@ def working_palette(
     degraded one it is the cells' colours (`cell_colours`) with near-duplicate shades merged
     (`merge_similar_colors`, within a radius that follows how far the cells' colours scatter), so JPEG, blur
     and resampling do not turn each real colour into several; that is also the estimate of `auto_color_detect`.
-    Small cells at a colour boundary weigh less there (`EDGE_WEIGHT`): their colours are the ones bled into.
+    Small cells at a chroma boundary weigh less there (`EDGE_WEIGHT`): their colours are the ones bled into.
     """
     if inputs.fixed_palette:
         return parse_palette(inputs.fixed_palette).to(image.device), "fixed", None

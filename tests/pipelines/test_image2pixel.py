@@ -378,6 +378,14 @@ def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
     assert cell_accuracy(result, case) >= 0.98
 
 
+def test_real_art_texture_keeps_its_shades_at_small_scales_under_chroma_subsampling():
+    """Issue 15: weighing down every small cell that bordered another colour merged away the shades of a 32-colour
+    texture, where nearly every cell borders another shade (scale 5, JPEG q75 4:2:0: 0.626 of the cells right).
+    Shades that differ in luma alone do not bleed into each other under chroma subsampling."""
+    case = pixel_art.degraded("angband-bolt-texture", 5, (1, 2), "jpeg75-420")
+    assert cell_accuracy(pixelate_rgb(case.image), case) >= 0.85
+
+
 def test_auto_color_detect_finds_the_real_colour_count():
     clean = pixel_art.degraded("nethack-cells", 5, (1, 2))
     assert len(pixelate_rgb(clean.image, auto_color_detect=True).palette) == clean.colours
