@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._utils import check_int
+from kernels._utils import REC601, check_int
 
 __all__ = [
     "cell_spreads",
@@ -475,19 +475,19 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
 
 
 def _ycbcr(rgb: Tensor) -> Tensor:
-    """JPEG's full-range YCbCr of sRGB :math:`(B, 3, h, w)` in 0-255."""
+    """JPEG's full-range YCbCr (Rec. 601 luma) of sRGB :math:`(B, 3, h, w)` in 0-255."""
     r, g, b = rgb.unbind(1)
-    return torch.stack([
-        0.299 * r + 0.587 * g + 0.114 * b,
-        128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
-        128 + 0.5 * r - 0.418688 * g - 0.081312 * b,
-    ], 1)
+    y = REC601[0] * r + REC601[1] * g + REC601[2] * b
+    return torch.stack([y, 128 + (b - y) / (2 - 2 * REC601[2]), 128 + (r - y) / (2 - 2 * REC601[0])], 1)
 
 
 def _ycbcr_to_srgb(ycc: Tensor) -> Tensor:
     """The inverse of `_ycbcr`, clamped to 0-255."""
-    y, cb, cr = ycc[:, 0], ycc[:, 1] - 128, ycc[:, 2] - 128
-    return torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], 1).clamp(0, 255)
+    y = ycc[:, 0]
+    r = y + (ycc[:, 2] - 128) * (2 - 2 * REC601[0])
+    b = y + (ycc[:, 1] - 128) * (2 - 2 * REC601[2])
+    g = (y - REC601[0] * r - REC601[2] * b) / REC601[1]
+    return torch.stack([r, g, b], 1).clamp(0, 255)
 
 
 def merge_similar_colors(
