@@ -449,7 +449,7 @@ class SqliteJobStore(JobStore):
                 "SELECT request_id FROM jobs WHERE status = 'IN_PROGRESS' AND lease_expires < ?", (now,)
             ).fetchall()
         ]
-        completed = self._expire_leases(expired, reason="its worker stopped renewing its lease")
+        completed = self._expire_leases(expired, reason="its worker stopped renewing its lease", lapsed=True)
         late = [
             row[0]
             for row in self._reader.execute(
@@ -465,21 +465,24 @@ class SqliteJobStore(JobStore):
                 completed.append(request_id)
         return completed
 
-    def _expire_leases(self, request_ids: Sequence[str], *, reason: str) -> list[str]:
+    def _expire_leases(self, request_ids: Sequence[str], *, reason: str, lapsed: bool = False) -> list[str]:
         """Puts leased jobs back in the queue. A job the worker was running is charged: it becomes a
-        suspect (see `claim`), or is failed once charged `max_attempts` times."""
+        suspect (see `claim`), or is failed once charged `max_attempts` times. With `lapsed`, only
+        jobs whose lease has still lapsed when their transaction runs: a renewal that landed since
+        they were found keeps its job."""
         failed: list[str] = []
         for request_id in request_ids:
 
             def expire(db: sqlite3.Connection, request_id: str = request_id) -> str:
+                now = self._clock()
                 row = db.execute(
-                    "SELECT crashes, running, cancel_requested FROM jobs WHERE request_id = ? AND status = 'IN_PROGRESS'",
-                    (request_id,),
+                    "SELECT crashes, running, cancel_requested FROM jobs WHERE request_id = ? AND status = 'IN_PROGRESS' "
+                    "AND (? OR lease_expires < ?)",
+                    (request_id, not lapsed, now),
                 ).fetchone()
                 if row is None:
                     return "gone"
                 crashes, running, cancel_requested = row
-                now = self._clock()
                 if cancel_requested:
                     self._complete(db, request_id, _StoredResult(JobResult.from_error(Cancelled())), now)
                     return "failed"
