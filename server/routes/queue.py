@@ -31,7 +31,7 @@ from server.protocol import (
 from server.registry import Registry
 from server.schemas import CancelResponse, ErrorBody, QueueStatus, ValidationErrorBody
 from server.services import Services
-from server.store import CancelOutcome, JobResult, JobStatus
+from server.store import CancelOutcome, JobInfo, JobResult, JobStatus
 
 STREAM_KEEPALIVE_SECONDS = 15.0
 CANCEL_STATUS_CODES = {
@@ -186,30 +186,40 @@ async def stream_status(
     request: Request, services: ServicesDep, owner: OwnerDep, app_path: str, request_id: str, logs: LogsFlag = None
 ) -> StreamingResponse:
     """Server-sent events, one per change, each carrying only logs new since the previous event."""
-    await run_in_threadpool(find_job, services, owner, app_path, request_id)
     with_logs = wants_logs(logs)
     base = queue_base(request, services)
 
-    def snapshot(after_log: int) -> tuple[QueueStatus | None, int]:
-        """The request's status with the logs after `after_log`, and the last log's number."""
-        job = services.store.info(request_id)
+    def snapshot(after_log: int, job: JobInfo | None = None) -> tuple[QueueStatus | None, int]:
+        """The request's status (read again unless `job` is given) with the logs after `after_log`,
+        and the last log's number."""
+        job = job or services.store.info(request_id)
         if job is None:
             return None, after_log
         job, position = queue_position(services, job)
         new_logs = services.store.logs(request_id, after_seq=after_log) if with_logs else None
         return status_of(job, base, position=position, logs=new_logs), new_logs[-1].seq if new_logs else after_log
 
+    # the first event comes from the read that finds the caller's request (404 otherwise): a request
+    # already done is answered with that one read
+    first, first_log = await run_in_threadpool(lambda: snapshot(0, find_job(services, owner, app_path, request_id)))
+
+    def event(status: QueueStatus) -> str:
+        return f"data: {status.model_dump_json(exclude_unset=True)}\n\n"
+
     async def events():
-        last_log = 0
-        last_state = None
+        yield event(first)
+        if first.status == JobStatus.COMPLETED.value:
+            return
+        last_log, last_state = first_log, (first.status, first.queue_position)
         with services.store.changes.subscribe(request_id) as subscription:
             while True:
+                # read once subscribed too: a change since the first read would not wake this loop
                 status, newest_log = await run_in_threadpool(snapshot, last_log)
                 if status is None:
                     return
                 if (status.status, status.queue_position) != last_state or newest_log != last_log:
                     last_log, last_state = newest_log, (status.status, status.queue_position)
-                    yield f"data: {status.model_dump_json(exclude_unset=True)}\n\n"
+                    yield event(status)
                 if status.status == JobStatus.COMPLETED.value:
                     return
                 if not await subscription.wait(STREAM_KEEPALIVE_SECONDS):
