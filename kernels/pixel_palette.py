@@ -399,9 +399,12 @@ def colour_distance(first: Tensor, second: Tensor) -> Tensor:
 
 def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     r"""How far the pixels of each cell stray from its colour: the mean `colour_distance` between a cell's opaque
-    interior pixels (less the one-pixel border ring from 3 px; at most 4 x 4 of them, evenly spaced, as every
-    cell is measured) and the cell's colour. 0 on a clean upscale; JPEG, blur and resampling raise it, most in
-    cells at an edge, whose colour is then the least certain.
+    interior pixels (less the one-pixel border ring from 4 px; at most 4 x 4 of them, evenly spaced, as every
+    cell is measured) and the cell's colour. A 3 px cell's interior is its centre pixel alone, which cannot
+    stray from itself when it is the cell's colour: there it is the distance from the cell's colour to the
+    per-channel median of the centre and the 4 pixels beside it, which bleed from one or two sides (2 of the 5)
+    cannot move far. 0 on a clean upscale; JPEG, blur and resampling raise it, most in cells at an edge, whose
+    colour is then the least certain.
 
     Args:
         image: RGBA uint8 :math:`(B, 4, H, W)` of whole ``scale`` x ``scale`` cells, binary alpha.
@@ -410,7 +413,7 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
 
     Returns:
         float32 :math:`(B, H / s, W / s)`, in `colour_distance` units; 0 where the cell or all its interior
-        pixels are transparent.
+        pixels are transparent (at 3 px: any of the 5).
 
     Example:
         >>> import torch
@@ -421,13 +424,18 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     _check_rgba(image)
     check_int(scale, "scale", 1)
     batch, _, rows, columns = cells.shape
-    inner = slice(1, scale - 1, -(-(scale - 2) // _SPREAD_SAMPLES)) if scale >= 3 else slice(0, scale)
     blocks = image[:, :, : rows * scale, : columns * scale].reshape(batch, 4, rows, scale, columns, scale)
+    cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float()).float()
+    if scale == 3:
+        plus = blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, 4, rows, columns, 9)[..., [1, 3, 4, 5, 7]]
+        opaque = (plus[:, 3] >= 128).all(-1) & (cells[:, 3] >= 128)
+        median_lab = srgb_to_lab(plus[:, :3].median(-1).values.permute(0, 2, 3, 1).float()).float()
+        return _delta_e94(median_lab, cell_lab) * opaque
+    inner = slice(1, scale - 1, -(-(scale - 2) // _SPREAD_SAMPLES)) if scale >= 4 else slice(0, scale)
     blocks = blocks[:, :, :, inner, :, inner]
     opaque = (blocks[:, 3] >= 128) & (cells[:, 3] >= 128)[:, :, None, :, None]
     pixel_lab = srgb_to_lab(blocks[:, :3].permute(0, 2, 3, 4, 5, 1).float()).float()
-    cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())[:, :, None, :, None].float()
-    distance = _delta_e94(pixel_lab, cell_lab) * opaque
+    distance = _delta_e94(pixel_lab, cell_lab[:, :, None, :, None]) * opaque
     return distance.sum((2, 4)) / opaque.sum((2, 4)).clamp_min(1)
 
 

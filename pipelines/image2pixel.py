@@ -327,7 +327,9 @@ def working_palette(
     spreads = cell_spreads(image, cells, scale)[0, opaque].double()
     # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
     errors = (torch.zeros_like(keys, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
-    merge_at_least = SPREAD_TO_MERGE * float(spreads.median())
+    # A 3 px cell's spread is taken against pixels of its border ring, bleed included (see `cell_spreads`): it says
+    # how uncertain the cell's colour is, not how far the noise in flat areas reaches, so it sets no radius.
+    merge_at_least = SPREAD_TO_MERGE * float(spreads.median()) if scale != 3 else 0.0
     weights = counts.double()
     if scale < BLEED_REACH:
         edge = edge_cells(cells, merge_at_least)[0, opaque]

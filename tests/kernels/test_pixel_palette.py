@@ -201,6 +201,23 @@ class TestCellSpreads:
         assert float(cell_spreads(clean, cells, 4).abs().max()) < 1e-3  # float32 CIELAB
         assert float(cell_spreads(rgba(np.clip(rgb + noise, 0, 255)), cells, 4).median()) > 1.0
 
+    def test_a_3_px_cell_against_the_median_of_its_centre_and_the_4_beside_it(self):
+        """A 3 px cell's interior is its centre alone: the spread is the centre's distance to the per-channel median
+        of the centre and its 4 neighbours in the cell, which a bled side (one of the 4) does not move."""
+        rgb = np.full((1, 3, 3, 3), 100)
+        rgb[0, 1, 1] = [130, 100, 100]  # the centre, which is the cell's colour
+        rgb[0, :, 2] = [20, 20, 200]  # a neighbour bled into the right column
+        rgb[0, 0, 0] = [0, 0, 0]  # a corner: not one of the 5
+        image = rgba(rgb)
+        cell = rgba(np.array([[[[130, 100, 100]]]]))
+        lab = srgb_to_lab(torch.tensor([[130, 100, 100], [100, 100, 100]]))
+        expected = float(colour_distance(lab[:1], lab[1:]))  # the median of 130, 100, 100, 100, 20 is 100
+        assert cell_spreads(image, cell, 3).item() == pytest.approx(expected, rel=1e-3)
+        assert cell_spreads(image, rgba(np.full((1, 1, 1, 3), 100)), 3).item() < 1e-3
+        opaque = np.ones((1, 3, 3), bool)
+        opaque[0, 0, 1] = False
+        assert cell_spreads(rgba(rgb, opaque), cell, 3).item() == 0.0  # one of the 5 is transparent
+
     def test_mean_distance_of_the_interior(self):
         """One 4 px cell: its border ring is left out, and the mean runs over the opaque interior pixels only."""
         rgb = np.full((1, 4, 4, 3), 100)

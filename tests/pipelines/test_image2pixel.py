@@ -378,6 +378,17 @@ def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
     assert cell_accuracy(result, case) >= 0.98
 
 
+@pytest.mark.parametrize("name", FEW_COLOURS)
+def test_real_art_palette_at_scale_3_under_jpeg(name):
+    """Issue 15 (5): a 3 px cell's colour is its centre pixel, whose spread was measured against itself (always 0),
+    so no colour was uncertain and each JPEG-shifted shade stayed a colour (12-colour art came back with 29-32)."""
+    for start in ((1, 2), (2, 0)):
+        case = pixel_art.degraded(name, 3, start, "jpeg90-444")
+        result = pixelate_rgb(case.image)
+        assert abs(len(result.palette) - case.colours) <= 2, (start, len(result.palette), case.colours)
+        assert cell_accuracy(result, case) >= 0.99, start
+
+
 def test_real_art_texture_keeps_its_shades_at_small_scales_under_chroma_subsampling():
     """Issue 15: weighing down every small cell that bordered another colour merged away the shades of a 32-colour
     texture, where nearly every cell borders another shade (scale 5, JPEG q75 4:2:0: 0.626 of the cells right).
