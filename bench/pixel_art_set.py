@@ -349,6 +349,7 @@ FIXTURES = (
     ("angband-bolt-texture.png", "angband-16x16", (33, 307, 24, 24)),
     ("trident-terrain.png", "trident-tiles", (28, 316, 32, 32)),
     ("trident-ships.png", "trident-units", (0, 405, 30, 30)),
+    ("crawl-dark-floor.png", "crawl-floor", (86, 760, 32, 32)),
 )
 
 

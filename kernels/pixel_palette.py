@@ -43,10 +43,10 @@ _TAIL_RATIO = 4.0
 # `colour_distance` works on this many colours of its first set at a time (memory: about chunk x M x 80 bytes).
 _DISTANCE_CHUNK = 2048
 # The measured merge radius: this many times the colours' typical distance to the nearest heavy cluster (one
-# holding this share of the weight), within these bounds (`colour_distance` units).
+# holding this share of the weight), at most this far (`colour_distance` units).
 _MERGE_PER_SPREAD = 2.5
 _HEAVY_SHARE = 0.01
-_MERGE_DISTANCE = (2.5, 8.0)
+_MOST_MERGE_DISTANCE = 8.0
 # `cell_spreads` measures at most this many interior pixels a side of each cell.
 _SPREAD_SAMPLES = 4
 # `_merge_unimodal`: two clusters are one colour while the colours midway between them weigh at least this many
@@ -505,6 +505,7 @@ def merge_similar_colors(
     max_colors: int | None = None,
     min_distance: float = 0.0,
     errors: Tensor | None = None,
+    floor_distance: float = 2.5,
 ) -> tuple[Tensor, Tensor]:
     r"""Merge the near-duplicate shades that compression and blur make of each real colour into one.
 
@@ -518,9 +519,9 @@ def merge_similar_colors(
     Ties go to the lower ``0xRRGGBB``, so the result is deterministic.
 
     Without a ``distance`` it is measured: 2.5 times the weighted median distance from the colours to the
-    nearest heavy cluster (1 % of the weight or more) found at the smallest radius, kept within 2.5 to 8. Real
-    palettes hold shades from about 3 apart; JPEG and chroma subsampling move the colour of a cell of a few
-    pixels by about as much, and of a large cell much less.
+    nearest heavy cluster (1 % of the weight or more) found at radius ``floor_distance``, kept within
+    ``floor_distance`` to 8. Real palettes hold shades from about 3 apart, dark ramps from 1.5; JPEG and
+    chroma subsampling move the colour of a cell of a few pixels by about 2.5, and of a large cell much less.
 
     Args:
         colours: uint8 :math:`(N, 3)` distinct colours.
@@ -530,6 +531,8 @@ def merge_similar_colors(
         min_distance: with ``distance`` None, the smallest radius to use (e.g. from `cell_spreads`).
         errors: :math:`(N,)` how far each colour may be from the one it stands for, in `colour_distance` units
             (the root mean square of its cells' `cell_spreads`), or None to skip the significance test.
+        floor_distance: with ``distance`` None, the least radius the measurement gives: how far compression
+            moves the colours at least (2.5 for cells of a few pixels).
 
     Returns:
         ``(palette, labels)``: uint8 :math:`(K, 3)` without duplicates, and long :math:`(N,)` indices into it.
@@ -566,7 +569,7 @@ def merge_similar_colors(
     order = key.argsort()
     order = order[weight[order].argsort(descending=True, stable=True)]
     if distance is None:
-        distance = max(min_distance, _measured_distance(rgb, lab, weight, order))
+        distance = max(min_distance, _measured_distance(rgb, lab, weight, order, floor_distance))
     label = _seed_clusters(lab, order, distance)
     centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
     label = colour_distance(lab, srgb_to_lab(centre_rgb)).argmin(1)
@@ -613,9 +616,8 @@ def _seed_clusters(lab: Tensor, order: Tensor, distance: float) -> Tensor:
     return label
 
 
-def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor) -> float:
-    """The merge radius `merge_similar_colors` uses when none is given."""
-    low, high = _MERGE_DISTANCE
+def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor, low: float) -> float:
+    """The merge radius `merge_similar_colors` uses when none is given, at least ``low``."""
     label = _seed_clusters(lab, order, low)
     centre_rgb, centre_weight = _cluster_means(rgb, weight, label, int(label.max()) + 1)
     # Clusters holding 1 % of the weight, or the heaviest one.
@@ -624,7 +626,7 @@ def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor) 
     ranked = nearest.argsort()
     cumulative = weight[ranked].cumsum(0)
     median = float(nearest[ranked][int(torch.searchsorted(cumulative, cumulative[-1] / 2))])
-    return min(high, max(low, _MERGE_PER_SPREAD * median))
+    return min(_MOST_MERGE_DISTANCE, max(low, _MERGE_PER_SPREAD * median))
 
 
 def _cluster_means(rgb: Tensor, weight: Tensor, label: Tensor, count: int) -> tuple[Tensor, Tensor]:

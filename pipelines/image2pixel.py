@@ -111,6 +111,10 @@ AUTO_COLOR_CAP = 32
 CELL_SAMPLES = 8
 # Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
+# The least merge radius times the side of a cell's sampled interior: JPEG moves the median of the 3 x 3 interior
+# of a 5 px cell about 2.5 (`colour_distance`), as far as real palettes space their shades, and the median of n x n
+# pixels by about 1/n of the noise, so large cells keep the 1.5-3 steps of dark ramps apart.
+MERGE_FLOOR_TIMES_SIDE = 7.5
 # Cells under this many pixels a side that border another chroma (`edge_cells`) weigh this much in the palette: in
 # so small a cell JPEG's chroma bleed reaches most of the interior, so its median is shifted towards the
 # neighbour, and a region's border cells would otherwise outweigh the tail test that merges such shades. Shades
@@ -334,8 +338,16 @@ def working_palette(
     if scale < BLEED_REACH:
         edge = edge_cells(cells, merge_at_least)[0, opaque]
         weights = torch.zeros_like(weights).index_add_(0, which, torch.where(edge, EDGE_WEIGHT, 1.0).double())
-    palette, _ = merge_similar_colors(colours, weights, max_colors=budget, min_distance=merge_at_least, errors=errors)
+    palette, _ = merge_similar_colors(
+        colours, weights, max_colors=budget, min_distance=merge_at_least, errors=errors,
+        floor_distance=merge_floor(scale),
+    )
     return palette, "merged", cells
+
+
+def merge_floor(scale: int) -> float:
+    """The least radius at which the colours of `cell_colours` at ``scale`` merge (see `MERGE_FLOOR_TIMES_SIDE`)."""
+    return min(2.5, MERGE_FLOOR_TIMES_SIDE / max(1, min(CELL_SAMPLES, scale - 2)))
 
 
 def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:

@@ -170,6 +170,25 @@ class TestMergeSimilarColors:
         palette, labels = merge_similar_colors(colours, weights, errors=noisy)
         assert palette.shape[0] == len(real) and bool((labels[-3:] == labels[weights.argmax()]).all())
 
+    def test_a_dark_ramp_keeps_its_shades_above_a_lower_floor(self):
+        """Six dark shades 2-3 apart (the crawl floor's red ramp), each scattered by one level a channel (a large
+        cell's median under JPEG): at the default floor of 2.5 the ramp merges, at a floor of 1 every shade stays
+        and keeps its own cells."""
+        rng = np.random.default_rng(5)
+        ramp = np.array([[38, 12, 12], [45, 16, 16], [51, 18, 18], [57, 22, 22], [62, 26, 26], [67, 30, 30]])
+        steps = colour_distance(srgb_to_lab(torch.tensor(ramp[:-1], dtype=torch.float64)),
+                                srgb_to_lab(torch.tensor(ramp[1:], dtype=torch.float64))).diagonal()
+        assert 1.9 <= float(steps.min()) and float(steps.max()) <= 3.0
+        pixels = np.concatenate([shade + rng.integers(-1, 2, (150, 3)) for shade in ramp])
+        colours, inverse, weights = np.unique(pixels, axis=0, return_inverse=True, return_counts=True)
+        colours, weights = torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights * 1.0)
+        assert merge_similar_colors(colours, weights)[0].shape[0] < len(ramp)
+        palette, labels = merge_similar_colors(colours, weights, floor_distance=1.0)
+        assert palette.shape[0] == len(ramp)
+        shade_of_pixel = np.repeat(np.arange(len(ramp)), 150)
+        label_of_pixel = labels.numpy()[inverse.reshape(-1)]
+        assert all(len(set(label_of_pixel[shade_of_pixel == shade])) == 1 for shade in range(len(ramp)))
+
     def test_distinct_colours_stay_and_max_colors_is_honoured(self):
         colours = torch.tensor([[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 0, 255], [0, 200, 0]], dtype=torch.uint8)
         weights = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])

@@ -301,6 +301,13 @@ LARGE_FIXTURES = [name for name in pixel_art.NAMES if min(pixel_art.load(name).s
 FEW_COLOURS = [name for name in pixel_art.NAMES if pixel_art.count_colours(pixel_art.load(name)) <= 16]
 
 
+def known_failures(names: list[str], reasons: dict[str, str]) -> list:
+    """``names`` as parameters, those in ``reasons`` expected to fail (strictly: a fix shows as a failure to
+    update the test)."""
+    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reasons[name])) if name in reasons
+            else name for name in names]
+
+
 def pixelate_rgb(image: np.ndarray, **fields):
     """`pixelate` on an RGB array: the whole `Pixelated` result."""
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
@@ -320,7 +327,11 @@ def test_real_art_clean_upscales_are_exact(name):
         np.testing.assert_array_equal(native[..., :3], case.truth, err_msg=f"scale {scale}")
 
 
-@pytest.mark.parametrize("name", LARGE_FIXTURES)
+@pytest.mark.parametrize("name", known_failures(LARGE_FIXTURES, {
+    "crawl-dark-floor": "a dark, low-contrast ramp at scale 2 x1.02 gives 1.96 px cells for 2.03: so near the pixel "
+                        "rate a period and its mirror (frequency 1 - 1/p) look alike, and these cells do not tell "
+                        "them apart",
+}))
 def test_real_art_resampled_at_small_scales_keeps_fractional_cells(name):
     """Issue 15 (1, 2): a x1.02 or x0.98 resample of scale 2-3 art gave the moire period (50 px) or an alias
     (3.12 for 2.94 px cells), and cells drifted."""
@@ -378,7 +389,10 @@ def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
     assert cell_accuracy(result, case) >= 0.98
 
 
-@pytest.mark.parametrize("name", FEW_COLOURS)
+@pytest.mark.parametrize("name", known_failures(FEW_COLOURS, {
+    "crawl-dark-floor": "a 3 px cell's colour is one pixel, which JPEG moves about as far as the ramp's shades lie "
+                        "apart (1.5-3): they merge (12 colours give 6)",
+}))
 def test_real_art_palette_at_scale_3_under_jpeg(name):
     """Issue 15 (5): a 3 px cell's colour is its centre pixel, whose spread was measured against itself (always 0),
     so no colour was uncertain and each JPEG-shifted shade stayed a colour (12-colour art came back with 29-32)."""
@@ -395,6 +409,21 @@ def test_real_art_texture_keeps_its_shades_at_small_scales_under_chroma_subsampl
     Shades that differ in luma alone do not bleed into each other under chroma subsampling."""
     case = pixel_art.degraded("angband-bolt-texture", 5, (1, 2), "jpeg75-420")
     assert cell_accuracy(pixelate_rgb(case.image), case) >= 0.85
+
+
+@pytest.mark.parametrize(
+    "scale, start, degradation",
+    [(13, (5, 2), "jpeg90-420"), (10, (3, 7), "jpeg90-420"), (11, (6, 0), "resample1.03"),
+     (9, (0, 3), "blur0.5 resample1.03")],
+)
+def test_real_art_dark_ramp_keeps_its_shades_in_large_cells(scale, start, degradation):
+    """Issue 15: the merge radius never went under 2.5, so the shades of a dark ramp, 1.5-3 apart, merged at every
+    scale (12-colour crawl floor: 4-6 colours, 0.81-0.94 of the cells right), though the median of a large
+    cell's interior moves far less than that under JPEG, blur or resampling."""
+    case = pixel_art.degraded("crawl-dark-floor", scale, start, degradation)
+    result = pixelate_rgb(case.image)
+    assert abs(len(result.palette) - case.colours) <= 2, (len(result.palette), case.colours)
+    assert cell_accuracy(result, case) >= 0.99
 
 
 def test_auto_color_detect_finds_the_real_colour_count():
