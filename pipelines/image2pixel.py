@@ -346,8 +346,9 @@ def working_palette(
 
 
 def merge_floor(scale: int) -> float:
-    """The least radius at which the colours of `cell_colours` at ``scale`` merge (see `MERGE_FLOOR_TIMES_SIDE`)."""
-    return min(2.5, MERGE_FLOOR_TIMES_SIDE / max(1, min(CELL_SAMPLES, scale - 2)))
+    """The least radius at which the colours of `cell_colours` at ``scale`` merge (see `MERGE_FLOOR_TIMES_SIDE`).
+    Cells under 5 px keep the floor of 5 px: chroma bleed, not the noise a median averages, moves their colour."""
+    return MERGE_FLOOR_TIMES_SIDE / max(3, min(CELL_SAMPLES, scale - 2))
 
 
 def pixelate(image: torch.Tensor, inputs: Image2PixelInput) -> Pixelated:
