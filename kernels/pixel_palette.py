@@ -42,6 +42,9 @@ _MAX_DISTINCT = 1 << 13
 _TAIL_RATIO = 4.0
 # `colour_distance` works on this many colours of its first set at a time (memory: about chunk x M x 80 bytes).
 _DISTANCE_CHUNK = 2048
+# `_merge_unimodal` measures the colours of pairs of clusters in batches of at most this many colours (or one
+# pair), so that its memory stays a few MB whatever the number of colours.
+_POINTS_AT_ONCE = 1 << 16
 # The measured merge radius: this many times the colours' typical distance to the nearest heavy cluster (one
 # holding this share of the weight), at most this far (`colour_distance` units).
 _MERGE_PER_SPREAD = 2.5
@@ -708,35 +711,50 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
     centres = torch.zeros(count, 3, dtype=lab.dtype)
     radii = torch.zeros(count, dtype=lab.dtype)
 
-    def measure(index: int) -> None:
-        points = members[index]
-        mean, total = _cluster_means(rgb[points], weight[points], torch.zeros_like(points), 1)
-        centres[index] = srgb_to_lab(mean[0])
-        squared = colour_distance(lab[points], centres[index : index + 1])[:, 0] ** 2
-        radii[index] = (squared * weight[points]).sum().div(total[0].clamp_min(1e-12)).sqrt()
+    def measure(clusters: list[int]) -> None:
+        points = torch.cat([members[index] for index in clusters])
+        which = torch.repeat_interleave(torch.tensor([members[index].shape[0] for index in clusters]))
+        mean, total = _cluster_means(rgb[points], weight[points], which, len(clusters))
+        centres[clusters] = srgb_to_lab(mean).to(lab.dtype)
+        squared = _delta_e94(lab[points], centres[clusters][which]) ** 2
+        spread = torch.zeros(len(clusters), dtype=torch.float64).index_add_(0, which, squared * weight[points])
+        radii[clusters] = spread.div(total.clamp_min(1e-12)).sqrt().to(lab.dtype)
 
-    def middle_share(first: int, second: int) -> float:
-        points = torch.cat([members[first], members[second]])
-        ends = centres[[first, second]]
-        gap = float(colour_distance(ends[:1], ends[1:])[0, 0])
-        inside = colour_distance(lab[points], torch.stack([ends[0], ends.mean(0), ends[1]])) <= gap / 4
-        around = (weight[points].unsqueeze(1) * inside).sum(0)
-        return float(around[1] / around[[0, 2]].min().clamp_min(1e-12))
+    def middle_shares(firsts: Tensor, seconds: Tensor) -> list[float]:
+        ends = torch.stack([centres[firsts], centres[seconds]])
+        balls = torch.stack([ends[0], ends.mean(0), ends[1]])
+        radius = _delta_e94(ends[0], ends[1]) / 4
+        pairs = [
+            torch.cat([members[first], members[second]]) for first, second in zip(firsts.tolist(), seconds.tolist())
+        ]
+        shares: list[float] = []
+        start = 0
+        while start < len(pairs):
+            stop, taken = start + 1, pairs[start].shape[0]
+            while stop < len(pairs) and taken + pairs[stop].shape[0] <= _POINTS_AT_ONCE:
+                taken += pairs[stop].shape[0]
+                stop += 1
+            points = torch.cat(pairs[start:stop])
+            pair = torch.repeat_interleave(torch.tensor([chunk.shape[0] for chunk in pairs[start:stop]]))
+            inside = _delta_e94(lab[points].unsqueeze(0), balls[:, pair + start]) <= radius[pair + start]
+            around = torch.zeros(3, stop - start, dtype=weight.dtype).index_add_(1, pair, weight[points] * inside)
+            shares += (around[1] / around[[0, 2]].min(0).values.clamp_min(1e-12)).tolist()
+            start = stop
+        return shares
 
-    def pairs_of(index: int, alive: Tensor) -> dict[tuple[int, int], float]:
-        reach = 2 * distance + radii[index] + radii
-        near = (colour_distance(centres[index : index + 1], centres)[0] <= reach) & alive
-        near[index] = False
-        return {(min(index, j), max(index, j)): middle_share(index, j) for j in near.nonzero().flatten().tolist()}
+    def near_pairs(firsts: Tensor, alive: Tensor) -> dict[tuple[int, int], float]:
+        reach = 2 * distance + radii[firsts].unsqueeze(1) + radii
+        near = (colour_distance(centres[firsts], centres) <= reach) & alive
+        near[torch.arange(firsts.shape[0]), firsts] = False
+        rows, seconds = near.nonzero().unbind(1)
+        firsts = firsts[rows]
+        keys = zip(torch.minimum(firsts, seconds).tolist(), torch.maximum(firsts, seconds).tolist())
+        return dict(zip(keys, middle_shares(firsts, seconds)))
 
-    for index in range(count):
-        measure(index)
+    measure(list(range(count)))
+    every = torch.arange(count)
+    shares = near_pairs(every, every.unsqueeze(0) > every.unsqueeze(1))  # each pair once
     alive = torch.ones(count, dtype=torch.bool)
-    shares: dict[tuple[int, int], float] = {}
-    for index in range(count):
-        alive[index] = False  # each pair once
-        shares |= pairs_of(index, alive)
-    alive[:] = True
     target = torch.arange(count)
     while shares:
         # the fullest middle; ties to the lower pair of indices, so the result is deterministic
@@ -747,9 +765,9 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
         members[drop] = None
         alive[drop] = False
         target[target == drop] = keep
-        measure(keep)
+        measure([keep])
         shares = {pair: share for pair, share in shares.items() if keep not in pair and drop not in pair}
-        shares |= pairs_of(keep, alive)
+        shares |= near_pairs(torch.tensor([keep]), alive)
     return _compact(target[label])
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from kernels import pixel_palette
 from kernels.pixel_palette import (
     cell_spreads,
     colour_distance,
@@ -156,6 +157,20 @@ class TestMergeSimilarColors:
         colours, weights = np.unique(pair, axis=0, return_counts=True)
         palette, _ = merge_similar_colors(torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights * 1.0))
         assert palette.shape[0] == 2
+
+    def test_pairs_measured_in_batches_or_one_at_a_time_give_the_same_result(self, monkeypatch):
+        """The valley test measures many pairs of clusters at once; one pair at a time is the plain reading of the
+        rule, and must give the same palette and labels on clouds that the seeding cuts into touching pieces."""
+        rng = np.random.default_rng(5)
+        centres = rng.integers(40, 216, (10, 3))
+        cloud = np.clip(centres.repeat(600, 0) + rng.normal(0, 3, (6000, 3)).round(), 0, 255)
+        colours, weights = np.unique(cloud, axis=0, return_counts=True)
+        colours, weights = torch.tensor(colours, dtype=torch.uint8), torch.tensor(weights * 1.0)
+        batched = merge_similar_colors(colours, weights)
+        monkeypatch.setattr(pixel_palette, "_POINTS_AT_ONCE", 1)
+        one_pair_at_a_time = merge_similar_colors(colours, weights)
+        assert torch.equal(batched[0], one_pair_at_a_time[0]) and torch.equal(batched[1], one_pair_at_a_time[1])
+        assert batched[0].shape[0] <= 10
 
     def test_errors_decide_whether_a_few_far_cells_are_a_colour(self):
         """A handful of cells far from the real colours are a colour of their own when their cells are clean,
