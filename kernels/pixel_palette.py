@@ -571,9 +571,12 @@ def merge_similar_colors(
     # Heaviest first, ties to the lower 0xRRGGBB.
     order = key.argsort()
     order = order[weight[order].argsort(descending=True, stable=True)]
+    seeded = None
     if distance is None:
-        distance = max(min_distance, _measured_distance(rgb, lab, weight, order, floor_distance))
-    label = _seed_clusters(lab, order, distance)
+        measured, seeded = _measured_distance(rgb, lab, weight, order, floor_distance)
+        distance = max(min_distance, measured)
+    # often the radius measured is the floor, where the measurement has seeded the clusters already
+    label = seeded if seeded is not None and distance == floor_distance else _seed_clusters(lab, order, distance)
     centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
     label = colour_distance(lab, srgb_to_lab(centre_rgb)).argmin(1)
     label = _merge_close(rgb, weight, label, distance)
@@ -619,8 +622,9 @@ def _seed_clusters(lab: Tensor, order: Tensor, distance: float) -> Tensor:
     return label
 
 
-def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor, low: float) -> float:
-    """The merge radius `merge_similar_colors` uses when none is given, at least ``low``."""
+def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor, low: float) -> tuple[float, Tensor]:
+    """The merge radius `merge_similar_colors` uses when none is given, at least ``low``, and the labels of
+    `_seed_clusters` at ``low`` that it was measured from."""
     label = _seed_clusters(lab, order, low)
     centre_rgb, centre_weight = _cluster_means(rgb, weight, label, int(label.max()) + 1)
     # Clusters holding 1 % of the weight, or the heaviest one.
@@ -629,7 +633,7 @@ def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor, 
     ranked = nearest.argsort()
     cumulative = weight[ranked].cumsum(0)
     median = float(nearest[ranked][int(torch.searchsorted(cumulative, cumulative[-1] / 2))])
-    return min(_MOST_MERGE_DISTANCE, max(low, _MERGE_PER_SPREAD * median))
+    return min(_MOST_MERGE_DISTANCE, max(low, _MERGE_PER_SPREAD * median)), label
 
 
 def _cluster_means(rgb: Tensor, weight: Tensor, label: Tensor, count: int) -> tuple[Tensor, Tensor]:
