@@ -139,7 +139,7 @@ def _mean_colours(image: Tensor, scale: int) -> Tensor:
 
 def _median_colours(image: Tensor, scale: int) -> Tensor:
     opaque, count, _ = _opaque_cells(image, scale)
-    values = _cells(image[:, :3].long(), scale)
+    values = _cells(image[:, :3].int(), scale)  # int32 sorts about twice as fast as int64
     values = torch.where(opaque.unsqueeze(1), values, 256).sort(-1).values
     low = ((count - 1).clamp_min(0) // 2).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)
     high = (count // 2).clamp_max(values.shape[-1] - 1).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)

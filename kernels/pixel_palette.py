@@ -134,8 +134,12 @@ def map_to_palette(image: Tensor, palette: Tensor) -> Tensor:
     distinct, inverse = torch.unique(keys, return_inverse=True)
     colours = torch.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], 1).int()
     entries = palette.to(image.device).int()
+    # channel by channel: a reduction over a last dimension of 3 is slow on many colours
     nearest = torch.cat(
-        [((chunk.unsqueeze(1) - entries.unsqueeze(0)) ** 2).sum(-1).argmin(1) for chunk in colours.split(_MAP_CHUNK)]
+        [
+            sum((chunk[:, channel, None] - entries[:, channel]) ** 2 for channel in range(3)).argmin(1)
+            for chunk in colours.split(_MAP_CHUNK)
+        ]
     )
     rgb = entries[nearest[inverse]].permute(0, 3, 1, 2).to(torch.uint8)
     alpha = (opaque * 255).to(torch.uint8).unsqueeze(1)
