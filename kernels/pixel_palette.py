@@ -43,7 +43,7 @@ _TAIL_RATIO = 4.0
 # `colour_distance` works on this many colours of its first set at a time (memory: about chunk x M x 80 bytes).
 _DISTANCE_CHUNK = 2048
 # `_merge_unimodal` measures the colours of pairs of clusters in batches of at most this many colours (or one
-# pair), so that its memory stays a few MB whatever the number of colours.
+# pair), so that its memory stays near 10 MB whatever the number of colours.
 _POINTS_AT_ONCE = 1 << 16
 # The measured merge radius: this many times the colours' typical distance to the nearest heavy cluster (one
 # holding this share of the weight), at most this far (`colour_distance` units).
