@@ -10,6 +10,8 @@ clustering of `merge_similar_colors` runs on the host over the few thousand dist
 
 from __future__ import annotations
 
+import heapq
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -753,32 +755,39 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
             start = stop
         return shares
 
-    def near_pairs(firsts: Tensor, alive: Tensor) -> dict[tuple[int, int], float]:
+    def queue_near_pairs(firsts: Tensor, alive: Tensor) -> None:
         reach = 2 * distance + radii[firsts].unsqueeze(1) + radii
         near = (colour_distance(centres[firsts], centres) <= reach) & alive
         near[torch.arange(firsts.shape[0]), firsts] = False
         rows, seconds = near.nonzero().unbind(1)
         firsts = firsts[rows]
-        keys = zip(torch.minimum(firsts, seconds).tolist(), torch.maximum(firsts, seconds).tolist())
-        return dict(zip(keys, middle_shares(firsts, seconds)))
+        pairs = zip(torch.minimum(firsts, seconds).tolist(), torch.maximum(firsts, seconds).tolist())
+        for (first, second), share in zip(pairs, middle_shares(firsts, seconds)):
+            # the fullest middle first; ties to the lower pair of indices, so the result is deterministic
+            heapq.heappush(queue, (-share, first, second, version[first], version[second]))
 
     measure(list(range(count)))
+    # A pair stays queued after one of its clusters changes: the versions it was measured at tell it apart.
+    queue: list[tuple[float, int, int, int, int]] = []
+    version = [0] * count
     every = torch.arange(count)
-    shares = near_pairs(every, every.unsqueeze(0) > every.unsqueeze(1))  # each pair once
+    queue_near_pairs(every, every.unsqueeze(0) > every.unsqueeze(1))  # each pair once
     alive = torch.ones(count, dtype=torch.bool)
     target = torch.arange(count)
-    while shares:
-        # the fullest middle; ties to the lower pair of indices, so the result is deterministic
-        (keep, drop), share = max(shares.items(), key=lambda item: (item[1], -item[0][0], -item[0][1]))
-        if share < _VALLEY:
+    while queue:
+        negative_share, keep, drop, keep_version, drop_version = heapq.heappop(queue)
+        if (keep_version, drop_version) != (version[keep], version[drop]):
+            continue
+        if -negative_share < _VALLEY:
             break
         members[keep] = torch.cat([members[keep], members[drop]])
         members[drop] = None
         alive[drop] = False
+        version[keep] += 1
+        version[drop] = -1
         target[target == drop] = keep
         measure([keep])
-        shares = {pair: share for pair, share in shares.items() if keep not in pair and drop not in pair}
-        shares |= near_pairs(torch.tensor([keep]), alive)
+        queue_near_pairs(torch.tensor([keep]), alive)
     return _compact(target[label])
 
 
