@@ -26,7 +26,7 @@ run() {
 for step in "$@"; do
   case $step in
     smoke) run smoke 540 python3 -m bench.gpu_smoke --work-dir /tmp/smoke ;;
-    i2p) run i2p 60 python3 -m bench.image2pixel --timing-only --timing-images .gpu/i2p-timing.npz --device cuda ;;
+    i2p) run i2p 120 python3 -m bench.image2pixel --timing-only --timing-images .gpu/i2p-timing.npz --device cuda ;;
     pytest) run pytest 120 python3 -m pytest -p no:cacheprovider -q -o addopts=-ra --timeout 60 -k "cuda or gpu" \
       tests/kernels tests/pipelines/test_post_processing.py tests/pipelines/test_pixart_sigma.py \
       tests/pipelines/test_image2pixel_cuda.py tests/server/test_devices.py ;;
