@@ -40,6 +40,8 @@ _MAP_CHUNK = 1 << 18
 # coarser, by dropping low bits).
 _MAX_SEEDS = 256
 _MAX_DISTINCT = 1 << 13
+# `_seed_clusters` measures this many candidate seeds at a time.
+_SEED_CANDIDATES = 32
 # A cluster near one this many times heavier is its tail (the cells that JPEG, blur or resampling moved).
 _TAIL_RATIO = 4.0
 # `colour_distance` works on this many colours of its first set at a time (memory: about chunk x M x 80 bytes).
@@ -608,23 +610,36 @@ def merge_similar_colors(
 def _seed_clusters(lab: Tensor, order: Tensor, distance: float) -> Tensor:
     """Leader clustering: in ``order``, each colour not yet taken takes every free colour within ``distance``.
 
-    Only the free colours are measured, and a colour can only be within ``distance`` when its lightness is (the
-    lightness term of `colour_distance` is unweighted), so each step looks at a narrow band of what is left."""
+    The next `_SEED_CANDIDATES` free colours are measured against what is free at once, then taken in order: a
+    candidate that an earlier one takes is no seed, and a colour within reach of several seeds goes to the first.
+    A colour can only be within ``distance`` when its lightness is (the lightness term of `colour_distance` is
+    unweighted), so only the pairs in that band are measured."""
     label = torch.full((lab.shape[0],), -1, dtype=torch.long)
     lab = lab.float()
     lightness = lab[:, 0].contiguous()
     seeds: list[int] = []
     taken = torch.zeros(lab.shape[0], dtype=torch.bool)
-    for index in order.tolist():
-        if taken[index]:
-            continue
-        if len(seeds) == _MAX_SEEDS:
+    while len(seeds) < _MAX_SEEDS:
+        free = order[~taken[order]]
+        if free.numel() == 0:
             break
-        near = (~taken & ((lightness - lightness[index]).abs() <= distance)).nonzero().flatten()
-        grab = near[colour_distance(lab[index : index + 1], lab[near])[0] <= distance]
-        label[grab] = len(seeds)
-        taken[grab] = True
-        seeds.append(index)
+        candidates = free[:_SEED_CANDIDATES]
+        reach = ((lightness - lightness[candidates].unsqueeze(1)).abs() <= distance) & ~taken
+        rows, columns = reach.nonzero().unbind(1)
+        reach[rows, columns] = _delta_e94(lab[candidates[rows]], lab[columns]) <= distance
+        among = reach[:, candidates].tolist()
+        accepted: list[int] = []
+        for row in range(candidates.shape[0]):
+            if len(seeds) + len(accepted) == _MAX_SEEDS:
+                break
+            if not any(among[earlier][row] for earlier in accepted):
+                accepted.append(row)
+        reach = reach[accepted]
+        grabbed = reach.any(0)
+        # argmax gives the first of the seeds within reach
+        label[grabbed] = len(seeds) + reach[:, grabbed].int().argmax(0)
+        taken |= grabbed
+        seeds += candidates[accepted].tolist()
     if not bool(taken.all()):
         rest = (~taken).nonzero().flatten()
         label[rest] = colour_distance(lab[rest], lab[seeds]).argmin(1)

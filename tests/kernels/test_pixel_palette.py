@@ -172,6 +172,42 @@ class TestMergeSimilarColors:
         assert torch.equal(batched[0], one_pair_at_a_time[0]) and torch.equal(batched[1], one_pair_at_a_time[1])
         assert batched[0].shape[0] <= 10
 
+    @staticmethod
+    def leader_clustering(lab: torch.Tensor, order: torch.Tensor, distance: float, most: int) -> torch.Tensor:
+        """The plain reading of the seeding: in order, each free colour seeds and takes every free colour within
+        `distance`; after `most` seeds the colours left join their nearest seed."""
+        label = torch.full((lab.shape[0],), -1, dtype=torch.long)
+        seeds: list[int] = []
+        for index in order.tolist():
+            if label[index] >= 0:
+                continue
+            if len(seeds) == most:
+                break
+            within = (colour_distance(lab[index : index + 1], lab)[0] <= distance) & (label < 0)
+            label[within] = len(seeds)
+            seeds.append(index)
+        left = label < 0
+        label[left] = colour_distance(lab[left], lab[seeds]).argmin(1)
+        return label
+
+    @pytest.mark.parametrize("most", [256, 7])
+    def test_seeding_many_candidates_at_once_is_leader_clustering(self, monkeypatch, most):
+        """Candidate seeds are measured in batches, and ones a batch's earlier seeds take are dropped; every
+        colour must still go to the first seed that reaches it, as one seed at a time gives."""
+        rng = np.random.default_rng(11)
+        centres = rng.integers(30, 226, (40, 3))
+        cloud = np.clip(centres.repeat(200, 0) + rng.normal(0, 4, (8000, 3)).round(), 0, 255)
+        colours, weights = np.unique(cloud, axis=0, return_counts=True)
+        lab = srgb_to_lab(torch.tensor(colours).double()).float()
+        order = torch.tensor(np.argsort(-weights, kind="stable"))
+        monkeypatch.setattr(pixel_palette, "_MAX_SEEDS", most)
+        expected = self.leader_clustering(lab, order, 2.5, most)
+        assert torch.equal(pixel_palette._seed_clusters(lab, order, 2.5), expected)
+        monkeypatch.setattr(pixel_palette, "_SEED_CANDIDATES", 1)
+        assert torch.equal(pixel_palette._seed_clusters(lab, order, 2.5), expected)
+        seeds = int(expected.max()) + 1
+        assert seeds == most if most < 40 else seeds > 40
+
     def test_errors_decide_whether_a_few_far_cells_are_a_colour(self):
         """A handful of cells far from the real colours are a colour of their own when their cells are clean,
         and noise (to be merged) when their pixels stray further than they lie from a real colour."""
