@@ -589,7 +589,7 @@ def merge_similar_colors(
     # often the radius measured is the floor, where the measurement has seeded the clusters already
     label = seeded if seeded is not None and distance == floor_distance else _seed_clusters(lab, order, distance)
     centre_rgb, _ = _cluster_means(rgb, weight, label, int(label.max()) + 1)
-    label = colour_distance(lab, srgb_to_lab(centre_rgb)).argmin(1)
+    label = _nearest_centres(lab, srgb_to_lab(centre_rgb), label)
     label = _merge_close(rgb, weight, label, distance)
     label = _merge_unimodal(rgb, lab, weight, label, distance)
     if errors is not None:
@@ -644,6 +644,20 @@ def _seed_clusters(lab: Tensor, order: Tensor, distance: float) -> Tensor:
         rest = (~taken).nonzero().flatten()
         label[rest] = colour_distance(lab[rest], lab[seeds]).argmin(1)
     return label
+
+
+def _nearest_centres(lab: Tensor, centres: Tensor, guess: Tensor) -> Tensor:
+    """``colour_distance(lab, centres).argmin(1)``, ties to the lower index, measuring only the centres that can
+    beat each colour's ``guess``: no centre is nearer than its difference of lightness (unweighted in
+    `colour_distance`), and the margin keeps a centre whose computed distance rounds to the guess's."""
+    bound = _delta_e94(lab, centres[guess])
+    near = (lab[:, :1] - centres[:, 0]).abs() <= bound.unsqueeze(1) * (1 + 1e-9) + 1e-12
+    rows, columns = near.nonzero().unbind(1)
+    distance = _delta_e94(lab[rows], centres[columns])
+    least = torch.full_like(bound, torch.inf).scatter_reduce_(0, rows, distance, "amin")
+    tied = distance == least[rows]
+    first = torch.full_like(guess, centres.shape[0])
+    return first.scatter_reduce_(0, rows[tied], columns[tied], "amin")
 
 
 def _measured_distance(rgb: Tensor, lab: Tensor, weight: Tensor, order: Tensor, low: float) -> tuple[float, Tensor]:

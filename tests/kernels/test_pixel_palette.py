@@ -208,6 +208,19 @@ class TestMergeSimilarColors:
         seeds = int(expected.max()) + 1
         assert seeds == most if most < 40 else seeds > 40
 
+    def test_nearest_centres_is_the_argmin_with_ties_to_the_first(self):
+        """Only the centres within reach of a colour's guess are measured, yet the result is the full argmin, ties
+        (repeated centres, colours on a coarse grid) to the lower index, whatever the guess."""
+        generator = torch.Generator().manual_seed(2)
+        rgb = (torch.randint(0, 256, (3000, 3), generator=generator) // 32 * 32).double()
+        centres = torch.cat([rgb[:40], rgb[:20], rgb[40:60] + 1.5])
+        lab, centre_lab = srgb_to_lab(rgb), srgb_to_lab(centres)
+        guess = torch.randint(0, centres.shape[0], (rgb.shape[0],), generator=generator)
+        expected = colour_distance(lab, centre_lab).argmin(1)
+        assert torch.equal(pixel_palette._nearest_centres(lab, centre_lab, guess), expected)
+        repeated = (expected >= 40) & (expected < 60)
+        assert bool((expected < 20).any()) and not bool(repeated.any()) and bool((expected >= 60).any())
+
     def test_errors_decide_whether_a_few_far_cells_are_a_colour(self):
         """A handful of cells far from the real colours are a colour of their own when their cells are clean,
         and noise (to be merged) when their pixels stray further than they lie from a real colour."""
