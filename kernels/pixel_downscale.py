@@ -140,6 +140,10 @@ def _mean_colours(image: Tensor, scale: int) -> Tensor:
 def _median_colours(image: Tensor, scale: int) -> Tensor:
     opaque, count, _ = _opaque_cells(image, scale)
     values = _cells(image[:, :3].int(), scale)  # int32 sorts about twice as fast as int64
+    size = values.shape[-1]
+    if bool(count.eq(size).all()):  # every pixel opaque (any JPEG): the middle ones are at fixed places
+        values = values.sort(-1).values
+        return (values[..., (size - 1) // 2] + values[..., size // 2]) // 2
     values = torch.where(opaque.unsqueeze(1), values, 256).sort(-1).values
     low = ((count - 1).clamp_min(0) // 2).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)
     high = (count // 2).clamp_max(values.shape[-1] - 1).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)

@@ -78,6 +78,11 @@ class TestBlockMethods:
         image = noisy_cells(3, 4, 5, scale, seed=scale + 20)
         np.testing.assert_array_equal(run(downscale_median, image, device, scale), reference(image, scale, "median"))
 
+    def test_median_when_every_pixel_is_opaque(self, device, scale):
+        image = noisy_cells(3, 4, 5, scale, seed=scale + 40)
+        image[:, 3] = 255
+        np.testing.assert_array_equal(run(downscale_median, image, device, scale), reference(image, scale, "median"))
+
     def test_mean(self, device, scale):
         image = noisy_cells(3, 4, 5, scale, seed=scale + 30)
         np.testing.assert_array_equal(run(downscale_mean, image, device, scale), reference(image, scale, "mean"))
