@@ -341,7 +341,7 @@ def estimate_color_count(image: Tensor, max_count: int = 32) -> list[int]:
     return counts
 
 
-def srgb_to_lab(rgb: Tensor) -> Tensor:
+def srgb_to_lab(rgb: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
     r"""sRGB colours to CIELAB (D65), where euclidean distance (:math:`\Delta E_{76}`) follows perceived difference.
 
     CIELAB's linear segment near black keeps the darkest shades close together, as the eye sees them; spaces
@@ -350,25 +350,33 @@ def srgb_to_lab(rgb: Tensor) -> Tensor:
 
     Args:
         rgb: :math:`(..., 3)` sRGB values in [0, 255], any real or integer dtype.
+        dtype: the float dtype that integer colours are converted in; float colours keep theirs.
 
     Returns:
-        :math:`(..., 3)` ``(L*, a*, b*)``, float64 (or the input's float dtype); L* is 0 for black and 100 for
-        white, and a just noticeable
-        difference is about 2.3.
+        :math:`(..., 3)` ``(L*, a*, b*)`` in ``dtype`` (or the input's float dtype); L* is 0 for black and 100
+        for white, and a just noticeable difference is about 2.3.
 
     Example:
         >>> import torch
         >>> srgb_to_lab(torch.tensor([[255, 255, 255], [0, 0, 0], [255, 0, 0]])).round().tolist()
         [[100.0, -0.0, 0.0], [0.0, 0.0, 0.0], [53.0, 80.0, 67.0]]
     """
-    x = (rgb if rgb.is_floating_point() else rgb.double()) / 255
-    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
-    to_xyz = x.new_tensor(
+    if rgb.is_floating_point():
+        linear = _linear_srgb(rgb)
+    else:  # 256 values a channel: looked up, not raised to the power 2.4 pixel by pixel
+        linear = _linear_srgb(torch.arange(256, dtype=dtype, device=rgb.device))[rgb.int()]
+    to_xyz = linear.new_tensor(
         [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
     )
-    xyz = (linear @ to_xyz.t()) / x.new_tensor([0.95047, 1.0, 1.08883])
+    xyz = (linear @ to_xyz.t()) / linear.new_tensor([0.95047, 1.0, 1.08883])
     f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(0) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _linear_srgb(rgb: Tensor) -> Tensor:
+    """sRGB values in [0, 255] (float) to linear light in [0, 1]."""
+    x = rgb / 255
+    return torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
 
 
 def _delta_e94(first: Tensor, second: Tensor) -> Tensor:
@@ -440,16 +448,16 @@ def cell_spreads(image: Tensor, cells: Tensor, scale: int) -> Tensor:
     check_int(scale, "scale", 1)
     batch, _, rows, columns = cells.shape
     blocks = image[:, :, : rows * scale, : columns * scale].reshape(batch, 4, rows, scale, columns, scale)
-    cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float()).float()
+    cell_lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1), torch.float32)
     if scale == 3:
         plus = blocks.permute(0, 1, 2, 4, 3, 5).reshape(batch, 4, rows, columns, 9)[..., [1, 3, 4, 5, 7]]
         opaque = (plus[:, 3] >= 128).all(-1) & (cells[:, 3] >= 128)
-        median_lab = srgb_to_lab(plus[:, :3].median(-1).values.permute(0, 2, 3, 1).float()).float()
+        median_lab = srgb_to_lab(plus[:, :3].median(-1).values.permute(0, 2, 3, 1), torch.float32)
         return _delta_e94(median_lab, cell_lab) * opaque
     inner = slice(1, scale - 1, -(-(scale - 2) // _SPREAD_SAMPLES)) if scale >= 4 else slice(0, scale)
     blocks = blocks[:, :, :, inner, :, inner]
     opaque = (blocks[:, 3] >= 128) & (cells[:, 3] >= 128)[:, :, None, :, None]
-    pixel_lab = srgb_to_lab(blocks[:, :3].permute(0, 2, 3, 4, 5, 1).float()).float()
+    pixel_lab = srgb_to_lab(blocks[:, :3].permute(0, 2, 3, 4, 5, 1), torch.float32)
     distance = _delta_e94(pixel_lab, cell_lab[:, :, None, :, None]) * opaque
     return distance.sum((2, 4)) / opaque.sum((2, 4)).clamp_min(1)
 
@@ -481,7 +489,7 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
     """
     _check_rgba(cells)
     ycc = _ycbcr(cells[:, :3].float())
-    lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1).float())
+    lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1), torch.float32)
     opaque = cells[:, 3] >= 128
     edge = torch.zeros_like(opaque)
     for axis in (1, 2):  # down, across (of (B, h, w))

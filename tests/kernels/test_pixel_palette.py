@@ -114,6 +114,20 @@ class TestSrgbToLab:
         expected = [[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [53.59, 0.0, 0.0]]
         np.testing.assert_allclose(lab.numpy(), expected, atol=0.02)
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_integer_colours_as_their_float_values(self, dtype):
+        """Integer colours are looked up per channel value; every value of every channel, in any layout, must convert
+        as the same colours given as floats."""
+        values = torch.arange(256, dtype=torch.uint8)
+        colours = torch.stack([values, values.roll(85), values.flip(0)], 1)
+        channels_first = colours.t().contiguous().view(1, 3, 16, 16)
+        as_floats = srgb_to_lab(colours.to(dtype))
+        lab = srgb_to_lab(colours, dtype)
+        assert lab.dtype == dtype and torch.allclose(lab, as_floats, rtol=0, atol=1e-4)
+        permuted = srgb_to_lab(channels_first.permute(0, 2, 3, 1), dtype).reshape(256, 3)
+        assert torch.allclose(permuted, as_floats, rtol=0, atol=1e-4)
+        assert srgb_to_lab(colours).dtype == torch.float64
+
 
 class TestColourDistance:
     def test_symmetric_and_perceptual(self):
