@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"
 
 # how long a worker keeps trying to store a result while the queue cannot be reached (a shared
-# queue restarting) before it gives up and leaves the request to run again once its lease expires
+# queue restarting) before it gives up and leaves the request to the queue, which runs it again
 COMPLETE_RETRY_SECONDS = 60.0
 
 
@@ -423,7 +423,7 @@ class Worker(threading.Thread):
             self._complete(request, JobResult.from_error(error))
         except Exception:
             logger.critical(
-                "request %s: its failure could not be stored either; it runs again once its lease expires",
+                "request %s: its failure could not be stored either; the queue runs it again",
                 request.request_id,
                 exc_info=True,
             )

@@ -364,8 +364,9 @@ class JobStore(abc.ABC):
         timeout: float,
     ) -> list[Job]:
         """What a worker runs next: a `claim`, waiting up to `timeout` seconds for work if there is
-        none (an empty list then). A worker calls it in a loop, so it must not cost a round trip to
-        the store per request to find the queue empty."""
+        none (an empty list then). A worker calls it in a loop, each time once it has finished
+        what the last call gave it, so it must not cost a round trip to the store per request to
+        find the queue empty."""
 
     def stop_waiting(self, worker_id: str) -> None:
         """Called once a worker stops calling `next_jobs`: a store that leases work to waiting

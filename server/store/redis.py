@@ -34,9 +34,12 @@ Data layout, under a prefix (`kiln` unless the URL says `?prefix=NAME`), `P` bel
   worker in the same script and pushes the batch (ids, fields, payloads) to its inbox, so Redis
   answers the submit and wakes the worker after one fsync, with no claim or read in between. The
   waiting and the inbox are not written to the AOF or replicas: they are worth no fsync; a worker
-  that a restart forgot asks again within a second, and a batch it lost is taken over once its
-  leases expire. A handed batch is marked running, as a claimed one is: a worker that dies within
-  a second of asking for work is charged for what it was handed in that second.
+  that a restart forgot asks again within a second. A batch it lost (or whose BLPOP reply was lost)
+  goes back to the queue, uncounted, when the worker asks again: a worker asks only once it has
+  finished what it was given, so a lease it still holds then never reached it (its stream entries
+  find them; the attempt log says `returned`). A handed batch is marked running, as a claimed one
+  is: a worker that dies within a second of asking for work is charged for what it was handed in
+  that second.
 - `P:active:suspects` the suspects now running; `P:done` completion times (retention);
   `P:history:OWNER` an owner's requests by creation time; `P:endpoints` every endpoint seen.
 - Webhooks: `P:webhook:ID` (url, owner, destination, attempts, next try, delivered) and
@@ -265,7 +268,7 @@ end
 -- Leases waiting requests to waiting workers, in the same step (and fsync) as the change that made
 -- them claimable; each worker's batch goes on its list `P:inbox:WORKER`, where it is blocked in BLPOP,
 -- whole, so that it needs no read after. The list is not recorded either: the leases are, and a
--- batch a restart lost is taken over once its leases expire.
+-- batch a restart lost goes back to the queue when its worker next asks (`CLAIM`).
 local function dispatch(now_text)
   local idle = P .. ':idle'
   if redis.call('ZCARD', idle) == 0 then return end
@@ -283,6 +286,30 @@ local function requeue(rid, job, now, fields)
   enqueue(rid, job)
   event('job', rid)
   dispatch(now)
+end
+-- A request leased to a worker that never took it goes back to its place in the queue, the attempt
+-- uncounted; its attempt log says so, since the lease already logged it running.
+local function give_back_untaken(rid, job, worker, now)
+  requeue(rid, job, now, {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
+  redis.call('RPUSH', P .. ':attempts:' .. rid, cjson.encode({'returned', worker, tonumber(now)}))
+end
+-- The requests leased to `worker`: its entries pending in the endpoints' streams.
+local function leased_to(worker)
+  local ids = {}
+  for _, endpoint in ipairs(redis.call('SMEMBERS', P .. ':endpoints')) do
+    local stream = P .. ':stream:' .. endpoint
+    if redis.call('EXISTS', stream) == 1 then
+      for _, pending in ipairs(redis.call('XPENDING', stream, 'workers', '-', '+', 4096, worker)) do
+        local entry = redis.call('XRANGE', stream, pending[1], pending[1])[1]
+        local rid = entry and entry[2][2]
+        if rid then
+          local status, owner = unpack(redis.call('HMGET', jk(rid), 'status', 'lease_owner'))
+          if status == 'IN_PROGRESS' and owner == worker then table.insert(ids, rid) end
+        end
+      end
+    end
+  end
+  return ids
 end
 local function add_log(rid, now, level, message)
   redis.call('RPUSH', P .. ':logs:' .. rid, cjson.encode({tonumber(now), level, message}))
@@ -342,6 +369,9 @@ return {position}
 
 # ARGV: prefix, worker, now, wait until ('' for not at all), settings (JSON, see `lease_next`). Takes
 # what was leased to the worker while it waited, else leases; a worker given nothing waits (`next_jobs`).
+# A worker that may wait has finished what it was given, so whatever is still leased to it then never
+# reached it (a hand-off that a restart or a failover forgot, or whose reply was lost), or, rarely, ran
+# without its result being stored: it goes back to the queue.
 # Returns {id, JOB_FIELDS values, payload} per leased job.
 CLAIM = r"""
 local worker, now_text, settings = ARGV[2], ARGV[3], ARGV[5]
@@ -355,6 +385,9 @@ if handed then  -- leased to this worker while it waited, and not taken then
   end
 else
   stop_waiting(worker)
+  if ARGV[4] ~= '' then
+    for _, rid in ipairs(leased_to(worker)) do give_back_untaken(rid, load(rid), worker, now_text) end
+  end
   ids = lease_next(worker, now_text, cjson.decode(settings))
 end
 if #ids == 0 and ARGV[4] ~= '' then
@@ -411,7 +444,7 @@ for _, handed in ipairs(redis.call('LRANGE', P .. ':inbox:' .. worker, 0, -1)) d
     local rid = row[1]
     local job = load(rid)
     if job and job.status == 'IN_PROGRESS' and job.lease_owner == worker then
-      requeue(rid, job, ARGV[2], {'attempts', math.max(tonumber(job.attempts) - 1, 0)})
+      give_back_untaken(rid, job, worker, ARGV[2])
       table.insert(requeued, rid)
     end
   end

@@ -3,6 +3,7 @@ idempotent completion."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -14,6 +15,7 @@ from server.store import CancelOutcome, JobResult, JobStatus, NewJob, Priority
 from server.store import redis as redis_store
 from server.store.redis import RedisJobStore
 from server.store.sqlite import DataDirLocked, SqliteJobStore
+from tests.fixtures.redis_server import start_redis_server
 
 
 class Clock:
@@ -98,8 +100,11 @@ def test_next_jobs_claims_at_once_while_requests_wait_and_waits_once_none_do(ope
     for rid in "abc":
         store.submit(job(rid, "e/x" if rid != "c" else "e/y"))
     assert timed_next_jobs(store, "w", {"e/x": 2}, 10)[0] == ["a", "b"]
+    store.complete("a", OK)
+    store.complete("b", OK)
     ids, took = timed_next_jobs(store, "w", {}, 10)
     assert ids == ["c"] and took < 5  # `c`, of another endpoint, was left waiting
+    store.complete("c", OK)
     ids, took = timed_next_jobs(store, "w", {}, 0.3)
     assert ids == [] and took >= 0.25
 
@@ -139,6 +144,38 @@ def test_work_leased_to_a_worker_that_stopped_waiting_goes_back_uncounted(open_s
     info = store.info("a")
     assert info.status is JobStatus.IN_QUEUE and info.attempts == 0
     assert [j.request_id for j in store.claim("w2", {})] == ["a"]
+
+
+def test_a_hand_off_that_a_redis_restart_forgot_goes_back_when_the_worker_asks_again(tmp_path, clock):
+    """The inbox a submit hands a waiting worker's batch to is not in the AOF. A worker asks again only
+    once it has finished what it was given, so what is still leased to it then never reached it: it
+    goes back to the queue at once, uncounted, instead of waiting for the lease to expire."""
+    server = start_redis_server(tmp_path / "redis")
+    try:
+        url = server.queue_url()
+        store = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock, listen=False)
+        assert store.next_jobs("w", {}, timeout=0.05) == []  # it waited, and its wait has not yet lapsed
+        store.submit(job("a"))
+        store.submit(job("b"))
+        assert store.info("a").status is JobStatus.IN_PROGRESS  # handed to `w`'s inbox
+        store.close()
+        server.restart()
+        store = RedisJobStore.from_url(url, lease_seconds=30, max_attempts=3, clock=clock, listen=False)
+        assert store._redis.llen(store._key("inbox", "w")) == 0  # the restart forgot the hand-off
+        assert [j.request_id for j in store.claim("w2", {})] == ["b"]
+        assert store.claim("w", {}) == []  # a claim is not an ask: nothing goes back
+        assert store.info("a").status is JobStatus.IN_PROGRESS
+
+        taken = store.next_jobs("w", {}, timeout=0.05)
+        assert [(j.request_id, j.attempts) for j in taken] == [("a", 1)]
+        info = store.info("a")
+        assert (info.status, info.attempts) == (JobStatus.IN_PROGRESS, 1)
+        log = [json.loads(entry)[:2] for entry in store._redis.lrange(store._key("attempts", "a"), 0, -1)]
+        assert log == [["claimed", "w"], ["running", "w"], ["returned", "w"], ["claimed", "w"], ["running", "w"]]
+        assert store.get("b").status is JobStatus.IN_PROGRESS  # what another worker holds stays its own
+        store.close()
+    finally:
+        server.stop()
 
 
 def test_max_queue_length_counts_waiting_jobs_of_the_endpoint(open_store):
