@@ -61,7 +61,8 @@ from bench.pixel_art_set import (
 from testkit.degradations import jpeg
 
 TIMING_REPEATS = 3
-Runner = Callable[[np.ndarray], tuple[int, np.ndarray]]
+# the pixels and the chroma subsampling the server's decoder reports for the file (`RawImage.chroma_subsampling`)
+Runner = Callable[[np.ndarray, tuple[int, int]], tuple[int, np.ndarray]]
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -110,10 +111,10 @@ def kiln_runner(device: torch.device) -> Runner:
     """Kiln's `pixelate` on ``device``: the image goes there, the result comes back to the host."""
     from pipelines.image2pixel import Image2PixelInput, pixelate
 
-    def run(image: np.ndarray) -> tuple[int, np.ndarray]:
+    def run(image: np.ndarray, chroma_subsampling: tuple[int, int]) -> tuple[int, np.ndarray]:
         rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
         tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
-        result = pixelate(tensor, Image2PixelInput(image_url="bench"))
+        result = pixelate(tensor, Image2PixelInput(image_url="bench"), chroma_subsampling)
         return result.grid.scale, result.native.permute(1, 2, 0).cpu().numpy()
 
     return run
@@ -127,7 +128,7 @@ def reference_runner() -> tuple[Runner | None, str]:
         return None, f"unfake is not installed ({error}); pip install unfake==1.0.7"
     logging.getLogger("unfake.py").setLevel(logging.ERROR)
 
-    def run(image: np.ndarray) -> tuple[int, np.ndarray]:
+    def run(image: np.ndarray, chroma_subsampling: tuple[int, int]) -> tuple[int, np.ndarray]:
         result = asyncio.run(process_image(Image.fromarray(image), max_colors=32, background_mode="corners"))
         scale = result["manifest"].processing_steps["scale_detection"]["detected_scale"]
         return int(scale), np.asarray(result["image"].convert("RGBA"))
@@ -169,7 +170,7 @@ class Tally:
 
 
 def evaluate(runner: Runner, case) -> dict:
-    scale, native = runner(case.image)
+    scale, native = runner(case.image, case.degradation.chroma_subsampling)
     opaque = native[..., 3] >= 128 if native.shape[-1] == 4 else np.ones(native.shape[:2], bool)
     colours = len(np.unique(native[..., :3][opaque].reshape(-1, 3), axis=0))
     return {
@@ -227,6 +228,9 @@ def _order(key: str) -> tuple:
 # -- timing --------------------------------------------------------------------------------------------------
 
 
+TIMING_CHROMA_SUBSAMPLING = (2, 2)  # `timing_images` are 4:2:0 JPEGs
+
+
 def timing_images(saved: Path | None) -> list[tuple[str, np.ndarray]]:
     """1024x1024 JPEGs (q75, 4:2:0) of real art at scales 8, 16, 4 and 2; a crop smaller than 1024 px is tiled.
 
@@ -266,11 +270,11 @@ print(json.dumps(seconds))
 
 
 def time_runner(runner: Runner, image: np.ndarray, repeats: int) -> list[float]:
-    runner(image)  # warm-up: first-call costs are not per image
+    runner(image, TIMING_CHROMA_SUBSAMPLING)  # warm-up: first-call costs are not per image
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        runner(image)
+        runner(image, TIMING_CHROMA_SUBSAMPLING)
         seconds.append(time.perf_counter() - start)
     return seconds
 

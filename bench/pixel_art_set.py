@@ -154,6 +154,12 @@ class Degradation:
     family: str  # offset, jpeg, blur, resample, combined
     factor: float  # the resampling factor (1 when none): true cells are scale * factor pixels
     apply: Callable[[np.ndarray], np.ndarray]
+    # how the file stored chroma, as the server's decoder reports it (`RawImage.chroma_subsampling`): (2, 2) when
+    # the last step is a 4:2:0 JPEG
+    chroma_subsampling: tuple[int, int] = (1, 1)
+
+
+FOUR_TWO_ZERO = (2, 2)
 
 
 def _degradations() -> dict[str, Degradation]:
@@ -161,7 +167,10 @@ def _degradations() -> dict[str, Degradation]:
     for quality in (60, 75, 90):
         for chroma in ("444", "420"):
             table.append(
-                Degradation(f"jpeg q{quality} {chroma}", "jpeg", 1.0, lambda i, q=quality, c=chroma: jpeg(i, q, c))
+                Degradation(
+                    f"jpeg q{quality} {chroma}", "jpeg", 1.0, lambda i, q=quality, c=chroma: jpeg(i, q, c),
+                    FOUR_TWO_ZERO if chroma == "420" else (1, 1),
+                )
             )
     for sigma in (0.5, 1.0):
         table.append(Degradation(f"blur {sigma}", "blur", 1.0, lambda i, s=sigma: blur(i, s)))
@@ -169,18 +178,22 @@ def _degradations() -> dict[str, Degradation]:
         table.append(Degradation(f"resample x{factor}", "resample", factor, lambda i, f=factor: resample(i, f)))
     table += [
         Degradation(
-            "resample x0.98 + jpeg q85 420", "combined", 0.98, lambda i: jpeg(resample(i, 0.98), 85, "420")
+            "resample x0.98 + jpeg q85 420", "combined", 0.98, lambda i: jpeg(resample(i, 0.98), 85, "420"),
+            FOUR_TWO_ZERO,
         ),
         Degradation(
             "resample x1.02 + jpeg q75 444", "combined", 1.02, lambda i: jpeg(resample(i, 1.02), 75, "444")
         ),
-        Degradation("blur 0.6 + jpeg q80 420", "combined", 1.0, lambda i: jpeg(blur(i, 0.6), 80, "420")),
+        Degradation(
+            "blur 0.6 + jpeg q80 420", "combined", 1.0, lambda i: jpeg(blur(i, 0.6), 80, "420"), FOUR_TWO_ZERO
+        ),
         Degradation("resample x1.03 + blur 0.5", "combined", 1.03, lambda i: blur(resample(i, 1.03), 0.5)),
         Degradation(
             "bicubic x0.97 + jpeg q90 420",
             "combined",
             0.97,
             lambda i: jpeg(resample(i, 0.97, Image.BICUBIC), 90, "420"),
+            FOUR_TWO_ZERO,
         ),
     ]
     return {degradation.name: degradation for degradation in table}

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._utils import REC601, check_int
+from kernels._utils import check_int
+from kernels.jpeg_chroma import srgb_to_ycbcr, ycbcr_to_srgb
 
 __all__ = [
     "cell_spreads",
@@ -488,7 +489,7 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
         [[[False, True, True]]]
     """
     _check_rgba(cells)
-    ycc = _ycbcr(cells[:, :3].float())
+    ycc = srgb_to_ycbcr(cells[:, :3].float())
     lab = srgb_to_lab(cells[:, :3].permute(0, 2, 3, 1), torch.float32)
     opaque = cells[:, 3] >= 128
     edge = torch.zeros_like(opaque)
@@ -498,26 +499,10 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
         far = both & (_delta_e94(lab.narrow(axis, 0, size), lab.narrow(axis, 1, size)) > FAR_APART * distance)
         for own, other in ((0, 1), (1, 0)):
             own_ycc, other_ycc = ycc.narrow(axis + 1, own, size), ycc.narrow(axis + 1, other, size)
-            tinted = _ycbcr_to_srgb(torch.cat([own_ycc[:, :1], other_ycc[:, 1:]], 1))
+            tinted = ycbcr_to_srgb(torch.cat([own_ycc[:, :1], other_ycc[:, 1:]], 1))
             shift = _delta_e94(srgb_to_lab(tinted.permute(0, 2, 3, 1)), lab.narrow(axis, own, size))
             edge.narrow(axis, own, size).logical_or_(far | (both & (shift > distance)))
     return edge
-
-
-def _ycbcr(rgb: Tensor) -> Tensor:
-    """JPEG's full-range YCbCr (Rec. 601 luma) of sRGB :math:`(B, 3, h, w)` in 0-255."""
-    r, g, b = rgb.unbind(1)
-    y = REC601[0] * r + REC601[1] * g + REC601[2] * b
-    return torch.stack([y, 128 + (b - y) / (2 - 2 * REC601[2]), 128 + (r - y) / (2 - 2 * REC601[0])], 1)
-
-
-def _ycbcr_to_srgb(ycc: Tensor) -> Tensor:
-    """The inverse of `_ycbcr`, clamped to 0-255."""
-    y = ycc[:, 0]
-    r = y + (ycc[:, 2] - 128) * (2 - 2 * REC601[0])
-    b = y + (ycc[:, 1] - 128) * (2 - 2 * REC601[2])
-    g = (y - REC601[0] * r - REC601[2] * b) / REC601[1]
-    return torch.stack([r, g, b], 1).clamp(0, 255)
 
 
 def merge_similar_colors(

@@ -118,10 +118,14 @@ class RawImage:
     """Decoded pixels, not yet scaled: `(C, H, W)` with C = 3 (RGB) or 4 (RGBA).
 
     Kept as integers so the conversion to float happens on the device that runs the pipeline.
+    `chroma_subsampling` is how the file stored colour against brightness, ``(vertical, horizontal)``: (2, 2)
+    for a 4:2:0 JPEG, (1, 2) for 4:2:2, (1, 1) for everything else (the decoder has filled the gaps in by
+    interpolation, which a pipeline that measures colours exactly may want to undo).
     """
 
     pixels: torch.Tensor
     max_value: int
+    chroma_subsampling: tuple[int, int] = (1, 1)
 
     @property
     def height(self) -> int:

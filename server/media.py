@@ -12,13 +12,14 @@ float inputs are normalised on decode so pipelines only ever see RGB or RGBA.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from pipelines.contract import RawImage
 
@@ -69,7 +70,10 @@ def decode_image(data: bytes, *, max_pixels: int) -> RawImage:
         _refuse_short_data(image, data)
         image.seek(0)
         image.load()
-        return _to_raw(ImageOps.exif_transpose(image))
+        raw = _to_raw(ImageOps.exif_transpose(image))
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:  # a turned image's chroma blocks lie differently
+            raw = dataclasses.replace(raw, chroma_subsampling=_jpeg_chroma_subsampling(image))
+        return raw
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -181,6 +185,20 @@ def _jpeg_min_scan_bytes(frame: bytes, *, progressive: bool) -> int:
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _jpeg_chroma_subsampling(image: Image.Image) -> tuple[int, int]:
+    """`RawImage.chroma_subsampling` of a YCbCr JPEG: the luma's sampling factors over the chroma's."""
+    layers = getattr(image, "layer", None)  # (component id, horizontal, vertical, table) per component
+    if image.format not in ("JPEG", "MPO") or image.mode != "RGB" or not layers or len(layers) != 3:
+        return (1, 1)
+    if image.info.get("adobe_transform") == 0:  # stored as RGB, not YCbCr
+        return (1, 1)
+    (_, luma_h, luma_v, _), (_, cb_h, cb_v, _), (_, cr_h, cr_v, _) = layers
+    if (cb_h, cb_v) != (cr_h, cr_v) or luma_v % cb_v or luma_h % cb_h:
+        return (1, 1)
+    factors = (luma_v // cb_v, luma_h // cb_h)
+    return factors if max(factors) <= 2 else (1, 1)
 
 
 def _to_raw(image: Image.Image) -> RawImage:

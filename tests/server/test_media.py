@@ -61,6 +61,27 @@ def test_exif_orientation_is_applied():
     assert (raw.width, raw.height) == (4, 8)
 
 
+@pytest.mark.parametrize("subsampling, factors", [(2, (2, 2)), (1, (1, 2)), (0, (1, 1))])
+def test_a_jpeg_reports_how_it_subsampled_its_chroma(subsampling, factors):
+    image = Image.fromarray(gradient_image(9, 7))
+    raw = decode_image(encode(image, "JPEG", subsampling=subsampling), max_pixels=LIMIT)
+    assert raw.chroma_subsampling == factors
+
+
+def test_what_is_not_a_ycbcr_jpeg_or_was_turned_reports_no_subsampling():
+    image = Image.fromarray(gradient_image(9, 7))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: its chroma blocks no longer start at the corner the model assumes
+    for data in (
+        encode(image),
+        encode(image.convert("L"), "JPEG"),
+        encode(image.convert("CMYK"), "JPEG", subsampling=2),
+        encode(image, "JPEG", subsampling=2, exif=exif.tobytes()),
+        encode(image, "WEBP", quality=80),
+    ):
+        assert decode_image(data, max_pixels=LIMIT).chroma_subsampling == (1, 1)
+
+
 def test_pixel_limit_is_checked_before_decoding():
     header_says_huge = encode(Image.new("L", (5000, 5000)))
     with pytest.raises(ImageDecodeError) as raised:

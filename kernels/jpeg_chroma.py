@@ -1,0 +1,201 @@
+"""JPEG chroma subsampling as a linear model, and the per-region chroma that best explains a decoded image.
+
+Most JPEGs keep one chroma sample per 2 x 2 pixels (4:2:0) or per 2 x 1 (4:2:2). The encoder (libjpeg and its
+descendants: Pillow, browsers, cameras) stores each block's average, with the image's last row and column
+repeated to fill the edge blocks; libjpeg's decoder spreads each sample back over its pixels with its "fancy"
+triangle filter, 3/4 of the nearest sample and 1/4 of the next one along each subsampled axis (edges repeated).
+So a decoded pixel's chroma mixes those of up to two blocks either way: at a colour boundary of pixel art the
+cells within about two pixels take on part of their neighbours' colour, and their medians come out as shades
+the art never had. `region_chroma` undoes that for images made of flat regions (cells of a known grid): it
+finds the chroma per region that, painted and passed through the encoder and decoder, comes closest to what
+the decoder showed.
+
+Everything here is linear in the chroma planes: ``(B, C, H, W)`` float tensors, any number of planes (Cb and
+Cr), any device. `factors` are the subsampling factors ``(vertical, horizontal)``, each 1 or 2: (2, 2) for 4:2:0,
+(1, 2) for 4:2:2, (1, 1) for none.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels._utils import REC601
+
+__all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "srgb_to_ycbcr", "ycbcr_to_srgb"]
+
+# Added to the diagonal of each axis's normal equations: 0 for a region that no pixel lies in, nothing measurable
+# for the others (their diagonal is at least a fraction of a pixel, times 1/16).
+_RIDGE = 1e-9
+
+
+def srgb_to_ycbcr(rgb: Tensor) -> Tensor:
+    """JPEG's full-range YCbCr (Rec. 601 luma) of sRGB :math:`(B, 3, H, W)` in 0-255."""
+    r, g, b = rgb.unbind(1)
+    y = REC601[0] * r + REC601[1] * g + REC601[2] * b
+    return torch.stack([y, 128 + (b - y) / (2 - 2 * REC601[2]), 128 + (r - y) / (2 - 2 * REC601[0])], 1)
+
+
+def ycbcr_to_srgb(ycc: Tensor) -> Tensor:
+    """The inverse of `srgb_to_ycbcr`, clamped to 0-255."""
+    y = ycc[:, 0]
+    r = y + (ycc[:, 2] - 128) * (2 - 2 * REC601[0])
+    b = y + (ycc[:, 1] - 128) * (2 - 2 * REC601[2])
+    g = (y - REC601[0] * r - REC601[2] * b) / REC601[1]
+    return torch.stack([r, g, b], 1).clamp(0, 255)
+
+
+def _check_factors(factors: tuple[int, int]) -> None:
+    if len(factors) != 2 or any(factor not in (1, 2) for factor in factors):
+        raise ValueError(f"chroma subsampling factors must be (1 or 2, 1 or 2), got {factors!r}")
+
+
+def _clamped(length: int, shift: int, device: torch.device) -> Tensor:
+    return (torch.arange(length, device=device) + shift).clamp(0, length - 1)
+
+
+def _upsample(samples: Tensor, dim: int) -> Tensor:
+    """libjpeg's fancy upsampling by 2 along `dim`: output 2i is 3/4 of sample i and 1/4 of sample i - 1,
+    output 2i + 1 is 3/4 of sample i and 1/4 of sample i + 1 (edges repeated)."""
+    length = samples.shape[dim]
+    before = samples.index_select(dim, _clamped(length, -1, samples.device))
+    after = samples.index_select(dim, _clamped(length, 1, samples.device))
+    return torch.stack([0.75 * samples + 0.25 * before, 0.75 * samples + 0.25 * after], dim + 1).flatten(dim, dim + 1)
+
+
+def _padded(length: int, factor: int) -> int:
+    return -(-length // factor) * factor
+
+
+def jpeg_chroma_roundtrip(chroma: Tensor, factors: tuple[int, int]) -> Tensor:
+    """What a JPEG decoder shows of chroma planes stored subsampled by `factors`, quantisation aside.
+
+    Args:
+        chroma: :math:`(B, C, H, W)` float chroma planes (any offset: the model is linear).
+        factors: ``(vertical, horizontal)`` subsampling, each 1 or 2.
+
+    Returns:
+        :math:`(B, C, H, W)`: each block's average (edge rows and columns repeated to fill the block), spread back
+        with the triangle filter along each subsampled axis.
+    """
+    _check_factors(factors)
+    height, width = chroma.shape[-2:]
+    rows = _clamped(_padded(height, factors[0]), 0, chroma.device).clamp(max=height - 1)
+    columns = _clamped(_padded(width, factors[1]), 0, chroma.device).clamp(max=width - 1)
+    samples = F.avg_pool2d(chroma.index_select(-2, rows).index_select(-1, columns), factors)
+    for dim, factor in ((-2, factors[0]), (-1, factors[1])):
+        if factor == 2:
+            samples = _upsample(samples, samples.dim() + dim)
+    return samples[..., :height, :width]
+
+
+def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """The decoded chroma along one axis as a sparse matrix over the regions: pixel ``i`` shows the sum over ``k``
+    of ``weights[i, k]`` times the chroma of region ``regions[i, k]`` (`jpeg_chroma_roundtrip` of painted regions,
+    the same model term by term). Returns ``(regions, weights)``, each :math:`(L, K)`: K = 4 for a subsampled
+    axis, 1 for one that is not."""
+    length = index.numel()
+    if factor == 1:
+        return index.unsqueeze(1), torch.ones(length, 1, dtype=torch.float64, device=index.device)
+    # sample j averages pixels 2j and 2j + 1 (the last pixel repeated past the edge); pixel i shows 3/4 of its
+    # own sample i // 2 and 1/4 of the one before (even i) or after (odd i), the edge samples repeated
+    filled = index.index_select(0, _clamped(_padded(length, 2), 0, index.device).clamp(max=length - 1))
+    samples = filled.numel() // 2
+    own = torch.arange(length, device=index.device) // 2
+    other = (own + torch.where(torch.arange(length, device=index.device) % 2 == 0, -1, 1)).clamp(0, samples - 1)
+    regions = torch.stack([filled[2 * own], filled[2 * own + 1], filled[2 * other], filled[2 * other + 1]], 1)
+    weights = torch.tensor([0.375, 0.375, 0.125, 0.125], dtype=torch.float64, device=index.device).expand(length, 4)
+    return regions, weights
+
+
+def _gather_transpose(image: Tensor, regions: Tensor, weights: Tensor, count: int, dim: int) -> Tensor:
+    """``M^T image`` along `dim` for the sparse `_axis_operator` ``M`` with `count` regions."""
+    shape = list(image.shape)
+    shape[dim] = count
+    total = image.new_zeros(shape)
+    view = [1] * image.dim()
+    view[dim] = -1
+    for term in range(regions.shape[1]):
+        total.index_add_(dim, regions[:, term], image * weights[:, term].to(image.dtype).view(view))
+    return total
+
+
+def _render_rows(regions_chroma: Tensor, regions: Tensor, weights: Tensor) -> Tensor:
+    """``M @ regions_chroma`` along dim -2 for the sparse `_axis_operator` ``M``: rows are copied whole."""
+    weights = weights.to(regions_chroma.dtype)
+    rendered = regions_chroma.index_select(-2, regions[:, 0]) * weights[:, :1]
+    for term in range(1, regions.shape[1]):
+        rendered += regions_chroma.index_select(-2, regions[:, term]) * weights[:, term : term + 1]
+    return rendered
+
+
+def region_bleed(
+    regions_chroma: Tensor, rows: Tensor, columns: Tensor, factors: tuple[int, int]
+) -> Tensor:
+    """What subsampling adds to each pixel's chroma from the regions around it: the decoded chroma of the regions
+    painted with `regions_chroma` (`jpeg_chroma_roundtrip`) less the painted chroma. 0 inside flat areas.
+
+    Args:
+        regions_chroma: :math:`(B, C, h, w)`, e.g. `region_chroma`'s.
+        rows, columns, factors: as for `region_chroma`.
+
+    Returns:
+        :math:`(B, C, H, W)`, a transposed view (the last axis is gathered as rows, which is what is fast).
+    """
+    _check_factors(factors)
+    row_regions, row_weights = _axis_operator(rows, factors[0])
+    column_regions, column_weights = _axis_operator(columns, factors[1])
+    by_rows = _render_rows(regions_chroma, row_regions, row_weights).mT
+    decoded = _render_rows(by_rows, column_regions, column_weights)
+    painted = regions_chroma.index_select(-2, rows).mT.index_select(-2, columns)
+    return (decoded - painted).mT
+
+
+def _gram(regions: Tensor, weights: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """``M^T M`` of the sparse `_axis_operator` ``M``, :math:`(count, count)`."""
+    gram = torch.zeros(count, count, dtype=dtype, device=regions.device)
+    for first in range(regions.shape[1]):
+        for second in range(regions.shape[1]):
+            products = (weights[:, first] * weights[:, second]).to(dtype)
+            gram.index_put_((regions[:, first], regions[:, second]), products, accumulate=True)
+    return gram
+
+
+def region_chroma(
+    chroma: Tensor, rows: Tensor, columns: Tensor, regions: tuple[int, int], factors: tuple[int, int]
+) -> Tensor:
+    """The chroma of each region of a grid that best explains a decoded JPEG's chroma planes.
+
+    Least squares: the region chroma that, painted over its pixels and passed through `jpeg_chroma_roundtrip`,
+    comes closest to `chroma`, solved exactly (the model is separable). Regions that no pixel lies in get 0.
+
+    Args:
+        chroma: :math:`(B, C, H, W)` the decoded image's chroma planes, float.
+        rows: :math:`(H,)` long, the region row each pixel row lies in, in ``[0, h)``.
+        columns: :math:`(W,)` long, the region column of each pixel column, in ``[0, w)``.
+        regions: ``(h, w)``, the grid's size.
+        factors: the JPEG's ``(vertical, horizontal)`` chroma subsampling, each 1 or 2.
+
+    Returns:
+        :math:`(B, C, h, w)` the chroma of each region.
+    """
+    _check_factors(factors)
+    height, width = chroma.shape[-2:]
+    if rows.shape != (height,) or columns.shape != (width,):
+        raise ValueError(
+            f"rows and columns must index the {height}x{width} pixels, got {tuple(rows.shape)} and {tuple(columns.shape)}"
+        )
+    # The model is separable, rows then columns: decoded = My @ region chroma @ Mx^T, so the least-squares region
+    # chroma is Gy^-1 (My^T decoded Mx) Gx^-1 with G = M^T M, a small banded matrix per axis (regions that no pixel
+    # lies in get a zero row; the ridge makes their chroma 0).
+    solution = chroma
+    for dim, index, count, factor in ((-2, rows, regions[0], factors[0]), (-1, columns, regions[1], factors[1])):
+        axis_regions, weights = _axis_operator(index, factor)
+        projected = _gather_transpose(solution, axis_regions, weights, count, dim)
+        gram = _gram(axis_regions, weights, count, chroma.dtype)
+        gram.diagonal().add_(_RIDGE)
+        factor_l = torch.linalg.cholesky(gram)
+        solution = torch.cholesky_solve(projected if dim == -2 else projected.mT, factor_l)
+        solution = solution if dim == -2 else solution.mT
+    return solution
