@@ -25,8 +25,9 @@ from kernels._utils import REC601
 
 __all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "srgb_to_ycbcr", "ycbcr_to_srgb"]
 
-# Added to the diagonal of each axis's normal equations: 0 for a region that no pixel lies in, nothing measurable
-# for the others (their diagonal is at least a fraction of a pixel, times 1/16).
+# Added to the diagonal of each axis's normal equations: the chroma of a region that no pixel lies in (or of a
+# pattern finer than the chroma samples, which the model cannot see) comes out 0, that of the others unchanged
+# (their diagonal is at least a fraction of a pixel, times 1/16).
 _RIDGE = 1e-9
 
 
@@ -189,13 +190,15 @@ def region_chroma(
     # The model is separable, rows then columns: decoded = My @ region chroma @ Mx^T, so the least-squares region
     # chroma is Gy^-1 (My^T decoded Mx) Gx^-1 with G = M^T M, a small banded matrix per axis (regions that no pixel
     # lies in get a zero row; the ridge makes their chroma 0).
+    # The normal equations are solved in float64 whatever the planes' dtype: a grid finer than the chroma samples
+    # leaves G singular, and only double precision keeps G + ridge positive definite then.
     solution = chroma
     for dim, index, count, factor in ((-2, rows, regions[0], factors[0]), (-1, columns, regions[1], factors[1])):
         axis_regions, weights = _axis_operator(index, factor)
-        projected = _gather_transpose(solution, axis_regions, weights, count, dim)
-        gram = _gram(axis_regions, weights, count, chroma.dtype)
+        projected = _gather_transpose(solution, axis_regions, weights, count, dim).double()
+        gram = _gram(axis_regions, weights, count, torch.float64)
         gram.diagonal().add_(_RIDGE)
         factor_l = torch.linalg.cholesky(gram)
         solution = torch.cholesky_solve(projected if dim == -2 else projected.mT, factor_l)
         solution = solution if dim == -2 else solution.mT
-    return solution
+    return solution.to(chroma.dtype)

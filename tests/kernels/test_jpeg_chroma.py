@@ -109,6 +109,20 @@ def test_region_chroma_undoes_the_bleed_of_real_4_2_0_jpegs(device):
         assert solved_error < 0.4 * median_error, (scale, solved_error, median_error)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_regions_finer_than_the_chroma_samples_or_without_pixels_solve(dtype, device):
+    """2 px cells off the 2 x 2 blocks leave patterns the model cannot see, and a region may hold no pixel:
+    the normal equations are singular then, and the solve must still answer, finite."""
+    def regions(length: int, start: float) -> torch.Tensor:  # cells of 1.96 px from `start`, the cut ones at the ends
+        return (torch.floor((torch.arange(length, device=device) + 0.5 - start) / 1.96).long() + 1).clamp(0, 97)
+
+    rows, columns = regions(187, 0.7), regions(187, 1.3)
+    chroma = 128 + 30 * torch.randn(1, 2, 187, 187, dtype=dtype, device=device)
+    solved = region_chroma(chroma, rows, columns, (99, 99), (2, 2))
+    assert solved.dtype == dtype and bool(torch.isfinite(solved).all())
+    assert float(solved[..., 98, :].abs().max()) == 0 and float(solved[..., :, 98].abs().max()) == 0  # no pixels
+
+
 def test_ycbcr_round_trip(device):
     rgb = torch.randint(0, 256, (2, 3, 5, 7), device=device).double()
     torch.testing.assert_close(ycbcr_to_srgb(srgb_to_ycbcr(rgb)), rgb)
