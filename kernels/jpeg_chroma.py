@@ -23,7 +23,7 @@ from torch import Tensor
 
 from kernels._utils import REC601
 
-__all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "srgb_to_ycbcr", "ycbcr_to_srgb"]
+__all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "shift_chroma", "srgb_to_ycbcr", "ycbcr_to_srgb"]
 
 # Added to the diagonal of each axis's normal equations: the chroma of a region that no pixel lies in (or of a
 # pattern finer than the chroma samples, which the model cannot see) comes out 0, that of the others unchanged
@@ -142,15 +142,24 @@ def region_bleed(
         rows, columns, factors: as for `region_chroma`.
 
     Returns:
-        :math:`(B, C, H, W)`, a transposed view (the last axis is gathered as rows, which is what is fast).
+        :math:`(B, C, H, W)`.
     """
     _check_factors(factors)
     row_regions, row_weights = _axis_operator(rows, factors[0])
     column_regions, column_weights = _axis_operator(columns, factors[1])
-    by_rows = _render_rows(regions_chroma, row_regions, row_weights).mT
-    decoded = _render_rows(by_rows, column_regions, column_weights)
-    painted = regions_chroma.index_select(-2, rows).mT.index_select(-2, columns)
-    return (decoded - painted).mT
+    # columns first, on the small (h, w) grid (transposed: gathering rows is what is fast), then the rows
+    decoded = _render_rows(regions_chroma.mT, column_regions, column_weights).mT.contiguous()
+    painted = regions_chroma.mT.index_select(-2, columns).mT.contiguous()
+    return _render_rows(decoded, row_regions, row_weights) - painted.index_select(-2, rows)
+
+
+def shift_chroma(rgb: Tensor, shift: Tensor) -> Tensor:
+    """sRGB :math:`(B, 3, H, W)` with its Cb and Cr (`srgb_to_ycbcr`) moved by `shift` :math:`(B, 2, H, W)` at the
+    same luma, not clamped."""
+    red = shift[:, 1] * (2 - 2 * REC601[0])
+    blue = shift[:, 0] * (2 - 2 * REC601[2])
+    green = -(REC601[0] * red + REC601[2] * blue) / REC601[1]
+    return rgb + torch.stack([red, green, blue], 1)
 
 
 def _gram(regions: Tensor, weights: Tensor, count: int, dtype: torch.dtype) -> Tensor:

@@ -83,6 +83,7 @@ from pydantic import AliasChoices, BaseModel, Field
 from kernels.jpeg_chroma import (
     region_bleed,
     region_chroma,
+    shift_chroma,
     srgb_to_ycbcr,
     ycbcr_to_srgb,
 )
@@ -319,7 +320,7 @@ class UnbledCells:
 def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> UnbledCells:
     """`UnbledCells` of `image`, the decoded JPEG whose chroma was subsampled by `factors`, on `grid` (snapped).
     The cells cut by the image's edges are solved for too, each side as one region, and dropped."""
-    ycc = srgb_to_ycbcr(image[:, :3].float())
+    rgb = image[:, :3].float()
 
     def regions(length: int, start: float, cells: int, period: float) -> torch.Tensor:
         centres = torch.arange(length, device=image.device, dtype=torch.float64) + 0.5
@@ -327,9 +328,9 @@ def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> U
 
     (top, rows, period_y), (left, columns, period_x) = lattice(image, grid, True)
     row_regions, column_regions = regions(image.shape[-2], top, rows, period_y), regions(image.shape[-1], left, columns, period_x)
-    chroma = region_chroma(ycc[:, 1:], row_regions, column_regions, (rows + 2, columns + 2), factors)
-    ycc[:, 1:] -= region_bleed(chroma, row_regions, column_regions, factors)
-    unbled = torch.cat([ycbcr_to_srgb(ycc).round().to(torch.uint8), image[:, 3:]], 1)
+    chroma = region_chroma(srgb_to_ycbcr(rgb)[:, 1:], row_regions, column_regions, (rows + 2, columns + 2), factors)
+    bleed = region_bleed(chroma, row_regions, column_regions, factors)
+    unbled = torch.cat([shift_chroma(rgb, -bleed).clamp_(0, 255).round_().to(torch.uint8), image[:, 3:]], 1)
     return UnbledCells(chroma[..., 1:-1, 1:-1], cells_image(unbled, grid, True))
 
 

@@ -14,6 +14,7 @@ from kernels.jpeg_chroma import (
     jpeg_chroma_roundtrip,
     region_bleed,
     region_chroma,
+    shift_chroma,
     srgb_to_ycbcr,
     ycbcr_to_srgb,
 )
@@ -121,6 +122,13 @@ def test_regions_finer_than_the_chroma_samples_or_without_pixels_solve(dtype, de
     solved = region_chroma(chroma, rows, columns, (99, 99), (2, 2))
     assert solved.dtype == dtype and bool(torch.isfinite(solved).all())
     assert float(solved[..., 98, :].abs().max()) == 0 and float(solved[..., :, 98].abs().max()) == 0  # no pixels
+
+
+def test_shift_chroma_moves_cb_and_cr_alone(device):
+    rgb = torch.randint(0, 256, (2, 3, 5, 7), device=device).double()
+    shift = 20 * torch.randn(2, 2, 5, 7, dtype=torch.float64, device=device)
+    expected = srgb_to_ycbcr(rgb) + torch.cat([torch.zeros_like(shift[:, :1]), shift], 1)
+    torch.testing.assert_close(srgb_to_ycbcr(shift_chroma(rgb, shift)), expected)
 
 
 def test_ycbcr_round_trip(device):
