@@ -91,14 +91,14 @@ def jpeg_chroma_roundtrip(chroma: Tensor, factors: tuple[int, int]) -> Tensor:
     return samples[..., :height, :width]
 
 
-def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, tuple[float, ...]]:
     """The decoded chroma along one axis as a sparse matrix over the regions: pixel ``i`` shows the sum over ``k``
-    of ``weights[i, k]`` times the chroma of region ``regions[i, k]`` (`jpeg_chroma_roundtrip` of painted regions,
-    the same model term by term). Returns ``(regions, weights)``, each :math:`(L, K)`: K = 4 for a subsampled
-    axis, 1 for one that is not."""
+    of ``weights[k]`` times the chroma of region ``regions[i, k]`` (`jpeg_chroma_roundtrip` of painted regions,
+    the same model term by term). Returns ``(regions, weights)``: :math:`(L, K)` and K weights, K = 4 for a
+    subsampled axis, 1 for one that is not."""
     length = index.numel()
     if factor == 1:
-        return index.unsqueeze(1), torch.ones(length, 1, dtype=torch.float64, device=index.device)
+        return index.unsqueeze(1), (1.0,)
     # sample j averages pixels 2j and 2j + 1 (the last pixel repeated past the edge); pixel i shows 3/4 of its
     # own sample i // 2 and 1/4 of the one before (even i) or after (odd i), the edge samples repeated
     filled = index.index_select(0, _clamped(_padded(length, 2), 0, index.device).clamp(max=length - 1))
@@ -106,28 +106,24 @@ def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     own = torch.arange(length, device=index.device) // 2
     other = (own + torch.where(torch.arange(length, device=index.device) % 2 == 0, -1, 1)).clamp(0, samples - 1)
     regions = torch.stack([filled[2 * own], filled[2 * own + 1], filled[2 * other], filled[2 * other + 1]], 1)
-    weights = torch.tensor([0.375, 0.375, 0.125, 0.125], dtype=torch.float64, device=index.device).expand(length, 4)
-    return regions, weights
+    return regions, (0.375, 0.375, 0.125, 0.125)
 
 
-def _gather_transpose(image: Tensor, regions: Tensor, weights: Tensor, count: int, dim: int) -> Tensor:
+def _gather_transpose(image: Tensor, regions: Tensor, weights: tuple[float, ...], count: int, dim: int) -> Tensor:
     """``M^T image`` along `dim` for the sparse `_axis_operator` ``M`` with `count` regions."""
     shape = list(image.shape)
     shape[dim] = count
     total = image.new_zeros(shape)
-    view = [1] * image.dim()
-    view[dim] = -1
-    for term in range(regions.shape[1]):
-        total.index_add_(dim, regions[:, term], image * weights[:, term].to(image.dtype).view(view))
+    for term, weight in enumerate(weights):
+        total.index_add_(dim, regions[:, term], image, alpha=weight)
     return total
 
 
-def _render_rows(regions_chroma: Tensor, regions: Tensor, weights: Tensor) -> Tensor:
+def _render_rows(regions_chroma: Tensor, regions: Tensor, weights: tuple[float, ...]) -> Tensor:
     """``M @ regions_chroma`` along dim -2 for the sparse `_axis_operator` ``M``: rows are copied whole."""
-    weights = weights.to(regions_chroma.dtype)
-    rendered = regions_chroma.index_select(-2, regions[:, 0]) * weights[:, :1]
-    for term in range(1, regions.shape[1]):
-        rendered += regions_chroma.index_select(-2, regions[:, term]) * weights[:, term : term + 1]
+    rendered = regions_chroma.index_select(-2, regions[:, 0]) * weights[0]
+    for term in range(1, len(weights)):
+        rendered += regions_chroma.index_select(-2, regions[:, term]) * weights[term]
     return rendered
 
 
@@ -162,52 +158,57 @@ def shift_chroma(rgb: Tensor, shift: Tensor) -> Tensor:
     return rgb + torch.stack([red, green, blue], 1)
 
 
-def _gram(regions: Tensor, weights: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+def _gram(regions: Tensor, weights: tuple[float, ...], count: int, dtype: torch.dtype) -> Tensor:
     """``M^T M`` of the sparse `_axis_operator` ``M``, :math:`(count, count)`."""
     gram = torch.zeros(count, count, dtype=dtype, device=regions.device)
-    for first in range(regions.shape[1]):
-        for second in range(regions.shape[1]):
-            products = (weights[:, first] * weights[:, second]).to(dtype)
+    for first, first_weight in enumerate(weights):
+        for second, second_weight in enumerate(weights):
+            products = torch.full((regions.shape[0],), first_weight * second_weight, dtype=dtype, device=regions.device)
             gram.index_put_((regions[:, first], regions[:, second]), products, accumulate=True)
     return gram
 
 
 def region_chroma(
-    chroma: Tensor, rows: Tensor, columns: Tensor, regions: tuple[int, int], factors: tuple[int, int]
+    planes: Tensor, rows: Tensor, columns: Tensor, regions: tuple[int, int], factors: tuple[int, int]
 ) -> Tensor:
-    """The chroma of each region of a grid that best explains a decoded JPEG's chroma planes.
+    """The value of each region of a grid that best explains a decoded JPEG's subsampled planes.
 
-    Least squares: the region chroma that, painted over its pixels and passed through `jpeg_chroma_roundtrip`,
-    comes closest to `chroma`, solved exactly (the model is separable). Regions that no pixel lies in get 0.
+    Least squares: the region values that, painted over their pixels and passed through `jpeg_chroma_roundtrip`,
+    come closest to `planes`, solved exactly (the model is separable). Regions that no pixel lies in get 0. The
+    model is linear, so the planes may be the Cb and Cr of `srgb_to_ycbcr` or the RGB it is computed from (the
+    regions' RGB then gives their chroma). Integer planes (RGB of a decoded image) are summed exactly, so the
+    result does not depend on the order in which a device adds them up.
 
     Args:
-        chroma: :math:`(B, C, H, W)` the decoded image's chroma planes, float.
+        planes: :math:`(B, C, H, W)` the decoded image's planes, any real dtype (summed in float64).
         rows: :math:`(H,)` long, the region row each pixel row lies in, in ``[0, h)``.
         columns: :math:`(W,)` long, the region column of each pixel column, in ``[0, w)``.
         regions: ``(h, w)``, the grid's size.
         factors: the JPEG's ``(vertical, horizontal)`` chroma subsampling, each 1 or 2.
 
     Returns:
-        :math:`(B, C, h, w)` the chroma of each region.
+        :math:`(B, C, h, w)` float64, the value of each region in each plane.
     """
     _check_factors(factors)
-    height, width = chroma.shape[-2:]
+    height, width = planes.shape[-2:]
     if rows.shape != (height,) or columns.shape != (width,):
         raise ValueError(
             f"rows and columns must index the {height}x{width} pixels, got {tuple(rows.shape)} and {tuple(columns.shape)}"
         )
-    # The model is separable, rows then columns: decoded = My @ region chroma @ Mx^T, so the least-squares region
-    # chroma is Gy^-1 (My^T decoded Mx) Gx^-1 with G = M^T M, a small banded matrix per axis (regions that no pixel
-    # lies in get a zero row; the ridge makes their chroma 0).
-    # The normal equations are solved in float64 whatever the planes' dtype: a grid finer than the chroma samples
-    # leaves G singular, and only double precision keeps G + ridge positive definite then.
-    solution = chroma
-    for dim, index, count, factor in ((-2, rows, regions[0], factors[0]), (-1, columns, regions[1], factors[1])):
-        axis_regions, weights = _axis_operator(index, factor)
-        projected = _gather_transpose(solution, axis_regions, weights, count, dim).double()
+    # The model is separable: decoded = My @ regions @ Mx^T, so the least-squares regions are
+    # Gy^-1 (My^T decoded Mx) Gx^-1 with G = M^T M, a small banded matrix per axis (a region that no pixel lies in
+    # gets a zero row; the ridge makes its value 0). M's weights are multiples of 1/8, so both projections are
+    # exact on integer planes, whatever the order of the device's atomic adds; only then come the solves, in
+    # float64: a grid finer than the chroma samples leaves G singular, and only double precision keeps G + ridge
+    # positive definite then.
+    axes = [(-2, rows, regions[0], factors[0]), (-1, columns, regions[1], factors[1])]
+    operators = [_axis_operator(index, factor) for _, index, _, factor in axes]
+    projected = planes.double()
+    for (dim, _, count, _), (axis_regions, weights) in zip(axes, operators):
+        projected = _gather_transpose(projected, axis_regions, weights, count, dim)
+    cholesky = []
+    for (_, _, count, _), (axis_regions, weights) in zip(axes, operators):
         gram = _gram(axis_regions, weights, count, torch.float64)
         gram.diagonal().add_(_RIDGE)
-        factor_l = torch.linalg.cholesky(gram)
-        solution = torch.cholesky_solve(projected if dim == -2 else projected.mT, factor_l)
-        solution = solution if dim == -2 else solution.mT
-    return solution.to(chroma.dtype)
+        cholesky.append(torch.linalg.cholesky(gram))
+    return torch.cholesky_solve(torch.cholesky_solve(projected, cholesky[0]).mT, cholesky[1]).mT

@@ -328,7 +328,9 @@ def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> U
 
     (top, rows, period_y), (left, columns, period_x) = lattice(image, grid, True)
     row_regions, column_regions = regions(image.shape[-2], top, rows, period_y), regions(image.shape[-1], left, columns, period_x)
-    chroma = region_chroma(srgb_to_ycbcr(rgb)[:, 1:], row_regions, column_regions, (rows + 2, columns + 2), factors)
+    # solved on the RGB planes, integers, which the solve sums exactly (see `region_chroma`)
+    regions_rgb = region_chroma(image[:, :3], row_regions, column_regions, (rows + 2, columns + 2), factors)
+    chroma = srgb_to_ycbcr(regions_rgb)[:, 1:].float()
     bleed = region_bleed(chroma, row_regions, column_regions, factors)
     unbled = torch.cat([shift_chroma(rgb, -bleed).clamp_(0, 255).round_().to(torch.uint8), image[:, 3:]], 1)
     return UnbledCells(chroma[..., 1:-1, 1:-1], cells_image(unbled, grid, True))
