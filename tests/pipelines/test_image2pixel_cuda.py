@@ -48,10 +48,10 @@ def assert_same_grid(on_cuda, on_cpu, label: str = "") -> None:
     assert np.allclose(first.cell_size, second.cell_size, atol=1e-6), label
 
 
-def pixelate_on(device: str, image: np.ndarray, options: dict):
+def pixelate_on(device: str, image: np.ndarray, options: dict, chroma_subsampling: tuple[int, int] = (1, 1)):
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
     tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
-    return pixelate(tensor, Image2PixelInput(image_url="x", **options))
+    return pixelate(tensor, Image2PixelInput(image_url="x", **options), chroma_subsampling)
 
 
 @pytest.mark.parametrize("scale, start, degradation", CASES)
@@ -77,3 +77,18 @@ def test_every_option_runs_on_cuda_as_on_the_cpu(options):
     assert same >= 0.99, f"{same:.3f} of the cells agree"
     if "fixed_palette" in options:
         assert set(on_cuda.palette) <= set(options["fixed_palette"])
+
+
+@pytest.mark.parametrize("scale, start, degradation", [(4, (1, 2), "jpeg75-420"), (6, (2, 3), "resample0.98 jpeg85-420")])
+def test_the_chroma_model_runs_on_cuda_as_on_the_cpu(scale, start, degradation):
+    """A 4:2:0 JPEG's cells from 4 px take the chroma model's colours (`kernels.jpeg_chroma`): its solve on the
+    device agrees with the CPU's, and twice on the device gives the same bytes (its sums are exact)."""
+    for name in pixel_art.NAMES[:4]:
+        case = pixel_art.degraded(name, scale, start, degradation)
+        assert case.chroma_subsampling == (2, 2)
+        on_cpu = pixelate_on("cpu", case.image, {}, case.chroma_subsampling)
+        first, second = (pixelate_on("cuda", case.image, {}, case.chroma_subsampling) for _ in range(2))
+        assert_same_grid(first, on_cpu, name)
+        assert torch.equal(first.native, second.native), name
+        same = (first.native.cpu() == on_cpu.native).all(0).float().mean().item()
+        assert same >= 0.99, f"{name}: {same:.3f} of the cells agree"
