@@ -452,8 +452,9 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     stride_y, stride_x = max(1, height // _RESIDUAL_LINES), max(1, width // _RESIDUAL_LINES)
 
     def line_sums(planes: Tensor) -> tuple:
-        # Constant planes (the alpha of an opaque image) explain nothing and cost time.
-        planes = planes[(planes.flatten(1).amax(1) > planes.flatten(1).amin(1))] if planes.shape[0] > 1 else planes
+        # Constant planes (the alpha of an opaque image) explain nothing and cost time; a flat image keeps one.
+        varying = planes.flatten(1).amax(1) > planes.flatten(1).amin(1)
+        planes = planes[varying] if bool(varying.any()) else planes[:1]
         return _line_sums(planes[:, ::stride_y, :]), _line_sums(planes[:, :, ::stride_x].transpose(1, 2))
 
     grids = []

@@ -146,6 +146,12 @@ class TestDetectGridEdges:
     def test_native_art_is_scale_one(self):
         assert detect_grid_edges(as_batch(random_art(64, 0))) == [Grid(1)]
 
+    @pytest.mark.parametrize("size", [(30, 30), (22, 10), (7, 45)])
+    def test_a_flat_image_is_scale_one(self, size):
+        """Every plane constant (one colour, opaque): the profiles had no plane left to sum, and it raised."""
+        image = np.broadcast_to(np.array([77, 77, 77, 255], np.uint8), (*size, 4))
+        assert detect_grid_edges(as_batch(np.ascontiguousarray(image))) == [Grid(1)]
+
     def test_image_too_small_for_three_cells(self):
         assert detect_grid_edges(as_batch(random_art(5, 0))) == [Grid(1)]
 

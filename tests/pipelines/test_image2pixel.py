@@ -521,6 +521,16 @@ def test_a_4_2_0_jpeg_request_runs_the_chroma_model(client):
     np.testing.assert_array_equal(native, told.native.permute(1, 2, 0).numpy())
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_flat_image_is_answered(client, fmt):
+    """One colour all over: the grid detector raised (a 500), where the answer is that one colour at scale 1."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (30, 22), (90, 140, 40)).save(buffer, fmt)
+    response = post(client, image_url=data_uri(buffer.getvalue(), f"image/{fmt.lower()}"))
+    assert response.status_code == 200, response.text
+    assert response.json()["pixel_scale"] == 1 and response.json()["num_colors"] == 1
+
+
 def test_defaults_are_the_seeds(client):
     defaults = Image2PixelInput(image_url="x")
     assert (defaults.max_colors, defaults.detect_method, defaults.downscale_method) == (32, "auto", "dominant")
