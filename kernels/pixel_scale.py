@@ -252,7 +252,7 @@ def detect_grid_runs(image: Tensor) -> list[Grid | None]:
 
     Returns:
         One `Grid` per sample, or None where the image is not such an upscale (gcd 1: JPEG, blur, native
-        art) or shows too few boundaries to tell.
+        art), shows too few boundaries to tell, or is narrower than the cells its boundaries space out.
 
     Example:
         >>> import torch
@@ -272,7 +272,7 @@ def detect_grid_runs(image: Tensor) -> list[Grid | None]:
             continue
         gaps = [b - a for a, b in itertools.pairwise(xs)] + [b - a for a, b in itertools.pairwise(ys)]
         scale = reduce(math.gcd, gaps, 0)
-        if scale <= 1:
+        if scale <= 1 or scale > min(image.shape[-2:]):  # no whole cell fits across the image
             grids.append(None)
             continue
         grids.append(Grid(scale, ys[0] % scale if ys else 0, xs[0] % scale if xs else 0))

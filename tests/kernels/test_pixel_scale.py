@@ -132,6 +132,15 @@ class TestDetectGridRuns:
         assert detect_grid_runs(as_batch(np.zeros((20, 20, 4), np.uint8))) == [None]
 
 
+    def test_cells_wider_than_the_image_are_no_grid(self):
+        """A 2 px wide strip whose rows change every 4 px (a lossy codec's blocks on one colour) gave scale 4,
+        and no 4 px cell fits across it: the crop to whole cells came out empty and the request failed."""
+        strip = np.full((68, 2, 4), 255, np.uint8)
+        strip[..., :3] = np.array([253, 13, 44], np.uint8) + np.arange(68)[:, None, None] // 4 % 2
+        assert detect_grid_runs(as_batch(strip)) == [None]
+        assert detect_grid_runs(as_batch(np.ascontiguousarray(strip.repeat(2, 1)))) == [Grid(4, 0, 0)]
+
+
 class TestDetectGridEdges:
     @pytest.mark.parametrize("scale", [2, 3, 7, 16])
     def test_clean_upscale(self, scale):
