@@ -215,6 +215,7 @@ class Pixelated:
     grid: Grid
     detected_by: str
     palette_source: str  # fixed, image, wu, merged or unlimited
+    chroma_model: bool  # whether the cells' chroma came from the JPEG's subsampling model (`unbled_cells`)
 
     @property
     def cell_size(self) -> list[float]:
@@ -459,7 +460,7 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput, chroma_subsampling: 
     if inputs.trim_borders:
         top, bottom, left, right = trim_box(native, inputs.background_tolerance)[0]
         native = native[..., top:bottom, left:right]
-    return Pixelated(native[0], grid, detected_by, palette_source)
+    return Pixelated(native[0], grid, detected_by, palette_source, unbled is not None and cells is not None)
 
 
 class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
@@ -498,6 +499,8 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
                     "detected_by": result.detected_by,
                     "grid_offset": [grid.offset_y, grid.offset_x],
                     "palette_source": result.palette_source,
+                    "chroma_subsampling": list(item.chroma_subsampling),
+                    "chroma_model": result.chroma_model,
                 }
             )
             request.log(

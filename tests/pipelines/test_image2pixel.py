@@ -440,11 +440,13 @@ def test_real_art_cells_under_4_2_0_take_the_chroma_model(name, scale, start, at
     their medians, pulled towards the neighbours' chroma, got 0.941, 0.811 and 0.986 of these cells right."""
     case = pixel_art.degraded(name, scale, start, "jpeg75-420" if scale < 6 else "jpeg80-420")
     assert case.chroma_subsampling == (2, 2)
-    assert cell_accuracy(pixelate_case(case), case) >= at_least
+    result = pixelate_case(case)
+    assert result.chroma_model and cell_accuracy(result, case) >= at_least
 
 
 def test_the_chroma_model_leaves_cells_under_4_px_and_other_files_alone():
     small = pixel_art.degraded("trident-ships", 3, (1, 2), "jpeg75-420")
+    assert not pixelate_case(small).chroma_model
     assert torch.equal(pixelate_case(small).native, pixelate_rgb(small.image).native)
     plain = pixel_art.degraded("trident-ships", 6, (3, 1), "jpeg80-444")
     assert plain.chroma_subsampling == (1, 1)
@@ -519,6 +521,10 @@ def test_a_4_2_0_jpeg_request_runs_the_chroma_model(client):
     assert response.status_code == 200, response.text
     native = decode_data_uri(response.json()["images"][1]["url"])
     np.testing.assert_array_equal(native, told.native.permute(1, 2, 0).numpy())
+    provenance = response.json()["provenance"]
+    assert (provenance["chroma_subsampling"], provenance["chroma_model"]) == ([2, 2], True)
+    png = post(client, image_url=data_uri(png_bytes(decoded))).json()["provenance"]
+    assert (png["chroma_subsampling"], png["chroma_model"]) == ([1, 1], False)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
