@@ -253,20 +253,22 @@ def timing_images(saved: Path | None) -> list[tuple[str, np.ndarray]]:
     return images
 
 
+# a tree from before `pixelate` took the file's chroma subsampling runs without it
 TIMING_SNIPPET = """
-import sys, time, json, numpy as np, torch
+import inspect, sys, time, json, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 from pipelines.image2pixel import Image2PixelInput, pixelate
 image = np.load(sys.argv[2])
 rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
 tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]
 inputs = Image2PixelInput(image_url="bench")
-pixelate(tensor, inputs)
+told = (CHROMA,) if "chroma_subsampling" in inspect.signature(pixelate).parameters else ()
+pixelate(tensor, inputs, *told)
 seconds = []
 for _ in range(int(sys.argv[3])):
-    start = time.perf_counter(); pixelate(tensor, inputs); seconds.append(time.perf_counter() - start)
+    start = time.perf_counter(); pixelate(tensor, inputs, *told); seconds.append(time.perf_counter() - start)
 print(json.dumps(seconds))
-"""
+""".replace("CHROMA", repr(TIMING_CHROMA_SUBSAMPLING))
 
 
 def time_runner(runner: Runner, image: np.ndarray, repeats: int) -> list[float]:

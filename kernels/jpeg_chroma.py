@@ -27,7 +27,7 @@ __all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "shift_chro
 
 # Added to the diagonal of each axis's normal equations: the chroma of a region that no pixel lies in (or of a
 # pattern finer than the chroma samples, which the model cannot see) comes out 0, that of the others unchanged
-# (their diagonal is at least a fraction of a pixel, times 1/16).
+# (their diagonal is at least 1/64, one pixel seen at the smallest weight).
 _RIDGE = 1e-9
 
 
@@ -158,12 +158,12 @@ def shift_chroma(rgb: Tensor, shift: Tensor) -> Tensor:
     return rgb + torch.stack([red, green, blue], 1)
 
 
-def _gram(regions: Tensor, weights: tuple[float, ...], count: int, dtype: torch.dtype) -> Tensor:
-    """``M^T M`` of the sparse `_axis_operator` ``M``, :math:`(count, count)`."""
-    gram = torch.zeros(count, count, dtype=dtype, device=regions.device)
+def _gram(regions: Tensor, weights: tuple[float, ...], count: int) -> Tensor:
+    """``M^T M`` of the sparse `_axis_operator` ``M``, :math:`(count, count)` float64 (exact: multiples of 1/64)."""
+    gram = torch.zeros(count, count, dtype=torch.float64, device=regions.device)
     for first, first_weight in enumerate(weights):
         for second, second_weight in enumerate(weights):
-            products = torch.full((regions.shape[0],), first_weight * second_weight, dtype=dtype, device=regions.device)
+            products = torch.full((regions.shape[0],), first_weight * second_weight, dtype=torch.float64, device=regions.device)
             gram.index_put_((regions[:, first], regions[:, second]), products, accumulate=True)
     return gram
 
@@ -208,7 +208,7 @@ def region_chroma(
         projected = _gather_transpose(projected, axis_regions, weights, count, dim)
     cholesky = []
     for (_, _, count, _), (axis_regions, weights) in zip(axes, operators):
-        gram = _gram(axis_regions, weights, count, torch.float64)
+        gram = _gram(axis_regions, weights, count)
         gram.diagonal().add_(_RIDGE)
         cholesky.append(torch.linalg.cholesky(gram))
     return torch.cholesky_solve(torch.cholesky_solve(projected, cholesky[0]).mT, cholesky[1]).mT

@@ -321,7 +321,6 @@ class UnbledCells:
 def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> UnbledCells:
     """`UnbledCells` of `image`, the decoded JPEG whose chroma was subsampled by `factors`, on `grid` (snapped).
     The cells cut by the image's edges are solved for too, each side as one region, and dropped."""
-    rgb = image[:, :3].float()
 
     def regions(length: int, start: float, cells: int, period: float) -> torch.Tensor:
         centres = torch.arange(length, device=image.device, dtype=torch.float64) + 0.5
@@ -333,7 +332,7 @@ def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> U
     regions_rgb = region_chroma(image[:, :3], row_regions, column_regions, (rows + 2, columns + 2), factors)
     chroma = srgb_to_ycbcr(regions_rgb)[:, 1:].float()
     bleed = region_bleed(chroma, row_regions, column_regions, factors)
-    unbled = torch.cat([shift_chroma(rgb, -bleed).clamp_(0, 255).round_().to(torch.uint8), image[:, 3:]], 1)
+    unbled = torch.cat([shift_chroma(image[:, :3].float(), -bleed).clamp_(0, 255).round_().to(torch.uint8), image[:, 3:]], 1)
     return UnbledCells(chroma[..., 1:-1, 1:-1], cells_image(unbled, grid, True))
 
 
