@@ -65,8 +65,9 @@ def _upsample(samples: Tensor, dim: int) -> Tensor:
     return torch.stack([0.75 * samples + 0.25 * before, 0.75 * samples + 0.25 * after], dim + 1).flatten(dim, dim + 1)
 
 
-def _padded(length: int, factor: int) -> int:
-    return -(-length // factor) * factor
+def _edge_filled(length: int, factor: int, device: torch.device) -> Tensor:
+    """The pixel each position of an axis padded to a multiple of `factor` takes: the encoder repeats the last."""
+    return torch.arange(-(-length // factor) * factor, device=device).clamp(max=length - 1)
 
 
 def jpeg_chroma_roundtrip(chroma: Tensor, factors: tuple[int, int]) -> Tensor:
@@ -82,8 +83,7 @@ def jpeg_chroma_roundtrip(chroma: Tensor, factors: tuple[int, int]) -> Tensor:
     """
     _check_factors(factors)
     height, width = chroma.shape[-2:]
-    rows = _clamped(_padded(height, factors[0]), 0, chroma.device).clamp(max=height - 1)
-    columns = _clamped(_padded(width, factors[1]), 0, chroma.device).clamp(max=width - 1)
+    rows, columns = _edge_filled(height, factors[0], chroma.device), _edge_filled(width, factors[1], chroma.device)
     samples = F.avg_pool2d(chroma.index_select(-2, rows).index_select(-1, columns), factors)
     for dim, factor in ((-2, factors[0]), (-1, factors[1])):
         if factor == 2:
@@ -101,7 +101,7 @@ def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, tuple[float, ...
         return index.unsqueeze(1), (1.0,)
     # sample j averages pixels 2j and 2j + 1 (the last pixel repeated past the edge); pixel i shows 3/4 of its
     # own sample i // 2 and 1/4 of the one before (even i) or after (odd i), the edge samples repeated
-    filled = index.index_select(0, _clamped(_padded(length, 2), 0, index.device).clamp(max=length - 1))
+    filled = index.index_select(0, _edge_filled(length, 2, index.device))
     samples = filled.numel() // 2
     own = torch.arange(length, device=index.device) // 2
     other = (own + torch.where(torch.arange(length, device=index.device) % 2 == 0, -1, 1)).clamp(0, samples - 1)

@@ -71,9 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> RawImage:
         image.seek(0)
         image.load()
         raw = _to_raw(ImageOps.exif_transpose(image))
-        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:  # a turned image's chroma blocks lie differently
-            raw = dataclasses.replace(raw, chroma_subsampling=_jpeg_chroma_subsampling(image))
-        return raw
+        return dataclasses.replace(raw, chroma_subsampling=_jpeg_chroma_subsampling(image))
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -193,6 +191,8 @@ def _jpeg_chroma_subsampling(image: Image.Image) -> tuple[int, int]:
     if image.format not in ("JPEG", "MPO") or image.mode != "RGB" or not layers or len(layers) != 3:
         return (1, 1)
     if image.info.get("adobe_transform") == 0:  # stored as RGB, not YCbCr
+        return (1, 1)
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # turned: its chroma blocks lie differently
         return (1, 1)
     (_, luma_h, luma_v, _), (_, cb_h, cb_v, _), (_, cr_h, cr_v, _) = layers
     if (cb_h, cb_v) != (cr_h, cr_v) or luma_v % cb_v or luma_h % cb_h:
