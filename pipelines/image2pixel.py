@@ -31,6 +31,9 @@ with better detectors and deterministic output:
    cell's one-pixel border ring, and on a clean upscale the interior has the cell's colour anyway. On a
    degraded upscale `dominant` and `mode` take the palette colour nearest the interior's median instead of a
    pixel vote, which chroma bleed from neighbours can win (`dominant_color_threshold` then has no effect).
+   On a chroma-subsampled JPEG, cells of 4-7 px whose colour is only a neighbour's chroma bled into another
+   colour of the palette (the same luma, chroma moved towards the neighbour's) take that colour
+   (`merge_bled_shades`).
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -100,6 +103,7 @@ from kernels.pixel_palette import (
     cell_spreads,
     edge_cells,
     map_to_palette,
+    merge_bled_shades,
     merge_similar_colors,
     unique_colors,
     wu_palette,
@@ -451,6 +455,11 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput, chroma_subsampling: 
         native = downscale_cells(image, grid.scale, inputs.downscale_method, inputs.dominant_color_threshold)
     if palette is not None:
         native = map_to_palette(native, palette)
+    subsampled = chroma_subsampling != (1, 1)
+    if palette_source == "merged" and subsampled and CHROMA_MODEL_MIN_SCALE <= grid.scale < BLEED_REACH:
+        # Coarse chroma quantisation spreads bleed further than the model of step 5; in larger cells it does not
+        # reach the sampled interiors.
+        native = merge_bled_shades(native)
     # 7-8. Background, jaggies, borders.
     if inputs.transparent_background:
         native = fill_background(native, inputs.background_mode, inputs.background_tolerance)

@@ -444,6 +444,17 @@ def test_real_art_cells_under_4_2_0_take_the_chroma_model(name, scale, start, at
     assert result.chroma_model and cell_accuracy(result, case) >= at_least
 
 
+@pytest.mark.parametrize("name, start", [("nethack-cells", (1, 2)), ("trident-terrain", (3, 1))])
+def test_real_art_shades_bled_into_4_px_cells_go_back_to_their_colour(name, start):
+    """The chroma model does not see the quantisation of a q85 4:2:0 JPEG, which leaves a tint on the 4 px cells at
+    a strong chroma edge: NetHack's whites beside teal came back as a 13th colour of 12, Trident's terrain as a
+    12th of 11 (`merge_bled_shades`)."""
+    case = pixel_art.degraded(name, 4, start, "jpeg85-420")
+    result = pixelate_case(case)
+    assert len(result.palette) == case.colours
+    assert cell_accuracy(result, case) >= 0.99
+
+
 def test_the_chroma_model_leaves_cells_under_4_px_and_other_files_alone():
     small = pixel_art.degraded("trident-ships", 3, (1, 2), "jpeg75-420")
     assert not pixelate_case(small).chroma_model
