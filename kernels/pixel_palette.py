@@ -569,15 +569,16 @@ def merge_bled_shades(cells: Tensor) -> Tensor:
     counts = torch.bincount(index.flatten(), minlength=shades).double()
     rows, columns = index.shape
     padded = F.pad(index.unsqueeze(0), (1, 1, 1, 1), mode="replicate")[0]
-    cell = torch.arange(rows * columns, device=cells.device).view(rows, columns)
-    # (cell, neighbouring shade) pairs, each once however many of the cell's 8 neighbours have that shade
-    pairs = torch.cat([
-        (cell * shades + padded[dy : dy + rows, dx : dx + columns]).flatten() for dy in (0, 1, 2) for dx in (0, 1, 2)
-    ]).unique()
+    neighbours = [padded[dy : dy + rows, dx : dx + columns] for dy in (0, 1, 2) for dx in (0, 1, 2)]
     touching = torch.zeros(shades, shades, dtype=torch.float64, device=cells.device)
-    touching.index_put_(
-        (index.flatten()[pairs // shades], pairs % shades), torch.ones_like(pairs, dtype=torch.float64), accumulate=True
-    )
+    for order, neighbour in enumerate(neighbours):
+        # each (cell, shade) pair once, however many of the cell's neighbours have the shade
+        unseen = torch.ones_like(neighbour, dtype=torch.bool)
+        for earlier in neighbours[:order]:
+            unseen &= neighbour != earlier
+        # sums of ones: exact, so CUDA's unordered atomic adds give the same counts
+        pair = (index[unseen], neighbour[unseen])
+        touching.index_put_(pair, torch.ones_like(pair[0], dtype=torch.float64), accumulate=True)
     touching /= counts.unsqueeze(1)
     colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).clamp_min(0).double()
     ycc = srgb_to_ycbcr(colours.T.reshape(1, 3, shades, 1))[0, :, :, 0].T  # (K, 3)
