@@ -86,6 +86,11 @@ def _packed(rgb: Tensor) -> Tensor:
     return (rgb[..., 0, :, :] << 16) | (rgb[..., 1, :, :] << 8) | rgb[..., 2, :, :]
 
 
+def _unpacked(keys: Tensor) -> Tensor:
+    """The inverse of `_packed` for a list: ``(N,)`` int64 ``0xRRGGBB`` -> ``(N, 3)`` int64."""
+    return torch.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], 1)
+
+
 def unique_colors(image: Tensor) -> list[Tensor]:
     r"""The distinct colours of each sample's opaque pixels, sorted by ``0xRRGGBB``.
 
@@ -109,7 +114,7 @@ def unique_colors(image: Tensor) -> list[Tensor]:
     colours = []
     for sample_keys, sample_opaque in zip(keys, opaque):
         distinct = torch.unique(sample_keys[sample_opaque])
-        colours.append(torch.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], 1).to(torch.uint8))
+        colours.append(_unpacked(distinct).to(torch.uint8))
     return colours
 
 
@@ -138,7 +143,7 @@ def map_to_palette(image: Tensor, palette: Tensor) -> Tensor:
     opaque = image[:, 3] >= 128
     keys = _packed(image[:, :3])
     distinct, inverse = torch.unique(keys, return_inverse=True)
-    colours = torch.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], 1).int()
+    colours = _unpacked(distinct).int()
     entries = palette.to(image.device).int()
     # channel by channel: a reduction over a last dimension of 3 is slow on many colours
     nearest = torch.cat(
@@ -577,10 +582,10 @@ def merge_bled_shades(cells: Tensor) -> Tensor:
         for earlier in neighbours[:order]:
             unseen &= neighbour != earlier
         # sums of ones: exact, so CUDA's unordered atomic adds give the same counts
-        pair = (index[unseen], neighbour[unseen])
-        touching.index_put_(pair, torch.ones_like(pair[0], dtype=torch.float64), accumulate=True)
+        touched = (index[unseen], neighbour[unseen])
+        touching.index_put_(touched, torch.ones_like(touched[0], dtype=torch.float64), accumulate=True)
     touching /= counts.unsqueeze(1)
-    colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).clamp_min(0).double()
+    colours = _unpacked(keys.clamp_min(0)).double()
     ycc = srgb_to_ycbcr(colours.T.reshape(1, 3, shades, 1))[0, :, :, 0].T  # (K, 3)
     edge = (ycc[:, 1:].unsqueeze(0) - ycc[:, 1:].unsqueeze(1)).norm(dim=-1)  # (p, q)
     possible = (
@@ -602,10 +607,10 @@ def merge_bled_shades(cells: Tensor) -> Tensor:
     best.scatter_reduce_(0, shade, closest, "amin")
     # the closest explanation; ties to the lower source, then the lower neighbour
     tied = closest == best[shade]
-    pair = torch.full((shades,), shades * shades, device=cells.device).scatter_reduce_(
+    explanation = torch.full((shades,), shades * shades, device=cells.device).scatter_reduce_(
         0, shade[tied], (source * shades + towards)[tied], "amin"
     )
-    target = torch.where(best < torch.inf, pair // shades, every)
+    target = torch.where(best < torch.inf, explanation // shades, every)
     # Sources have at least twice their shades' cells, so following them ends; log2(K) steps reach every end.
     for _ in range(max(1, shades.bit_length())):
         target = target[target]
