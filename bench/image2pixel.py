@@ -58,11 +58,12 @@ from bench.pixel_art_set import (
     missing_packages,
     upscale,
 )
-from testkit.degradations import jpeg
+from testkit.degradations import jpeg, jpeg_quantization
 
 TIMING_REPEATS = 3
-# the pixels and the chroma subsampling the server's decoder reports for the file (`RawImage.chroma_subsampling`)
-Runner = Callable[[np.ndarray, tuple[int, int]], tuple[int, np.ndarray]]
+# the pixels, and what the server's decoder reports of the file: `RawImage.chroma_subsampling` and
+# `RawImage.jpeg_quantization`
+Runner = Callable[[np.ndarray, tuple[int, int], np.ndarray | None], tuple[int, np.ndarray]]
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -111,10 +112,13 @@ def kiln_runner(device: torch.device) -> Runner:
     """Kiln's `pixelate` on ``device``: the image goes there, the result comes back to the host."""
     from pipelines.image2pixel import Image2PixelInput, pixelate
 
-    def run(image: np.ndarray, chroma_subsampling: tuple[int, int]) -> tuple[int, np.ndarray]:
+    def run(
+        image: np.ndarray, chroma_subsampling: tuple[int, int], quantization: np.ndarray | None
+    ) -> tuple[int, np.ndarray]:
         rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
         tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
-        result = pixelate(tensor, Image2PixelInput(image_url="bench"), chroma_subsampling)
+        tables = None if quantization is None else torch.from_numpy(np.array(quantization)).to(device)
+        result = pixelate(tensor, Image2PixelInput(image_url="bench"), chroma_subsampling, tables)
         return result.grid.scale, result.native.permute(1, 2, 0).cpu().numpy()
 
     return run
@@ -128,7 +132,7 @@ def reference_runner() -> tuple[Runner | None, str]:
         return None, f"unfake is not installed ({error}); pip install unfake==1.0.7"
     logging.getLogger("unfake.py").setLevel(logging.ERROR)
 
-    def run(image: np.ndarray, chroma_subsampling: tuple[int, int]) -> tuple[int, np.ndarray]:
+    def run(image: np.ndarray, *_file) -> tuple[int, np.ndarray]:
         result = asyncio.run(process_image(Image.fromarray(image), max_colors=32, background_mode="corners"))
         scale = result["manifest"].processing_steps["scale_detection"]["detected_scale"]
         return int(scale), np.asarray(result["image"].convert("RGBA"))
@@ -170,7 +174,8 @@ class Tally:
 
 
 def evaluate(runner: Runner, case) -> dict:
-    scale, native = runner(case.image, case.degradation.chroma_subsampling)
+    degradation = case.degradation
+    scale, native = runner(case.image, degradation.chroma_subsampling, degradation.jpeg_quantization)
     opaque = native[..., 3] >= 128 if native.shape[-1] == 4 else np.ones(native.shape[:2], bool)
     colours = len(np.unique(native[..., :3][opaque].reshape(-1, 3), axis=0))
     return {
@@ -228,7 +233,8 @@ def _order(key: str) -> tuple:
 # -- timing --------------------------------------------------------------------------------------------------
 
 
-TIMING_CHROMA_SUBSAMPLING = (2, 2)  # `timing_images` are 4:2:0 JPEGs
+# `timing_images` are 4:2:0 JPEGs at quality 75
+TIMING_FILE = ((2, 2), jpeg_quantization(75, "420"))
 
 
 def timing_images(saved: Path | None) -> list[tuple[str, np.ndarray]]:
@@ -253,7 +259,7 @@ def timing_images(saved: Path | None) -> list[tuple[str, np.ndarray]]:
     return images
 
 
-# a tree from before `pixelate` took the file's chroma subsampling runs without it
+# a tree from before `pixelate` took what the decoder reads of the file runs without it
 TIMING_SNIPPET = """
 import inspect, sys, time, json, numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
@@ -262,21 +268,22 @@ image = np.load(sys.argv[2])
 rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
 tensor = torch.from_numpy(rgba).permute(2, 0, 1)[None]
 inputs = Image2PixelInput(image_url="bench")
-told = (CHROMA,) if "chroma_subsampling" in inspect.signature(pixelate).parameters else ()
+parameters = inspect.signature(pixelate).parameters
+told = (CHROMA, torch.tensor(TABLES))[: ("chroma_subsampling" in parameters) + ("jpeg_quantization" in parameters)]
 pixelate(tensor, inputs, *told)
 seconds = []
 for _ in range(int(sys.argv[3])):
     start = time.perf_counter(); pixelate(tensor, inputs, *told); seconds.append(time.perf_counter() - start)
 print(json.dumps(seconds))
-""".replace("CHROMA", repr(TIMING_CHROMA_SUBSAMPLING))
+""".replace("CHROMA", repr(TIMING_FILE[0])).replace("TABLES", repr(TIMING_FILE[1].tolist()))
 
 
 def time_runner(runner: Runner, image: np.ndarray, repeats: int) -> list[float]:
-    runner(image, TIMING_CHROMA_SUBSAMPLING)  # warm-up: first-call costs are not per image
+    runner(image, *TIMING_FILE)  # warm-up: first-call costs are not per image
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        runner(image, TIMING_CHROMA_SUBSAMPLING)
+        runner(image, *TIMING_FILE)
         seconds.append(time.perf_counter() - start)
     return seconds
 

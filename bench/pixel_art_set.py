@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from testkit.degradations import blur, count_colours, jpeg, resample
+from testkit.degradations import blur, count_colours, jpeg, jpeg_quantization, resample
 
 __all__ = ["DEGRADATIONS", "SCALES", "SOURCES", "Case", "Source", "build_cases", "describe", "missing_packages"]
 
@@ -154,12 +154,18 @@ class Degradation:
     family: str  # offset, jpeg, blur, resample, combined
     factor: float  # the resampling factor (1 when none): true cells are scale * factor pixels
     apply: Callable[[np.ndarray], np.ndarray]
-    # how the file stored chroma, as the server's decoder reports it (`RawImage.chroma_subsampling`): (2, 2) when
-    # the last step is a 4:2:0 JPEG
-    chroma_subsampling: tuple[int, int] = (1, 1)
+    # (quality, chroma) when the last step is a JPEG: what the server's decoder reads of the file
+    last_jpeg: tuple[int, str] | None = None
 
+    @property
+    def chroma_subsampling(self) -> tuple[int, int]:
+        """`RawImage.chroma_subsampling` of the file: (2, 2) when the last step is a 4:2:0 JPEG."""
+        return (2, 2) if self.last_jpeg is not None and self.last_jpeg[1] == "420" else (1, 1)
 
-FOUR_TWO_ZERO = (2, 2)
+    @property
+    def jpeg_quantization(self) -> np.ndarray | None:
+        """`RawImage.jpeg_quantization` of the file: the tables of its last step when that is a JPEG."""
+        return None if self.last_jpeg is None else jpeg_quantization(*self.last_jpeg)
 
 
 def _degradations() -> dict[str, Degradation]:
@@ -169,7 +175,7 @@ def _degradations() -> dict[str, Degradation]:
             table.append(
                 Degradation(
                     f"jpeg q{quality} {chroma}", "jpeg", 1.0, lambda i, q=quality, c=chroma: jpeg(i, q, c),
-                    FOUR_TWO_ZERO if chroma == "420" else (1, 1),
+                    (quality, chroma),
                 )
             )
     for sigma in (0.5, 1.0):
@@ -179,13 +185,14 @@ def _degradations() -> dict[str, Degradation]:
     table += [
         Degradation(
             "resample x0.98 + jpeg q85 420", "combined", 0.98, lambda i: jpeg(resample(i, 0.98), 85, "420"),
-            FOUR_TWO_ZERO,
+            (85, "420"),
         ),
         Degradation(
-            "resample x1.02 + jpeg q75 444", "combined", 1.02, lambda i: jpeg(resample(i, 1.02), 75, "444")
+            "resample x1.02 + jpeg q75 444", "combined", 1.02, lambda i: jpeg(resample(i, 1.02), 75, "444"),
+            (75, "444"),
         ),
         Degradation(
-            "blur 0.6 + jpeg q80 420", "combined", 1.0, lambda i: jpeg(blur(i, 0.6), 80, "420"), FOUR_TWO_ZERO
+            "blur 0.6 + jpeg q80 420", "combined", 1.0, lambda i: jpeg(blur(i, 0.6), 80, "420"), (80, "420")
         ),
         Degradation("resample x1.03 + blur 0.5", "combined", 1.03, lambda i: blur(resample(i, 1.03), 0.5)),
         Degradation(
@@ -193,7 +200,7 @@ def _degradations() -> dict[str, Degradation]:
             "combined",
             0.97,
             lambda i: jpeg(resample(i, 0.97, Image.BICUBIC), 90, "420"),
-            FOUR_TWO_ZERO,
+            (90, "420"),
         ),
     ]
     return {degradation.name: degradation for degradation in table}

@@ -22,11 +22,13 @@ __all__ = [
     "correlate",
     "gaussian_taps",
     "luma",
+    "packed_rgb",
     "pairwise_sum",
     "per_sample",
     "reflect_pad",
     "sample_mean",
     "separable_filter",
+    "unpacked_rgb",
     "upcast",
 ]
 
@@ -82,6 +84,17 @@ def per_sample(value: float | Tensor, image: Tensor, name: str) -> Tensor:
 def luma(image: Tensor, weights: tuple[float, float, float]) -> Tensor:
     """Weighted sum of the R, G, B planes of ``(B, 3, H, W)`` as ``(B, 1, H, W)``."""
     return image[:, 0:1] * weights[0] + image[:, 1:2] * weights[1] + image[:, 2:3] * weights[2]
+
+
+def packed_rgb(rgb: Tensor) -> Tensor:
+    """``(..., 3, H, W)`` integer colours -> ``(..., H, W)`` int64 ``0xRRGGBB``: one key a colour, in colour order."""
+    rgb = rgb.long()
+    return (rgb[..., 0, :, :] << 16) | (rgb[..., 1, :, :] << 8) | rgb[..., 2, :, :]
+
+
+def unpacked_rgb(keys: Tensor) -> Tensor:
+    """The inverse of `packed_rgb`, the channels at dim 1: ``(N,)`` -> ``(N, 3)``, ``(B, H, W)`` -> ``(B, 3, H, W)``."""
+    return torch.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], 1)
 
 
 def pairwise_sum(values: Tensor) -> Tensor:

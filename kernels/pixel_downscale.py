@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._utils import check_choice, check_int
+from kernels._utils import check_choice, check_int, packed_rgb, unpacked_rgb
 
 __all__ = [
     "DOWNSCALE_METHODS",
@@ -70,15 +70,6 @@ def _finish(rgb: Tensor, cell_opaque: Tensor) -> Tensor:
     return torch.cat([rgb.to(torch.uint8), alpha], 1) * cell_opaque.unsqueeze(1)
 
 
-def _packed(image: Tensor) -> Tensor:
-    rgb = image[:, :3].long()
-    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-
-
-def _unpacked(keys: Tensor) -> Tensor:
-    return torch.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], 1)
-
-
 def _interiors(image: Tensor, scale: int) -> tuple[Tensor, int]:
     """Each cell less its one-pixel border ring, as an image of ``(s-2) x (s-2)`` cells; unchanged below 3 px."""
     if scale < 3:
@@ -107,7 +98,7 @@ def _vote(image: Tensor, scale: int, statistic: Callable[[Tensor, int], Tensor])
 def _most_common(image: Tensor, scale: int) -> tuple[Tensor, Tensor, Tensor]:
     """Each cell's most frequent opaque colour (ties: lowest 0xRRGGBB), its count and the opaque count."""
     opaque, count, _ = _opaque_cells(image, scale)
-    keys = _cells(_packed(image).unsqueeze(1), scale)[:, 0]
+    keys = _cells(packed_rgb(image[:, :3]).unsqueeze(1), scale)[:, 0]
     keys = torch.where(opaque, keys, _TRANSPARENT_KEY).sort(-1).values
     # Length of the run of equal keys ending at each sorted position; argmax takes the first maximum, which is the
     # end of the lowest key's run among the most frequent ones.
@@ -122,13 +113,13 @@ def _most_common(image: Tensor, scale: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _mode_colours(image: Tensor, scale: int) -> Tensor:
-    return _unpacked(_most_common(image, scale)[0])
+    return unpacked_rgb(_most_common(image, scale)[0])
 
 
 def _dominant_colours(image: Tensor, scale: int, threshold: float) -> Tensor:
     best_key, best_count, count = _most_common(image, scale)
     dominant = best_count.double() >= threshold * count.double()
-    return torch.where(dominant.unsqueeze(1), _unpacked(best_key), _mean_colours(image, scale))
+    return torch.where(dominant.unsqueeze(1), unpacked_rgb(best_key), _mean_colours(image, scale))
 
 
 def _mean_colours(image: Tensor, scale: int) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._utils import check_int
+from kernels._utils import check_int, packed_rgb, unpacked_rgb
 from kernels.jpeg_chroma import srgb_to_ycbcr, ycbcr_to_srgb
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "edge_cells",
     "estimate_color_count",
     "map_to_palette",
-    "merge_bled_shades",
     "merge_similar_colors",
     "srgb_to_lab",
     "unique_colors",
@@ -80,17 +79,6 @@ def _check_palette(palette: Tensor) -> None:
         raise ValueError(f"`palette` must be a non-empty (K, 3) tensor, got {got}")
 
 
-def _packed(rgb: Tensor) -> Tensor:
-    """``(..., 3, H, W)`` -> ``(..., H, W)`` int64 ``0xRRGGBB``."""
-    rgb = rgb.long()
-    return (rgb[..., 0, :, :] << 16) | (rgb[..., 1, :, :] << 8) | rgb[..., 2, :, :]
-
-
-def _unpacked(keys: Tensor) -> Tensor:
-    """The inverse of `_packed` for a list: ``(N,)`` int64 ``0xRRGGBB`` -> ``(N, 3)`` int64."""
-    return torch.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], 1)
-
-
 def unique_colors(image: Tensor) -> list[Tensor]:
     r"""The distinct colours of each sample's opaque pixels, sorted by ``0xRRGGBB``.
 
@@ -109,12 +97,12 @@ def unique_colors(image: Tensor) -> list[Tensor]:
         [[1, 2, 3], [9, 8, 7]]
     """
     _check_rgba(image)
-    keys = _packed(image[:, :3])
+    keys = packed_rgb(image[:, :3])
     opaque = image[:, 3] >= 128
     colours = []
     for sample_keys, sample_opaque in zip(keys, opaque):
         distinct = torch.unique(sample_keys[sample_opaque])
-        colours.append(_unpacked(distinct).to(torch.uint8))
+        colours.append(unpacked_rgb(distinct).to(torch.uint8))
     return colours
 
 
@@ -141,9 +129,9 @@ def map_to_palette(image: Tensor, palette: Tensor) -> Tensor:
     _check_rgba(image)
     _check_palette(palette)
     opaque = image[:, 3] >= 128
-    keys = _packed(image[:, :3])
+    keys = packed_rgb(image[:, :3])
     distinct, inverse = torch.unique(keys, return_inverse=True)
-    colours = _unpacked(distinct).int()
+    colours = unpacked_rgb(distinct).int()
     entries = palette.to(image.device).int()
     # channel by channel: a reduction over a last dimension of 3 is slow on many colours
     nearest = torch.cat(
@@ -509,128 +497,6 @@ def edge_cells(cells: Tensor, distance: float) -> Tensor:
             shift = _delta_e94(srgb_to_lab(tinted.permute(0, 2, 3, 1)), lab.narrow(axis, own, size))
             edge.narrow(axis, own, size).logical_or_(far | (both & (shift > distance)))
     return edge
-
-
-# `merge_bled_shades`: a shade is bled when it is a colour's luma with its chroma moved towards a neighbour's, within
-# JPEG's noise: luma within this much and chroma this near (YCbCr levels, 0-255), the chroma moved by this share of
-# the way at most and by this many levels at least (less is noise). The share is tried in `_BLED_STEPS` steps. A
-# cell keeps most of its own chroma once the model of `jpeg_chroma` has taken out what subsampling explains; at 0.8
-# a texture's real dark red beside a brighter red read as a bled grey.
-_BLED_LUMA = 1.5
-_BLED_CHROMA = 3.0
-_BLED_MOST_SHARE = 0.6
-_BLED_LEAST_SHIFT = 4.0
-_BLED_STEPS = 21
-# ...only across a strong chroma edge (the two colours' chroma this many levels apart), for a shade whose cells
-# nearly all touch the neighbour, and that has at most this share of the cells of the colour it is bled from
-# (bleed tints a border of a region, not the region).
-_BLED_EDGE = 15.0
-_BLED_TOUCHING = 0.8
-_BLED_SHARE_OF_SOURCE = 0.5
-# Candidate (shade, source, neighbour) triples measured at a time: about 2 KB each.
-_TRIPLES_AT_ONCE = 1 << 14
-
-
-def merge_bled_shades(cells: Tensor) -> Tensor:
-    r"""Give each shade that JPEG's chroma subsampling bled into the cells along a colour boundary the colour it was
-    bled from.
-
-    With 4:2:0 or 4:2:2 a cell of a few pixels takes part of its neighbour's chroma and keeps its own luma (which
-    is not subsampled), so a white beside teal comes out as a teal-tinted white of its own whenever the tint is
-    larger than the noise a palette merge allows for. Such a shade ``e`` goes back to colour ``p`` when, for a
-    colour ``q``: almost all of ``e``'s cells touch a ``q`` cell (8-neighbourhood), ``p`` and ``q`` are a strong
-    chroma edge, ``e`` has at most half as many cells as ``p``, and ``e`` is (within JPEG's noise) ``p``'s luma
-    with chroma moved part of the way towards ``q``'s (rendered in YCbCr, clamped to sRGB as the decoder does).
-    Shades that differ in luma (ramps), or by little chroma (textures of near shades), are never bled ones. Of
-    several explanations the closest wins, ties to the lower colours; a colour that is itself bled passes its cells
-    on to its own source.
-
-    Args:
-        cells: RGBA uint8 :math:`(1, 4, h, w)`, one palette colour per cell; cells with alpha under 128 are
-            transparent and not touched.
-
-    Returns:
-        ``cells`` with the bled shades' cells recoloured, same shape and dtype.
-
-    Example:
-        >>> import torch
-        >>> cells = torch.full((1, 4, 4, 6), 255, dtype=torch.uint8)
-        >>> cells[0, :3, :, 3:] = torch.tensor([71, 108, 108]).view(3, 1, 1)  # teal on the right
-        >>> cells[0, :3, :, 2] = torch.tensor([246, 254, 254]).view(3, 1)  # white tinted by it at the boundary
-        >>> merge_bled_shades(cells)[0, :3, 0].T.tolist()
-        [[255, 255, 255], [255, 255, 255], [255, 255, 255], [71, 108, 108], [71, 108, 108], [71, 108, 108]]
-    """
-    _check_rgba(cells)
-    if cells.shape[0] != 1:
-        raise ValueError(f"`cells` must hold one image, got a batch of {cells.shape[0]}")
-    opaque = cells[0, 3] >= 128
-    key = torch.where(opaque, _packed(cells[0, :3]), -1)
-    keys, index = torch.unique(key, return_inverse=True)
-    shades = int(keys.shape[0])
-    # Transparent cells are index 0 (key -1) when there are any, and take part in nothing.
-    first = 1 if bool(keys[0] < 0) else 0
-    if shades - first < 3:
-        return cells
-    counts = torch.bincount(index.flatten(), minlength=shades).double()
-    rows, columns = index.shape
-    padded = F.pad(index.unsqueeze(0), (1, 1, 1, 1), mode="replicate")[0]
-    neighbours = [padded[dy : dy + rows, dx : dx + columns] for dy in (0, 1, 2) for dx in (0, 1, 2)]
-    touching = torch.zeros(shades, shades, dtype=torch.float64, device=cells.device)
-    for order, neighbour in enumerate(neighbours):
-        # each (cell, shade) pair once, however many of the cell's neighbours have the shade
-        unseen = torch.ones_like(neighbour, dtype=torch.bool)
-        for earlier in neighbours[:order]:
-            unseen &= neighbour != earlier
-        # sums of ones: exact, so CUDA's unordered atomic adds give the same counts
-        touched = (index[unseen], neighbour[unseen])
-        touching.index_put_(touched, torch.ones_like(touched[0], dtype=torch.float64), accumulate=True)
-    touching /= counts.unsqueeze(1)
-    colours = _unpacked(keys.clamp_min(0)).double()
-    ycc = srgb_to_ycbcr(colours.T.reshape(1, 3, shades, 1))[0, :, :, 0].T  # (K, 3)
-    edge = (ycc[:, 1:].unsqueeze(0) - ycc[:, 1:].unsqueeze(1)).norm(dim=-1)  # (p, q)
-    possible = (
-        (touching.unsqueeze(1) >= _BLED_TOUCHING)
-        & (counts.view(-1, 1, 1) <= _BLED_SHARE_OF_SOURCE * counts.view(1, -1, 1))
-        & (edge >= _BLED_EDGE).unsqueeze(0)
-    )  # (e, p, q)
-    every = torch.arange(shades, device=cells.device)
-    possible[:first] = possible[:, :first] = possible[:, :, :first] = False
-    possible[every, :, every] = possible[:, every, every] = False  # e != q, p != q; e != p follows from the counts
-    share = torch.linspace(0, _BLED_MOST_SHARE, _BLED_STEPS, dtype=torch.float64, device=cells.device).unsqueeze(1)
-    triples = possible.nonzero()
-    closest = torch.cat([torch.zeros(0, dtype=torch.float64, device=cells.device)] + [
-        _bled_distance(ycc, *chunk.unbind(1), share) for chunk in triples.split(_TRIPLES_AT_ONCE)
-    ])
-    shade, source, towards = triples[closest < torch.inf].unbind(1)
-    closest = closest[closest < torch.inf]
-    best = torch.full((shades,), torch.inf, dtype=torch.float64, device=cells.device)
-    best.scatter_reduce_(0, shade, closest, "amin")
-    # the closest explanation; ties to the lower source, then the lower neighbour
-    tied = closest == best[shade]
-    explanation = torch.full((shades,), shades * shades, device=cells.device).scatter_reduce_(
-        0, shade[tied], (source * shades + towards)[tied], "amin"
-    )
-    target = torch.where(best < torch.inf, explanation // shades, every)
-    # Sources have at least twice their shades' cells, so following them ends; log2(K) steps reach every end.
-    for _ in range(max(1, shades.bit_length())):
-        target = target[target]
-    recoloured = cells.clone()
-    recoloured[0, :3] = torch.where(opaque, colours[target].to(torch.uint8)[index].permute(2, 0, 1), cells[0, :3])
-    return recoloured
-
-
-def _bled_distance(ycc: Tensor, shade: Tensor, source: Tensor, towards: Tensor, share: Tensor) -> Tensor:
-    """For each triple, how far (YCbCr levels) ``shade`` is from the closest of ``source``'s luma with its chroma
-    moved by each of ``share`` (:math:`(T, 1)`) of the way towards ``towards``'s, rendered as a decoder would; inf
-    where none is within JPEG's noise or the move is too small to tell from it."""
-    edge = (ycc[towards, 1:] - ycc[source, 1:]).norm(dim=-1)
-    chroma = ycc[source, 1:] + share.unsqueeze(-1) * (ycc[towards, 1:] - ycc[source, 1:])  # (T, N, 2)
-    luma = ycc[source, :1].expand(chroma.shape[:-1] + (1,))
-    rendered = srgb_to_ycbcr(ycbcr_to_srgb(torch.cat([luma, chroma], -1).permute(2, 0, 1).unsqueeze(0)).round())[0]
-    luma_off = (rendered[0] - ycc[shade, 0]).abs()
-    chroma_off = (rendered[1:] - ycc[shade, 1:].T.unsqueeze(1)).norm(dim=0)
-    fits = (luma_off <= _BLED_LUMA) & (chroma_off <= _BLED_CHROMA) & (share * edge >= _BLED_LEAST_SHIFT)
-    return torch.where(fits, luma_off + chroma_off, torch.inf).amin(0)
 
 
 def merge_similar_colors(

@@ -120,12 +120,15 @@ class RawImage:
     Kept as integers so the conversion to float happens on the device that runs the pipeline.
     `chroma_subsampling` is how the file stored colour against brightness, ``(vertical, horizontal)``: (2, 2)
     for a 4:2:0 JPEG, (1, 2) for 4:2:2, (1, 1) for everything else (the decoder has filled the gaps in by
-    interpolation, which a pipeline that measures colours exactly may want to undo).
+    interpolation, which a pipeline that measures colours exactly may want to undo). `jpeg_quantization` is a
+    YCbCr JPEG's quantisation steps, `(3, 8, 8)` integers for Y, Cb and Cr in row-major order (what the file's
+    rounding took away, for a pipeline that models it), and None for every other file.
     """
 
     pixels: torch.Tensor
     max_value: int
     chroma_subsampling: tuple[int, int] = (1, 1)
+    jpeg_quantization: torch.Tensor | None = None
 
     @property
     def height(self) -> int:

@@ -31,9 +31,10 @@ with better detectors and deterministic output:
    cell's one-pixel border ring, and on a clean upscale the interior has the cell's colour anyway. On a
    degraded upscale `dominant` and `mode` take the palette colour nearest the interior's median instead of a
    pixel vote, which chroma bleed from neighbours can win (`dominant_color_threshold` then has no effect).
-   On a chroma-subsampled JPEG, cells of 4-7 px whose colour is only a neighbour's chroma bled into another
-   colour of the palette (the same luma, chroma moved towards the neighbour's) take that colour
-   (`merge_bled_shades`).
+   On a JPEG, a shade the file does not need goes: painted as one of its two nearest colours with more cells,
+   the cells re-encoded with the file's own quantisation tables explain the file at least as well
+   (`kernels.pixel_jpeg`). That is what JPEG's rounding makes of small cells at an edge: ringing, and chroma
+   bled from the neighbour, which no colour statistic tells from the artist's own shades.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -99,11 +100,11 @@ from kernels.pixel_cleanup import (
     trim_box,
 )
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
+from kernels.pixel_jpeg import AxisSampling, axis_sampling, merge_unneeded_shades
 from kernels.pixel_palette import (
     cell_spreads,
     edge_cells,
     map_to_palette,
-    merge_bled_shades,
     merge_similar_colors,
     unique_colors,
     wu_palette,
@@ -209,6 +210,7 @@ class Item:
     inputs: Image2PixelInput
     image: torch.Tensor  # (4, H, W) uint8 RGBA on the host
     chroma_subsampling: tuple[int, int]  # the file's (`RawImage.chroma_subsampling`)
+    jpeg_quantization: torch.Tensor | None  # the file's (`RawImage.jpeg_quantization`)
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,14 @@ def lattice(image: torch.Tensor, grid: Grid, snap: bool) -> tuple[tuple[float, i
 
     (height, width), (period_y, period_x) = image.shape[-2:], grid.cell_size
     return axis(height, grid.offset_y, period_y), axis(width, grid.offset_x, period_x)
+
+
+def lattice_sampling(image: torch.Tensor, grid: Grid, snap: bool) -> list[AxisSampling]:
+    """Per axis (rows, then columns), which cells of `cells_image` each pixel of `image` shows."""
+    return [
+        axis_sampling(length, start, cells, period, grid.scale, image.device)
+        for length, (start, cells, period) in zip(image.shape[-2:], lattice(image, grid, snap))
+    ]
 
 
 @dataclass(frozen=True)
@@ -424,9 +434,14 @@ def merge_floor(scale: int) -> float:
     return MERGE_FLOOR_TIMES_SIDE / max(3, min(CELL_SAMPLES, scale - 2))
 
 
-def pixelate(image: torch.Tensor, inputs: Image2PixelInput, chroma_subsampling: tuple[int, int] = (1, 1)) -> Pixelated:
+def pixelate(
+    image: torch.Tensor,
+    inputs: Image2PixelInput,
+    chroma_subsampling: tuple[int, int] = (1, 1),
+    jpeg_quantization: torch.Tensor | None = None,
+) -> Pixelated:
     """Runs the whole endpoint on one `(1, 4, H, W)` uint8 RGBA image on its device (see the module docs);
-    `chroma_subsampling` is the decoded file's (`RawImage.chroma_subsampling`)."""
+    `chroma_subsampling` and `jpeg_quantization` are the decoded file's (`RawImage`)."""
     # 1. Binary alpha, hidden colours cleared.
     image = binarize_alpha(image, inputs.alpha_threshold)
     # 2-3. Grid, and the complete cells under it.
@@ -455,11 +470,11 @@ def pixelate(image: torch.Tensor, inputs: Image2PixelInput, chroma_subsampling: 
         native = downscale_cells(image, grid.scale, inputs.downscale_method, inputs.dominant_color_threshold)
     if palette is not None:
         native = map_to_palette(native, palette)
-    subsampled = chroma_subsampling != (1, 1)
-    if palette_source == "merged" and subsampled and CHROMA_MODEL_MIN_SCALE <= grid.scale < BLEED_REACH:
-        # Coarse chroma quantisation spreads bleed further than the model of step 5; in larger cells it does not
-        # reach the sampled interiors.
-        native = merge_bled_shades(native)
+    if palette_source == "merged" and jpeg_quantization is not None and bool((native[:, 3] >= 128).all()):
+        native = merge_unneeded_shades(
+            native, decoded, *lattice_sampling(decoded, grid, inputs.snap_grid),
+            jpeg_quantization.to(native.device), chroma_subsampling,
+        )
     # 7-8. Background, jaggies, borders.
     if inputs.transparent_background:
         native = fill_background(native, inputs.background_mode, inputs.background_tolerance)
@@ -495,12 +510,14 @@ class Image2PixelPipeline(Pipeline[Image2PixelInput, Item, Pixelated]):
                 f"`scale` is {inputs.scale}, larger than the image ({width}x{height}); use at most "
                 f"{min(width, height)}, or 0 to detect it",
             )
-        return Item(inputs, to_rgba8(raw), raw.chroma_subsampling)
+        return Item(inputs, to_rgba8(raw), raw.chroma_subsampling, raw.jpeg_quantization)
 
     def predict(self, items: Sequence[Item], requests: Sequence[RequestContext]) -> list[Pixelated]:
         results = []
         for item, request in zip(items, requests):
-            result = pixelate(item.image.to(self.device).unsqueeze(0), item.inputs, item.chroma_subsampling)
+            result = pixelate(
+                item.image.to(self.device).unsqueeze(0), item.inputs, item.chroma_subsampling, item.jpeg_quantization
+            )
             grid = result.grid
             request.add_provenance(
                 {

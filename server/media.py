@@ -71,7 +71,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> RawImage:
         image.seek(0)
         image.load()
         raw = _to_raw(ImageOps.exif_transpose(image))
-        return dataclasses.replace(raw, chroma_subsampling=_jpeg_chroma_subsampling(image))
+        factors, quantization = _jpeg_coding(image)
+        return dataclasses.replace(raw, chroma_subsampling=factors, jpeg_quantization=quantization)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -185,20 +186,24 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _jpeg_chroma_subsampling(image: Image.Image) -> tuple[int, int]:
-    """`RawImage.chroma_subsampling` of a YCbCr JPEG: the luma's sampling factors over the chroma's."""
+def _jpeg_coding(image: Image.Image) -> tuple[tuple[int, int], torch.Tensor | None]:
+    """`RawImage.chroma_subsampling` and `RawImage.jpeg_quantization` of a YCbCr JPEG (the luma's sampling factors
+    over the chroma's, and each component's table), or ``((1, 1), None)`` for a file they do not describe."""
     layers = getattr(image, "layer", None)  # (component id, horizontal, vertical, table) per component
     if image.format not in ("JPEG", "MPO") or image.mode != "RGB" or not layers or len(layers) != 3:
-        return (1, 1)
+        return (1, 1), None
     if image.info.get("adobe_transform") == 0:  # stored as RGB, not YCbCr
-        return (1, 1)
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # turned: its chroma blocks lie differently
-        return (1, 1)
+        return (1, 1), None
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # turned: its blocks lie differently
+        return (1, 1), None
     (_, luma_h, luma_v, _), (_, cb_h, cb_v, _), (_, cr_h, cr_v, _) = layers
     if (cb_h, cb_v) != (cr_h, cr_v) or luma_v % cb_v or luma_h % cb_h:
-        return (1, 1)
+        return (1, 1), None
     factors = (luma_v // cb_v, luma_h // cb_h)
-    return factors if max(factors) <= 2 else (1, 1)
+    tables = getattr(image, "quantization", None) or {}
+    if max(factors) > 2 or any(len(tables.get(table, ())) != 64 for *_, table in layers):
+        return (1, 1), None
+    return factors, torch.tensor([list(tables[table]) for *_, table in layers], dtype=torch.int32).view(3, 8, 8)
 
 
 def _to_raw(image: Image.Image) -> RawImage:

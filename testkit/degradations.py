@@ -4,6 +4,7 @@ the pixel-art tests and benchmark (NumPy `(H, W, 3)` uint8 in and out)."""
 from __future__ import annotations
 
 import io
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -17,6 +18,19 @@ def jpeg(image: np.ndarray, quality: int, subsampling: str | None = None) -> np.
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=quality, **options)
     return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+@cache
+def jpeg_quantization(quality: int, subsampling: str | None = None) -> np.ndarray:
+    """The quantisation tables `jpeg` stores at `quality`, as the file holds them: int32 `(3, 8, 8)` for Y, Cb and
+    Cr in row-major order (`RawImage.jpeg_quantization`)."""
+    options = {} if subsampling is None else {"subsampling": CHROMA_SUBSAMPLING[subsampling]}
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buffer, "JPEG", quality=quality, **options)
+    stored = Image.open(buffer)
+    tables = np.array([stored.quantization[table] for *_, table in stored.layer], dtype=np.int32).reshape(3, 8, 8)
+    tables.flags.writeable = False
+    return tables
 
 
 def blur(image: np.ndarray, sigma: float) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from kernels import pixel_palette
 from kernels.pixel_palette import (
@@ -13,7 +12,6 @@ from kernels.pixel_palette import (
     colour_distance,
     estimate_color_count,
     map_to_palette,
-    merge_bled_shades,
     merge_similar_colors,
     srgb_to_lab,
     unique_colors,
@@ -331,75 +329,3 @@ class TestCellSpreads:
         expected = float(colour_distance(lab[:1], lab[1:]))
         assert cell_spreads(image, cell, 4).item() == pytest.approx(expected / 3, rel=1e-3)
         assert cell_spreads(image, cell * 0, 4).item() == 0.0  # a transparent cell
-
-
-def bled(colour: tuple[int, int, int], into: tuple[int, int, int], share: float, luma: int = 0) -> list[int]:
-    """``colour`` with its chroma moved ``share`` of the way towards ``into``'s and its luma moved by ``luma``,
-    as JPEG's decoder (Pillow's own YCbCr conversion) shows it."""
-    def ycbcr(rgb):
-        return np.asarray(Image.new("RGB", (1, 1), rgb).convert("YCbCr"), np.float64)[0, 0]
-
-    own, other = ycbcr(colour), ycbcr(into)
-    mixed = np.concatenate([own[:1] + luma, own[1:] + share * (other[1:] - own[1:])]).round().astype(np.uint8)
-    return np.asarray(Image.fromarray(mixed.reshape(1, 1, 3), "YCbCr").convert("RGB"))[0, 0].tolist()
-
-
-class TestMergeBledShades:
-    WHITE, TEAL = (255, 255, 255), (71, 108, 108)
-
-    def boundary(self, shade: list[int], column: int = 5) -> np.ndarray:
-        """8 x 12 cells: white on the left, teal on the right, ``shade`` in column ``column``."""
-        rgb = np.empty((1, 8, 12, 3), np.int64)
-        rgb[:, :, :6], rgb[:, :, 6:] = self.WHITE, self.TEAL
-        rgb[:, :, column] = shade
-        return rgb
-
-    def test_a_white_tinted_by_its_teal_neighbour_goes_back_to_white(self, device):
-        tinted = bled(self.WHITE, self.TEAL, 0.3)
-        assert tinted != list(self.WHITE)
-        cells = rgba(self.boundary(tinted)).to(device)
-        merged = merge_bled_shades(cells)
-        expected = rgba(self.boundary(list(self.WHITE))).to(device)
-        assert merged.device == cells.device and torch.equal(merged, expected)
-
-    @pytest.mark.parametrize("why, shade, column", [
-        ("another luma: a ramp's shade", bled(WHITE, TEAL, 0.3, luma=-8), 5),
-        ("more chroma than a cell takes from its neighbour", bled(WHITE, TEAL, 0.8), 5),
-        ("nowhere near the neighbour it would be bled from", bled(WHITE, TEAL, 0.3), 1),
-    ])
-    def test_other_shades_are_kept(self, why, shade, column):
-        cells = rgba(self.boundary(shade, column))
-        assert torch.equal(merge_bled_shades(cells), cells), why
-
-    def test_a_weak_chroma_edge_bleeds_nothing(self):
-        """A texture's shades lie a few chroma levels apart: between two of them is a third real shade, not bleed."""
-        grey, greenish = (120, 120, 120), (112, 126, 116)
-        rgb = np.empty((1, 8, 12, 3), np.int64)
-        rgb[:, :, :6], rgb[:, :, 6:] = grey, greenish
-        rgb[:, :, 5] = bled(grey, greenish, 0.5)
-        cells = rgba(rgb)
-        assert torch.equal(merge_bled_shades(cells), cells)
-
-    def test_a_region_is_not_a_border(self):
-        """A shade with more than half as many cells as the colour it would be bled from is a colour of its own."""
-        rgb = self.boundary(bled(self.WHITE, self.TEAL, 0.3))
-        rgb[:, :, :4] = self.TEAL  # one column of white is left, as many cells as the shade has
-        cells = rgba(rgb)
-        assert torch.equal(merge_bled_shades(cells), cells)
-        rgb[:, :, 3] = self.WHITE  # two columns: now the shade is a border of the white
-        expected = rgb.copy()
-        expected[:, :, 5] = self.WHITE
-        assert torch.equal(merge_bled_shades(rgba(rgb)), rgba(expected))
-
-    def test_transparent_cells_are_left_alone(self):
-        rgb = self.boundary(bled(self.WHITE, self.TEAL, 0.3))
-        opaque = np.ones(rgb.shape[:-1], bool)
-        opaque[:, 0] = False
-        cells = rgba(rgb, opaque)
-        merged = merge_bled_shades(cells)
-        assert torch.equal(merged[..., 0, :], cells[..., 0, :])
-        assert torch.equal(merged[..., 1:, :], rgba(self.boundary(list(self.WHITE)))[..., 1:, :])
-
-    def test_rejects_a_batch(self):
-        with pytest.raises(ValueError, match="one image"):
-            merge_bled_shades(torch.zeros(2, 4, 3, 3, dtype=torch.uint8))

@@ -48,10 +48,14 @@ def assert_same_grid(on_cuda, on_cpu, label: str = "") -> None:
     assert np.allclose(first.cell_size, second.cell_size, atol=1e-6), label
 
 
-def pixelate_on(device: str, image: np.ndarray, options: dict, chroma_subsampling: tuple[int, int] = (1, 1)):
+def pixelate_on(device: str, image: np.ndarray, options: dict, case: pixel_art.Case | None = None):
+    """`pixelate` on ``device``, told what the server's decoder reads of ``case``'s file when one is given."""
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
     tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
-    return pixelate(tensor, Image2PixelInput(image_url="x", **options), chroma_subsampling)
+    told = () if case is None else (case.chroma_subsampling, case.jpeg_quantization)
+    if told and told[1] is not None:
+        told = (told[0], torch.from_numpy(np.array(told[1])).to(device))
+    return pixelate(tensor, Image2PixelInput(image_url="x", **options), *told)
 
 
 @pytest.mark.parametrize("scale, start, degradation", CASES)
@@ -86,8 +90,8 @@ def test_the_chroma_model_runs_on_cuda_as_on_the_cpu(scale, start, degradation):
     for name in pixel_art.NAMES[:4]:
         case = pixel_art.degraded(name, scale, start, degradation)
         assert case.chroma_subsampling == (2, 2)
-        on_cpu = pixelate_on("cpu", case.image, {}, case.chroma_subsampling)
-        first, second = (pixelate_on("cuda", case.image, {}, case.chroma_subsampling) for _ in range(2))
+        on_cpu = pixelate_on("cpu", case.image, {}, case)
+        first, second = (pixelate_on("cuda", case.image, {}, case) for _ in range(2))
         assert_same_grid(first, on_cpu, name)
         assert torch.equal(first.native, second.native), name
         same = (first.native.cpu() == on_cpu.native).all(0).float().mean().item()

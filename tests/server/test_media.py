@@ -68,6 +68,20 @@ def test_a_jpeg_reports_how_it_subsampled_its_chroma(subsampling, factors):
     assert raw.chroma_subsampling == factors
 
 
+@pytest.mark.parametrize("quality", [30, 75, 95])
+def test_a_jpeg_reports_its_quantisation_tables_per_component(quality):
+    """libjpeg's standard tables scaled for the quality (ITU T.81 Annex K, as libjpeg's `jpeg_quality_scaling`
+    scales them), in row-major order: luma for Y, chroma for Cb and Cr."""
+    luma = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55]  # the first two rows of Annex K's
+    chroma = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99]
+    scaling = 5000 // quality if quality < 50 else 200 - 2 * quality
+    expected = [[min(255, max(1, (step * scaling + 50) // 100)) for step in table] for table in (luma, chroma, chroma)]
+    image = Image.fromarray(gradient_image(9, 7))
+    raw = decode_image(encode(image, "JPEG", quality=quality, subsampling=2), max_pixels=LIMIT)
+    assert raw.jpeg_quantization.shape == (3, 8, 8)
+    assert raw.jpeg_quantization[:, :2].flatten(1).tolist() == expected
+
+
 def test_what_is_not_a_ycbcr_jpeg_or_was_turned_reports_no_subsampling():
     image = Image.fromarray(gradient_image(9, 7))
     exif = Image.Exif()
@@ -79,7 +93,8 @@ def test_what_is_not_a_ycbcr_jpeg_or_was_turned_reports_no_subsampling():
         encode(image, "JPEG", subsampling=2, exif=exif.tobytes()),
         encode(image, "WEBP", quality=80),
     ):
-        assert decode_image(data, max_pixels=LIMIT).chroma_subsampling == (1, 1)
+        raw = decode_image(data, max_pixels=LIMIT)
+        assert raw.chroma_subsampling == (1, 1) and raw.jpeg_quantization is None
 
 
 def test_pixel_limit_is_checked_before_decoding():

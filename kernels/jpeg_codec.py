@@ -1,0 +1,87 @@
+"""What a baseline JPEG encoder (libjpeg and its descendants: Pillow, browsers, cameras) stores of an image.
+
+The encoder converts RGB to YCbCr, averages the chroma over 2 x 2 or 2 x 1 pixels where the file subsamples it
+(`kernels.jpeg_chroma`), cuts the planes into minimum coded units (MCUs: 16 x 16 pixels for 4:2:0, 8 x 8 without
+subsampling) of 8 x 8 blocks, and stores each block's DCT coefficients divided by its table's step and rounded.
+That rounding is the loss: at quality 75 a step is 8-20 levels for luma and 17-99 for chroma, so edges ring and
+small cells take on part of their neighbours' colour. The transform is orthonormal, so distances between
+coefficients are distances between the blocks' pixels.
+
+MCUs are ``(T, 3, mh, mw)`` float YCbCr tiles, any device. ``quantization`` is ``(3, 8, 8)``: the tables of Y, Cb
+and Cr in row-major (not zigzag) order, as the file stores them (`RawImage.jpeg_quantization`). ``factors`` are
+the chroma subsampling factors ``(vertical, horizontal)``, each 1 or 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["block_steps", "dct_matrix", "mcu_coefficients", "mcu_size"]
+
+
+def dct_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+    """The orthonormal 8-point DCT-II :math:`(8, 8)`, row ``u`` the ``u``-th basis vector: JPEG's transform of a
+    block ``X`` is ``D @ X @ D.T`` (libjpeg's scaling once its factor of 8 is divided out).
+
+    Example:
+        >>> basis = dct_matrix(dtype=torch.float64)
+        >>> bool(torch.allclose(basis @ basis.T, torch.eye(8, dtype=torch.float64)))
+        True
+    """
+    u = torch.arange(8, dtype=torch.float64).unsqueeze(1)
+    x = torch.arange(8, dtype=torch.float64).unsqueeze(0)
+    basis = torch.cos((2 * x + 1) * u * math.pi / 16) * torch.where(u == 0, math.sqrt(1 / 8), math.sqrt(2 / 8))
+    return basis.to(device, dtype)
+
+
+def _check_factors(factors: tuple[int, int]) -> None:
+    if len(factors) != 2 or any(factor not in (1, 2) for factor in factors):
+        raise ValueError(f"chroma subsampling factors must be (1 or 2, 1 or 2), got {factors!r}")
+
+
+def mcu_size(factors: tuple[int, int]) -> tuple[int, int]:
+    """Pixels ``(rows, columns)`` of a minimum coded unit: 8 x 8 luma blocks under each chroma block."""
+    _check_factors(factors)
+    return 8 * factors[0], 8 * factors[1]
+
+
+def mcu_coefficients(mcus: Tensor, factors: tuple[int, int], offset: float = 128.0) -> Tensor:
+    """The DCT coefficients a JPEG encoder computes for each MCU, before rounding.
+
+    Args:
+        mcus: :math:`(T, 3, mh, mw)` YCbCr tiles of `mcu_size`.
+        factors: ``(vertical, horizontal)`` chroma subsampling.
+        offset: the level shift taken off every sample first (128 for 8-bit samples; 0 for a difference).
+
+    Returns:
+        :math:`(T, K, 8, 8)`, K = ``fv * fh + 2``: the luma blocks in row-major order, then the Cb and the Cr
+        block (each the average of its ``factors`` pixels).
+
+    Example:
+        >>> flat = torch.full((1, 3, 16, 16), 130.0)  # one flat MCU: only the DC coefficients are not 0
+        >>> coefficients = mcu_coefficients(flat, (2, 2))
+        >>> coefficients.shape, coefficients[0, :, 0, 0].round().tolist()
+        (torch.Size([1, 6, 8, 8]), [16.0, 16.0, 16.0, 16.0, 16.0, 16.0])
+    """
+    unit = mcu_size(factors)
+    if mcus.ndim != 4 or mcus.shape[1] != 3 or tuple(mcus.shape[-2:]) != unit:
+        raise ValueError(f"`mcus` must be (T, 3, {unit[0]}, {unit[1]}), got {tuple(mcus.shape)}")
+    count = mcus.shape[0]
+    luma = mcus[:, 0].reshape(count, factors[0], 8, factors[1], 8).transpose(2, 3).reshape(count, -1, 8, 8)
+    chroma = F.avg_pool2d(mcus[:, 1:], factors)
+    basis = dct_matrix(mcus.device, mcus.dtype)
+    return basis @ (torch.cat([luma, chroma], 1) - offset) @ basis.T
+
+
+def block_steps(quantization: Tensor, factors: tuple[int, int]) -> Tensor:
+    """The quantisation steps :math:`(K, 8, 8)` of the blocks of `mcu_coefficients`: the luma table for each luma
+    block, then the Cb and Cr tables."""
+    if quantization.shape != (3, 8, 8):
+        raise ValueError(f"`quantization` must be (3, 8, 8), got {tuple(quantization.shape)}")
+    _check_factors(factors)
+    luma = quantization[:1].expand(factors[0] * factors[1], 8, 8)
+    return torch.cat([luma, quantization[1:]]).float()

@@ -1,0 +1,165 @@
+"""Pixel-art cells against the JPEG they came in (`kernels.pixel_jpeg`): the lattice sampling checked against
+Pillow's own resize, and the shades the file does not need checked on real art encoded by libjpeg."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kernels.pixel_jpeg import (
+    AxisSampling,
+    _render,
+    axis_sampling,
+    merge_unneeded_shades,
+)
+from server.media import decode_image
+from tests.fixtures import pixel_art
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def cells_of(rgb: np.ndarray) -> torch.Tensor:
+    """(h, w, 3) uint8 -> opaque RGBA (1, 4, h, w)."""
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
+    return torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1)[None]
+
+
+def jpeg_file(rgb: np.ndarray, quality: int, subsampling: int):
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
+    return decode_image(buffer.getvalue(), max_pixels=1 << 24)
+
+
+def colours(cells: torch.Tensor) -> set[tuple[int, ...]]:
+    return {tuple(colour) for colour in cells[0, :3].flatten(1).T.tolist()}
+
+
+def test_a_whole_pixel_lattice_shows_one_cell_a_pixel():
+    rows = axis_sampling(11, 2, 3, 3.0, 3)
+    assert rows.first.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert rows.inside.tolist() == [False, False] + [True] * 9
+    assert not rows.weight.any()
+
+
+@pytest.mark.parametrize("factor", [1.02, 0.98, 1.03])
+def test_a_resampled_lattice_interpolates_as_pillows_resize(factor):
+    """An upscale resized by Pillow (bilinear: plain interpolation between pixel centres when enlarging, and nearly
+    so when shrinking by 2 %) is the cells painted on the measured lattice: cells of 3 * f pixels from 0."""
+    art = np.random.default_rng(5).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    big = art.repeat(3, 0).repeat(3, 1)
+    size = (round(big.shape[1] * factor), round(big.shape[0] * factor))
+    resized = np.asarray(Image.fromarray(big).resize(size, Image.BILINEAR)).astype(np.float64)
+    rows = axis_sampling(size[1], 0, 9, 3 * size[1] / big.shape[0], 3)
+    columns = axis_sampling(size[0], 0, 11, 3 * size[0] / big.shape[1], 3)
+    painted = _render(torch.from_numpy(art).permute(2, 0, 1).double(), rows, columns).permute(1, 2, 0).numpy()
+    error = np.abs(painted - resized)
+    assert error.mean() <= (0.6 if factor > 1 else 2.5), error.mean()
+    if factor > 1:
+        assert error.max() <= 1.5
+
+
+@pytest.mark.parametrize("name, scale, source, neighbour", [
+    ("nethack-cells", 3, (0, 0, 0), (255, 108, 0)),
+    ("nethack-cells", 3, (54, 54, 54), (71, 108, 108)),
+    ("trident-terrain", 3, (191, 160, 118), (95, 118, 54)),
+    ("trident-terrain", 4, (54, 118, 18), (217, 191, 160)),
+])
+def test_a_shade_jpeg_bled_into_goes_back_to_its_colour(name, scale, source, neighbour):
+    """Real art as a q75 (q85 at 4 px) 4:2:0 JPEG, and its true cells, except that the cells of one colour beside
+    another take the colour the decoded file shows at their centres: tinted by the neighbour. The file does not
+    need that tint: its cells go back to their colour, and every other colour of the art stays."""
+    art = pixel_art.load(name)
+    raw = jpeg_file(art.repeat(scale, 0).repeat(scale, 1), 75 if scale == 3 else 85, 2)
+    decoded = raw.pixels.permute(1, 2, 0).numpy()
+    beside = np.zeros(art.shape[:2], bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            beside |= (np.roll(art, shift, axis) == neighbour).all(-1)
+    bled = (art == source).all(-1) & beside
+    assert bled.sum() >= 6
+    tint = decoded[scale // 2 :: scale, scale // 2 :: scale][bled].mean(0).round().astype(np.uint8)
+    assert np.abs(tint.astype(int) - source).max() >= 4, tint  # the file does show a tint there
+    measured = art.copy()
+    measured[bled] = tint
+    rows, columns = (axis_sampling(length, 0, length // scale, float(scale), scale) for length in decoded.shape[:2])
+    merged = merge_unneeded_shades(
+        cells_of(measured), raw.pixels[None], rows, columns, raw.jpeg_quantization, (2, 2)
+    )
+    assert torch.equal(merged, cells_of(art))
+
+
+@pytest.mark.parametrize("name, scale, degradation", [
+    ("nethack-cells", 3, (75, 2)), ("angband-bolt-texture", 4, (75, 2)), ("crawl-dark-floor", 3, (90, 0)),
+    ("trident-ships", 5, (60, 2)),
+])
+def test_the_arts_own_colours_are_all_needed(name, scale, degradation):
+    """The true cells of real art (ramps of shades 1.5-3 apart, a 32-colour texture, colours of a handful of
+    cells), encoded by libjpeg: every colour explains the file better than its nearest heavier colours."""
+    art = pixel_art.load(name)
+    raw = jpeg_file(art.repeat(scale, 0).repeat(scale, 1), *degradation)
+    factors = (2, 2) if degradation[1] == 2 else (1, 1)
+    rows, columns = (axis_sampling(length, 0, length // scale, float(scale), scale) for length in raw.pixels.shape[1:])
+    cells = cells_of(art)
+    merged = merge_unneeded_shades(cells, raw.pixels[None], rows, columns, raw.jpeg_quantization, factors)
+    assert torch.equal(merged, cells)
+
+
+def test_colours_in_the_last_partial_mcus_are_judged_too():
+    """A 158 x 159 image: its last row and column of MCUs are part padding, which the encoder fills by repeating
+    the last pixels. Five of the art's colours (1-16 cells each) lie only there; with those MCUs left out they
+    had no evidence for them and went."""
+    case = pixel_art.degraded("angband-flat", 5, (2, 1), "jpeg75-420")
+    assert case.image.shape[:2] == (158, 159)
+    (top, left), (rows, columns) = case.first_cell, case.truth.shape[:2]
+    cells = cells_of(case.truth)
+    merged = merge_unneeded_shades(
+        cells, cells_of(case.image), axis_sampling(158, top, rows, 5.0, 5), axis_sampling(159, left, columns, 5.0, 5),
+        torch.from_numpy(np.array(case.jpeg_quantization)), (2, 2),
+    )
+    assert torch.equal(merged, cells)
+
+
+def test_the_result_is_deterministic_and_keeps_to_the_input_colours():
+    rng = np.random.default_rng(11)
+    art = pixel_art.load("trident-terrain")
+    # each colour in three shades, 6 levels apart: what JPEG leaves of it, as far as the file can tell
+    noisy = np.clip(art.astype(int) + rng.choice([-6, 0, 6], art.shape[:2] + (1,)), 0, 255).astype(np.uint8)
+    raw = jpeg_file(art.repeat(4, 0).repeat(4, 1)[1:, 3:], 75, 2)
+    rows = axis_sampling(raw.height, 3, art.shape[0] - 1, 4.0, 4)
+    columns = axis_sampling(raw.width, 1, art.shape[1] - 1, 4.0, 4)
+    cells = cells_of(noisy[1:, 1:])
+    first, second = (merge_unneeded_shades(cells, raw.pixels[None], rows, columns, raw.jpeg_quantization, (2, 2))
+                     for _ in range(2))
+    assert torch.equal(first, second)
+    assert colours(first) < colours(cells)
+
+
+def test_bad_input_is_refused():
+    raw = jpeg_file(np.zeros((16, 16, 3), np.uint8), 75, 2)
+    axis = axis_sampling(16, 0, 4, 4.0, 4)
+    cells = cells_of(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="opaque"):
+        merge_unneeded_shades(cells * 0, raw.pixels[None], axis, axis, raw.jpeg_quantization, (2, 2))
+    with pytest.raises(ValueError, match="sample"):
+        short = axis_sampling(12, 0, 3, 4.0, 4)
+        merge_unneeded_shades(cells, raw.pixels[None], short, axis, raw.jpeg_quantization, (2, 2))
+    with pytest.raises(ValueError, match="cells"):
+        merge_unneeded_shades(cells[0], raw.pixels[None], axis, axis, raw.jpeg_quantization, (2, 2))
+
+
+@CUDA
+def test_cuda_agrees_with_the_cpu():
+    art = pixel_art.load("nethack-cells")
+    noisy = np.clip(art.astype(int) + np.random.default_rng(2).integers(-5, 6, art.shape), 0, 255).astype(np.uint8)
+    raw = jpeg_file(art.repeat(3, 0).repeat(3, 1), 75, 2)
+    rows, columns = (axis_sampling(length, 0, length // 3, 3.0, 3) for length in raw.pixels.shape[1:])
+    on_cpu = merge_unneeded_shades(cells_of(noisy), raw.pixels[None], rows, columns, raw.jpeg_quantization, (2, 2))
+    axes = [AxisSampling(*(field.cuda() for field in axis)) for axis in (rows, columns)]
+    on_cuda = merge_unneeded_shades(
+        cells_of(noisy).cuda(), raw.pixels[None].cuda(), *axes, raw.jpeg_quantization.cuda(), (2, 2)
+    )
+    assert (on_cuda.cpu() == on_cpu).all(1).float().mean() >= 0.99
