@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from kernels._utils import packed_rgb, unpacked_rgb
@@ -76,15 +75,25 @@ def _tiles(image: Tensor, unit: tuple[int, int]) -> Tensor:
 
 def _render(cells: Tensor, rows: AxisSampling, columns: AxisSampling) -> Tensor:
     """``(C, h, w)`` cells painted as ``rows`` and ``columns`` sample them: ``(C, H, W)``."""
-    down = torch.lerp(cells[:, rows.first], cells[:, rows.second], rows.weight.to(cells.dtype).view(1, -1, 1))
-    return torch.lerp(down[:, :, columns.first], down[:, :, columns.second], columns.weight.to(cells.dtype))
+    down = cells.index_select(1, rows.first)
+    if bool(rows.weight.any()):
+        down = torch.lerp(down, cells.index_select(1, rows.second), rows.weight.to(cells.dtype).view(1, -1, 1))
+    across = down.index_select(2, columns.first)
+    if bool(columns.weight.any()):
+        across = torch.lerp(across, down.index_select(2, columns.second), columns.weight.to(cells.dtype))
+    return across
 
 
-def _span_sums(mask: Tensor, span: tuple[Tensor, Tensor], dim: int) -> Tensor:
-    """``mask`` :math:`(h, w)` summed along ``dim`` (0 or 1) over each span ``[first[i], last[i]]``."""
-    total = F.pad(mask.cumsum(dim), (1, 0) if dim == 1 else (0, 0, 1, 0))
-    first, last = span
-    return total.index_select(dim, last + 1) - total.index_select(dim, first)
+def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple[int, int], count: int) -> Tensor:
+    """Which of ``count`` labels each MCU of ``unit`` shows some of: bool ``(T, count)``, MCUs row-major."""
+    shown = torch.zeros(rows.first.shape[0] // unit[0] * (columns.first.shape[0] // unit[1]), count, device=label.device)
+    for row, row_used in ((rows.first, rows.weight < 1), (rows.second, rows.weight > 0)):
+        for column, column_used in ((columns.first, columns.weight < 1), (columns.second, columns.weight > 0)):
+            if bool(row_used.any()) and bool(column_used.any()):
+                labels = _tiles(label[row][:, column][None], unit).flatten(1)
+                used = _tiles((row_used.unsqueeze(1) & column_used.unsqueeze(0)).float()[None], unit).flatten(1)
+                shown.scatter_add_(1, labels, used)
+    return shown > 0
 
 
 def _share(mask: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) -> Tensor:
@@ -157,18 +166,14 @@ def merge_unneeded_shades(
     file_pixels = observed[0, :3].float()[:, padded_rows.clamp(max=height - 1)]
     file_ycc = srgb_to_ycbcr(file_pixels[:, :, padded_columns.clamp(max=width - 1)][None])[0]
     on_lattice = (rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)).float()
-    painted = _render(ycc[label].permute(2, 0, 1), rows, columns) * on_lattice + file_ycc * (1 - on_lattice)
+    painted = _render(ycc.T[:, label], rows, columns) * on_lattice + file_ycc * (1 - on_lattice)
     coefficients = mcu_coefficients(_tiles(painted, unit), factors)
     stored = torch.round(coefficients / steps) * steps
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
     # own are taken as the decoder would show them there.
     missing = mcu_coefficients(_tiles(file_ycc, unit), factors) - stored
     tiles_down, tiles_across = rows.first.shape[0] // unit[0], columns.first.shape[0] // unit[1]
-    # the cells each MCU's pixels show: rows first_rows[ty].min() to last_rows[ty].max(), and so across
-    row_span = (rows.first.view(tiles_down, unit[0]).amin(1), rows.second.view(tiles_down, unit[0]).amax(1))
-    column_span = (
-        columns.first.view(tiles_across, unit[1]).amin(1), columns.second.view(tiles_across, unit[1]).amax(1)
-    )
+    shown = _shown(label, rows, columns, unit, count)  # a shade is only tried on its own MCUs
     tile_rows = [field.view(tiles_down, unit[0]) for field in rows]
     tile_columns = [field.view(tiles_across, unit[1]) for field in columns]
     inside = _tiles(on_lattice[None], unit)
@@ -198,7 +203,7 @@ def merge_unneeded_shades(
         distance = colour_distance(lab[shade : shade + 1], lab[heavier])[0]
         candidates = heavier[distance.argsort(stable=True)[:_CANDIDATES]]
         mask = (target[label] == shade).float()
-        reached = (_span_sums(_span_sums(mask, row_span, 0), column_span, 1) > 0).flatten().nonzero().flatten()
+        reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
         sampled = reached[:: -(-reached.numel() // _MOST_MCUS)]
         tile, block, trial, change = recoloured(mask, sampled, ycc[candidates] - ycc[shade])
@@ -218,6 +223,7 @@ def merge_unneeded_shades(
         stored[tile, block] += change[best]
         missing[tile, block] -= change[best]
         target[target == shade] = colour
+        shown[:, colour] |= shown[:, shade]
         cell_counts[colour] += cell_counts[shade]
         alive[shade] = False
     rgb = colours[target[label]].round().to(torch.uint8).permute(2, 0, 1).unsqueeze(0)
