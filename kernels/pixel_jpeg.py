@@ -24,7 +24,8 @@ from kernels.pixel_palette import colour_distance, srgb_to_lab
 
 __all__ = ["AxisSampling", "axis_sampling", "merge_unneeded_shades"]
 
-# Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours.
+# Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours. On the
+# real-art set's JPEGs four did no better than two (89 against 90 of the 92 palette targets) at twice the cost.
 _CANDIDATES = 2
 # MCUs a shade is judged on at most, evenly spaced among those it reaches: its score is a ratio of sums over them.
 _MOST_MCUS = 256

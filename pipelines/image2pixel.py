@@ -471,6 +471,8 @@ def pixelate(
     if palette is not None:
         native = map_to_palette(native, palette)
     if palette_source == "merged" and jpeg_quantization is not None and bool((native[:, 3] >= 128).all()):
+        # The palette's merge sees colours, not how they came about: the file's own coding tells JPEG's shades
+        # from the art's (module docs, step 6). A fixed palette is the caller's, and a clean upscale has none.
         native = merge_unneeded_shades(
             native, decoded, *lattice_sampling(decoded, grid, inputs.snap_grid),
             jpeg_quantization.to(native.device), chroma_subsampling,
