@@ -75,14 +75,15 @@ def _tiles(image: Tensor, unit: tuple[int, int]) -> Tensor:
 
 
 def _render(cells: Tensor, rows: AxisSampling, columns: AxisSampling) -> Tensor:
-    """``(C, h, w)`` cells painted as ``rows`` and ``columns`` sample them: ``(C, H, W)``."""
-    down = cells.index_select(1, rows.first)
-    if bool(rows.weight.any()):
-        down = torch.lerp(down, cells.index_select(1, rows.second), rows.weight.to(cells.dtype).view(1, -1, 1))
-    across = down.index_select(2, columns.first)
+    """``(C, h, w)`` cells painted as ``rows`` and ``columns`` sample them: ``(C, H, W)``. Across first, while
+    the rows are few: picking whole rows is a copy, picking columns a gather."""
+    across = cells.index_select(2, columns.first)
     if bool(columns.weight.any()):
-        across = torch.lerp(across, down.index_select(2, columns.second), columns.weight.to(cells.dtype))
-    return across
+        across = torch.lerp(across, cells.index_select(2, columns.second), columns.weight.to(cells.dtype))
+    down = across.index_select(1, rows.first)
+    if bool(rows.weight.any()):
+        down = torch.lerp(down, across.index_select(1, rows.second), rows.weight.to(cells.dtype).view(1, -1, 1))
+    return down
 
 
 def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple[int, int], count: int) -> Tensor:
@@ -166,8 +167,8 @@ def merge_unneeded_shades(
     padded_columns = torch.arange(columns.first.shape[0], device=device)
     file_pixels = observed[0, :3].float()[:, padded_rows.clamp(max=height - 1)]
     file_ycc = srgb_to_ycbcr(file_pixels[:, :, padded_columns.clamp(max=width - 1)][None])[0]
-    on_lattice = (rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)).float()
-    painted = _render(ycc.T[:, label], rows, columns) * on_lattice + file_ycc * (1 - on_lattice)
+    on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
+    painted = torch.where(on_lattice, _render(ycc.T[:, label], rows, columns), file_ycc)
     coefficients = mcu_coefficients(_tiles(painted, unit), factors)
     stored = torch.round(coefficients / steps) * steps
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
@@ -177,7 +178,7 @@ def merge_unneeded_shades(
     shown = _shown(label, rows, columns, unit, count)  # a shade is only tried on its own MCUs
     tile_rows = [field.view(tiles_down, unit[0]) for field in rows]
     tile_columns = [field.view(tiles_across, unit[1]) for field in columns]
-    inside = _tiles(on_lattice[None], unit)
+    inside = _tiles(on_lattice.float()[None], unit)
 
     def recoloured(mask: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
         """The blocks of the MCUs ``tiles`` that ``mask``'s cells reach, ``(tile, block)``, and their coefficients
