@@ -34,7 +34,7 @@ with better detectors and deterministic output:
    On a JPEG, a shade the file does not need goes: painted as one of its two nearest colours with more cells,
    the cells re-encoded with the file's own quantisation tables explain the file at least as well
    (`kernels.pixel_jpeg`). That is what JPEG's rounding makes of small cells at an edge: ringing, and chroma
-   bled from the neighbour, which no colour statistic tells from the artist's own shades.
+   bled from the neighbour, which colours and neighbours alone hardly tell from the artist's own shades.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
