@@ -23,7 +23,16 @@ from torch import Tensor
 
 from kernels._utils import REC601
 
-__all__ = ["jpeg_chroma_roundtrip", "region_bleed", "region_chroma", "shift_chroma", "srgb_to_ycbcr", "ycbcr_to_srgb"]
+__all__ = [
+    "check_factors",
+    "edge_filled",
+    "jpeg_chroma_roundtrip",
+    "region_bleed",
+    "region_chroma",
+    "shift_chroma",
+    "srgb_to_ycbcr",
+    "ycbcr_to_srgb",
+]
 
 # Added to the diagonal of each axis's normal equations: the chroma of a region that no pixel lies in (or of a
 # pattern finer than the chroma samples, which the model cannot see) comes out 0, that of the others unchanged
@@ -47,7 +56,8 @@ def ycbcr_to_srgb(ycc: Tensor) -> Tensor:
     return torch.stack([r, g, b], 1).clamp(0, 255)
 
 
-def _check_factors(factors: tuple[int, int]) -> None:
+def check_factors(factors: tuple[int, int]) -> None:
+    """Refuses chroma subsampling factors other than 1 or 2 per axis."""
     if len(factors) != 2 or any(factor not in (1, 2) for factor in factors):
         raise ValueError(f"chroma subsampling factors must be (1 or 2, 1 or 2), got {factors!r}")
 
@@ -65,7 +75,7 @@ def _upsample(samples: Tensor, dim: int) -> Tensor:
     return torch.stack([0.75 * samples + 0.25 * before, 0.75 * samples + 0.25 * after], dim + 1).flatten(dim, dim + 1)
 
 
-def _edge_filled(length: int, factor: int, device: torch.device) -> Tensor:
+def edge_filled(length: int, factor: int, device: torch.device) -> Tensor:
     """The pixel each position of an axis padded to a multiple of `factor` takes: the encoder repeats the last."""
     return torch.arange(-(-length // factor) * factor, device=device).clamp(max=length - 1)
 
@@ -81,9 +91,9 @@ def jpeg_chroma_roundtrip(chroma: Tensor, factors: tuple[int, int]) -> Tensor:
         :math:`(B, C, H, W)`: each block's average (edge rows and columns repeated to fill the block), spread back
         with the triangle filter along each subsampled axis.
     """
-    _check_factors(factors)
+    check_factors(factors)
     height, width = chroma.shape[-2:]
-    rows, columns = _edge_filled(height, factors[0], chroma.device), _edge_filled(width, factors[1], chroma.device)
+    rows, columns = edge_filled(height, factors[0], chroma.device), edge_filled(width, factors[1], chroma.device)
     samples = F.avg_pool2d(chroma.index_select(-2, rows).index_select(-1, columns), factors)
     for dim, factor in ((-2, factors[0]), (-1, factors[1])):
         if factor == 2:
@@ -101,7 +111,7 @@ def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, tuple[float, ...
         return index.unsqueeze(1), (1.0,)
     # sample j averages pixels 2j and 2j + 1 (the last pixel repeated past the edge); pixel i shows 3/4 of its
     # own sample i // 2 and 1/4 of the one before (even i) or after (odd i), the edge samples repeated
-    filled = index.index_select(0, _edge_filled(length, 2, index.device))
+    filled = index.index_select(0, edge_filled(length, 2, index.device))
     samples = filled.numel() // 2
     own = torch.arange(length, device=index.device) // 2
     other = (own + torch.where(torch.arange(length, device=index.device) % 2 == 0, -1, 1)).clamp(0, samples - 1)
@@ -140,7 +150,7 @@ def region_bleed(
     Returns:
         :math:`(B, C, H, W)`.
     """
-    _check_factors(factors)
+    check_factors(factors)
     row_regions, row_weights = _axis_operator(rows, factors[0])
     column_regions, column_weights = _axis_operator(columns, factors[1])
     # columns first, on the small (h, w) grid (transposed: gathering rows is what is fast), then the rows
@@ -189,7 +199,7 @@ def region_chroma(
     Returns:
         :math:`(B, C, h, w)` float64, the value of each region in each plane.
     """
-    _check_factors(factors)
+    check_factors(factors)
     height, width = planes.shape[-2:]
     if rows.shape != (height,) or columns.shape != (width,):
         raise ValueError(

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.jpeg_chroma import check_factors
+
 __all__ = ["block_steps", "dct_matrix", "mcu_coefficients", "mcu_size"]
 
 
@@ -38,14 +40,9 @@ def dct_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.fl
     return basis.to(device, dtype)
 
 
-def _check_factors(factors: tuple[int, int]) -> None:
-    if len(factors) != 2 or any(factor not in (1, 2) for factor in factors):
-        raise ValueError(f"chroma subsampling factors must be (1 or 2, 1 or 2), got {factors!r}")
-
-
 def mcu_size(factors: tuple[int, int]) -> tuple[int, int]:
     """Pixels ``(rows, columns)`` of a minimum coded unit: 8 x 8 luma blocks under each chroma block."""
-    _check_factors(factors)
+    check_factors(factors)
     return 8 * factors[0], 8 * factors[1]
 
 
@@ -82,6 +79,6 @@ def block_steps(quantization: Tensor, factors: tuple[int, int]) -> Tensor:
     block, then the Cb and Cr tables."""
     if quantization.shape != (3, 8, 8):
         raise ValueError(f"`quantization` must be (3, 8, 8), got {tuple(quantization.shape)}")
-    _check_factors(factors)
+    check_factors(factors)
     luma = quantization[:1].expand(factors[0] * factors[1], 8, 8)
     return torch.cat([luma, quantization[1:]]).float()

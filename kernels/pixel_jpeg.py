@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from kernels._utils import packed_rgb, unpacked_rgb
-from kernels.jpeg_chroma import srgb_to_ycbcr
+from kernels.jpeg_chroma import edge_filled, srgb_to_ycbcr
 from kernels.jpeg_codec import block_steps, mcu_coefficients, mcu_size
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
@@ -62,8 +62,7 @@ def axis_sampling(length: int, start: float, cells: int, period: float, scale: i
 
 def _padded(axis: AxisSampling, unit: int) -> AxisSampling:
     """``axis`` over whole MCUs: the encoder repeats the last pixel into the padding."""
-    length = axis.first.shape[0]
-    index = torch.arange(-(-length // unit) * unit, device=axis.first.device).clamp(max=length - 1)
+    index = edge_filled(axis.first.shape[0], unit, axis.first.device)
     return AxisSampling(*(field[index] for field in axis))
 
 
@@ -159,7 +158,6 @@ def merge_unneeded_shades(
     rows, columns = _padded(rows, unit[0]), _padded(columns, unit[1])
     keys, label = torch.unique(packed_rgb(cells[0, :3]), return_inverse=True)
     count = keys.shape[0]
-    cell_counts = torch.bincount(label.flatten(), minlength=count)
     colours = unpacked_rgb(keys).float()
     ycc = srgb_to_ycbcr(colours.T.reshape(1, 3, count, 1))[0, :, :, 0].T  # (count, 3)
 
@@ -195,13 +193,13 @@ def merge_unneeded_shades(
 
     target = torch.arange(count, device=device)
     lab = srgb_to_lab(colours.to(torch.float64))
-    alive = torch.ones(count, dtype=torch.bool, device=device)
-    for shade in cell_counts.argsort(stable=True).tolist():
-        if not bool(alive[shade]):
+    counts = torch.bincount(label.flatten(), minlength=count).tolist()
+    alive = [True] * count
+    for shade in sorted(range(count), key=counts.__getitem__):  # stable: ties in colour order
+        heavier = [colour for colour in range(count) if alive[colour] and counts[colour] > counts[shade]]
+        if not alive[shade] or not heavier:
             continue
-        heavier = (alive & (cell_counts > cell_counts[shade])).nonzero().flatten()
-        if heavier.numel() == 0:
-            continue
+        heavier = torch.tensor(heavier, device=device)
         distance = colour_distance(lab[shade : shade + 1], lab[heavier])[0]
         candidates = heavier[distance.argsort(stable=True)[:_CANDIDATES]]
         mask = (target[label] == shade).float()
@@ -226,7 +224,7 @@ def merge_unneeded_shades(
         missing[tile, block] -= change[best]
         target[target == shade] = colour
         shown[:, colour] |= shown[:, shade]
-        cell_counts[colour] += cell_counts[shade]
+        counts[colour] += counts[shade]
         alive[shade] = False
     rgb = colours[target[label]].round().to(torch.uint8).permute(2, 0, 1).unsqueeze(0)
     return torch.cat([rgb, cells[:, 3:]], 1)

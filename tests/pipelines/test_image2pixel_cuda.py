@@ -52,10 +52,10 @@ def pixelate_on(device: str, image: np.ndarray, options: dict, case: pixel_art.C
     """`pixelate` on ``device``, told what the server's decoder reads of ``case``'s file when one is given."""
     rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], -1)
     tensor = torch.from_numpy(rgba).permute(2, 0, 1).unsqueeze(0).to(device)
-    told = () if case is None else (case.chroma_subsampling, case.jpeg_quantization)
-    if told and told[1] is not None:
-        told = (told[0], torch.from_numpy(np.array(told[1])).to(device))
-    return pixelate(tensor, Image2PixelInput(image_url="x", **options), *told)
+    if case is None:
+        return pixelate(tensor, Image2PixelInput(image_url="x", **options))
+    tables = None if case.jpeg_quantization is None else torch.from_numpy(np.array(case.jpeg_quantization)).to(device)
+    return pixelate(tensor, Image2PixelInput(image_url="x", **options), case.chroma_subsampling, tables)
 
 
 @pytest.mark.parametrize("scale, start, degradation", CASES)
