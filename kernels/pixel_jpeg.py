@@ -87,7 +87,8 @@ def _render(cells: Tensor, rows: AxisSampling, columns: AxisSampling) -> Tensor:
 
 def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple[int, int], count: int) -> Tensor:
     """Which of ``count`` labels each MCU of ``unit`` shows some of: bool ``(T, count)``, MCUs row-major."""
-    shown = torch.zeros(rows.first.shape[0] // unit[0] * (columns.first.shape[0] // unit[1]), count, device=label.device)
+    mcus = rows.first.shape[0] // unit[0] * (columns.first.shape[0] // unit[1])
+    shown = torch.zeros(mcus, count, device=label.device)
     for row, row_used in ((rows.first, rows.weight < 1), (rows.second, rows.weight > 0)):
         for column, column_used in ((columns.first, columns.weight < 1), (columns.second, columns.weight > 0)):
             if bool(row_used.any()) and bool(column_used.any()):
