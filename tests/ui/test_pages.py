@@ -335,10 +335,11 @@ def test_store_history_and_queue_depths(tmp_path):
 def test_home_counts_each_endpoints_queue(make_client):
     app = make_client()
     blocker = submit(app, {"steps": 300, "step_seconds": 0.02})
-    waiting = submit(app, {"steps": 1})
     deadline = time.monotonic() + 20
     while app.get(blocker["status_url"]).json()["status"] != "IN_PROGRESS" and time.monotonic() < deadline:
         time.sleep(0.02)
+    # submitted once the worker is busy: submitted together, one claim can take both
+    waiting = submit(app, {"steps": 1})
     html = app.get("/").text
     row = html[html.index('data-endpoint="kiln-test/steps"') :]
     assert re.findall(r'<td class="num">(\d+)</td>', row[: row.index("</tr>")]) == ["1", "1"]
