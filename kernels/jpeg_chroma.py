@@ -173,7 +173,8 @@ def _gram(regions: Tensor, weights: tuple[float, ...], count: int) -> Tensor:
     gram = torch.zeros(count, count, dtype=torch.float64, device=regions.device)
     for first, first_weight in enumerate(weights):
         for second, second_weight in enumerate(weights):
-            products = torch.full((regions.shape[0],), first_weight * second_weight, dtype=torch.float64, device=regions.device)
+            product = first_weight * second_weight
+            products = torch.full((regions.shape[0],), product, dtype=torch.float64, device=regions.device)
             gram.index_put_((regions[:, first], regions[:, second]), products, accumulate=True)
     return gram
 
