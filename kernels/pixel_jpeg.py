@@ -6,6 +6,10 @@ them from an artist's own shades. The file does: paint the cells back onto the i
 the file was (`kernels.jpeg_codec`), and compare with what it stored. A shade whose cells, painted as another
 colour, explain the file at least as well is not in the art.
 
+Cells of 2-3 px are too small for their own pixels to tell their chroma (a 4:2:0 sample spans a whole cell and
+its neighbours'), but all the cells of a shade together are not: `refit_shades` gives each shade the colour
+that, painted on the lattice and subsampled as the encoder did, best explains the file.
+
 Images are ``(B, C, H, W)``, cells ``(B, C, h, w)``, B = 1. A lattice axis (`AxisSampling`) says which cells each
 pixel of the image shows: the interpolation between two neighbouring cells of a resampled upscale, or one cell.
 """
@@ -15,20 +19,24 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from kernels._utils import packed_rgb, unpacked_rgb
-from kernels.jpeg_chroma import edge_filled, srgb_to_ycbcr
+from kernels.jpeg_chroma import check_factors, edge_filled, srgb_to_ycbcr, ycbcr_to_srgb
 from kernels.jpeg_codec import block_steps, mcu_coefficients, mcu_size
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
-__all__ = ["AxisSampling", "axis_sampling", "merge_unneeded_shades"]
+__all__ = ["AxisSampling", "axis_sampling", "merge_unneeded_shades", "refit_shades"]
 
 # Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours. On the
 # real-art set's JPEGs four did no better than two (89 against 90 of the 92 palette targets) at twice the cost.
 _CANDIDATES = 2
 # MCUs a shade is judged on at most, evenly spaced among those it reaches: its score is a ratio of sums over them.
 _MOST_MCUS = 256
+# Added to the diagonal of `refit_shades`'s normal equations, relative to it, pulling towards the shade's colour
+# as it came: a shade whose every pixel is off the lattice keeps that colour, the others move by at most 1e-6.
+_RIDGE = 1e-6
 
 
 class AxisSampling(NamedTuple):
@@ -111,6 +119,162 @@ def _share(mask: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) ->
     return torch.lerp(top, bottom, row_weight).unsqueeze(1)
 
 
+class _BandedAxis(NamedTuple):
+    """One axis of the lattice as a banded matrix over the cells: row ``i`` (a pixel, or a chroma sample of
+    ``factor`` pixels) is ``weights[i, t]`` times cell ``start[i] + t``; rows off the lattice are all 0."""
+
+    start: Tensor  # long (n,)
+    weights: Tensor  # float64 (n, width)
+
+
+def _banded(axis: AxisSampling, factor: int) -> _BandedAxis:
+    """``axis`` as the encoder samples it: each of the axis's complete groups of ``factor`` pixels averaged.
+    A group with a pixel off the lattice is left out (it shows the image itself), and so is a last, partial one
+    (the encoder fills it with copies of the last pixel)."""
+    groups = axis.first.shape[0] // factor
+    first, second, weight, inside = (field[: groups * factor].view(groups, factor) for field in axis)
+    start = first[:, 0]
+    width = int((second - start.unsqueeze(1)).max()) + 1 if groups else 1
+    weights = torch.zeros(groups, width, dtype=torch.float64, device=start.device)
+    share = weight.double() / factor
+    weights.scatter_add_(1, first - start.unsqueeze(1), 1 / factor - share)
+    weights.scatter_add_(1, second - start.unsqueeze(1), share)
+    return _BandedAxis(start, weights * inside.all(1, keepdim=True))
+
+
+def _decoded_average(samples: _BandedAxis, length: int) -> _BandedAxis:
+    """What libjpeg's decoder shows of the ``samples`` of an axis of ``length`` pixels subsampled by 2, averaged
+    over each sample's two pixels again: 3/4 of the sample and 1/8 of each neighbour (the first and last sample
+    repeated past the ends). A sample beside a left-out or last, partial one is left out too."""
+    count = samples.start.shape[0]
+    index = torch.arange(count, device=samples.start.device)
+    before = (index - 1).clamp(min=0)
+    after = (index + 1).clamp(max=-(-length // 2) - 1)
+    complete = samples.weights.sum(1) > 0
+    kept = complete & complete[before] & (after < count) & complete[after.clamp(max=count - 1)]
+    after = after.clamp(max=count - 1)
+    start = samples.start[before]  # the lattice's cells only go forward
+    width = samples.weights.shape[1] + int((samples.start[after] - start).max()) if count else 1
+    weights = torch.zeros(count, width, dtype=torch.float64, device=start.device)
+    for neighbour, share in ((before, 0.125), (index, 0.75), (after, 0.125)):
+        offset = (samples.start[neighbour] - start).unsqueeze(1)
+        for term in range(samples.weights.shape[1]):
+            weights.scatter_add_(1, offset + term, share * samples.weights[neighbour, term : term + 1])
+    return _BandedAxis(start, weights * kept.unsqueeze(1))
+
+
+def _transposed_product(planes: Tensor, axis: _BandedAxis, cells: int, dim: int) -> Tensor:
+    """``M^T planes`` along ``dim`` for the banded ``M`` of ``axis``: ``cells`` long there."""
+    shape = list(planes.shape)
+    shape[dim] = cells
+    total = planes.new_zeros(shape)
+    view = [1] * planes.dim()
+    view[dim] = -1
+    for offset in range(axis.weights.shape[1]):
+        weights = axis.weights[:, offset]
+        if offset == 0 or bool(weights.any()):
+            index = (axis.start + offset).clamp(max=cells - 1)
+            total.index_add_(dim, index, planes * weights.to(planes.dtype).view(view))
+    return total
+
+
+def _gram_bands(axis: _BandedAxis, cells: int) -> dict[int, Tensor]:
+    """``M^T M`` of the banded ``M`` by diagonals: ``{d: g}`` with ``g[i] = (M^T M)[i, i + d]``, 0 past the end."""
+    width = axis.weights.shape[1]
+    bands = {}
+    for offset in range(width):
+        band = torch.zeros(cells + width, dtype=torch.float64, device=axis.start.device)
+        for term in range(width - offset):
+            band.index_add_(0, axis.start + term, axis.weights[:, term] * axis.weights[:, term + offset])
+        if offset == 0 or bool(band.any()):  # on a whole-pixel lattice a pixel's second cell has weight 0
+            bands[offset] = band[:cells]
+            bands[-offset] = torch.cat([band.new_zeros(offset), band[: cells - offset]]) if offset else band[:cells]
+    return bands
+
+
+def _shade_normal_equations(
+    label: Tensor, count: int, rows: _BandedAxis, columns: _BandedAxis, planes: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The least-squares problem of ``planes`` (:math:`(C, n, m)`) as the ``count`` shades of ``label``
+    (:math:`(h, w)`) painted through ``rows`` and ``columns``: the Gram matrix :math:`(count, count)` and the
+    right-hand sides :math:`(C, count)`. The painting is separable, so both come from the two axes' bands."""
+    height, width = label.shape
+    # each projected value sums a few pixels, so single precision is exact enough; the sums over cells are not
+    projected = _transposed_product(_transposed_product(planes, columns, width, -1), rows, height, -2).double()
+    label = label.int()
+    right = torch.stack([torch.bincount(label.flatten(), plane.flatten(), count) for plane in projected])
+    pairs = torch.zeros(count * count, dtype=torch.float64, device=label.device)
+    column_bands = _gram_bands(columns, width)
+    for down, row_band in _gram_bands(rows, height).items():
+        # the pairs of cells (down, across) apart are those (-down, -across) apart swapped: the first half will do
+        for across in (offset for offset in column_bands if down > 0 or (down == 0 and offset >= 0)):
+            columns_from = slice(max(0, -across), width - max(0, across))
+            first = label[: height - down, columns_from]
+            second = label[down:, max(0, across) : width + min(0, across)]
+            products = row_band[: height - down].unsqueeze(1) * column_bands[across][columns_from]
+            pairs += torch.bincount((first * count + second).flatten(), products.flatten(), count * count) * (
+                1 if down or across else 0.5
+            )
+    pairs = pairs.view(count, count)
+    return pairs + pairs.T, right
+
+
+def refit_shades(
+    cells: Tensor, observed: Tensor, rows: AxisSampling, columns: AxisSampling, factors: tuple[int, int]
+) -> Tensor:
+    r"""Each shade of ``cells`` recoloured as the file says it is, its cells unchanged.
+
+    The shades' YCbCr are fitted jointly by least squares, with the cells painted on the lattice (``rows``,
+    ``columns``): luma against the file's pixels; chroma subsampled by ``factors`` as the encoder stores it,
+    spread back as libjpeg's decoder does and averaged over each sample's pixels again (3/4 of a sample and 1/8
+    of each neighbour along a subsampled axis), against the file's chroma averaged the same way. Pixels off the
+    lattice show the image itself, and what they reach is left out.
+
+    Args:
+        cells: RGBA uint8 :math:`(1, 4, h, w)`, every cell opaque.
+        observed: RGB(A) uint8 :math:`(1, C, H, W)`: the decoded file the cells were read from.
+        rows: `axis_sampling` of the image's height over the ``h`` cells.
+        columns: `axis_sampling` of its width over the ``w`` cells.
+        factors: the file's chroma subsampling ``(vertical, horizontal)``, each 1 or 2.
+
+    Returns:
+        ``cells`` with each shade's colour refitted: as many colours or fewer.
+    """
+    _check_cells(cells, observed, rows, columns)
+    check_factors(factors)
+    keys, label = torch.unique(packed_rgb(cells[0, :3]), return_inverse=True)
+    count = keys.shape[0]
+    before = srgb_to_ycbcr(unpacked_rgb(keys).double().T.reshape(1, 3, count, 1))[0, :, :, 0]  # (3, count)
+    file = srgb_to_ycbcr(observed[:, :3].float())[0]
+    chroma_rows, chroma_columns = (
+        _decoded_average(_banded(axis, factor), axis.first.shape[0]) if factor == 2 else _banded(axis, 1)
+        for axis, factor in ((rows, factors[0]), (columns, factors[1]))
+    )
+    fitted = []
+    for planes, sampled_rows, sampled_columns, prior in (
+        (file[:1], _banded(rows, 1), _banded(columns, 1), before[:1]),
+        (F.avg_pool2d(file[1:], factors, ceil_mode=False), chroma_rows, chroma_columns, before[1:]),
+    ):
+        planes = planes[:, : sampled_rows.start.shape[0], : sampled_columns.start.shape[0]]
+        gram, right = _shade_normal_equations(label, count, sampled_rows, sampled_columns, planes)
+        ridge = _RIDGE * gram.diagonal().clamp_min(1.0)
+        fitted.append(torch.linalg.solve(gram + torch.diag(ridge), (right + ridge * prior).T).T)
+    ycc = torch.cat(fitted).reshape(1, 3, count, 1)
+    refitted = ycbcr_to_srgb(ycc)[0, :, :, 0].round().to(torch.uint8)  # (3, count)
+    return torch.cat([refitted[:, label].unsqueeze(0), cells[:, 3:]], 1)
+
+
+def _check_cells(cells: Tensor, observed: Tensor, rows: AxisSampling, columns: AxisSampling) -> None:
+    if cells.ndim != 4 or cells.shape[:2] != (1, 4) or cells.dtype != torch.uint8:
+        raise ValueError(f"`cells` must be uint8 (1, 4, h, w), got {cells.dtype} {tuple(cells.shape)}")
+    if not bool((cells[:, 3] >= 128).all()):
+        raise ValueError("`cells` must be opaque: a JPEG has no transparency")
+    height, width = observed.shape[-2:]
+    if (rows.first.shape[0], columns.first.shape[0]) != (height, width):
+        sampled = f"{rows.first.shape[0]} x {columns.first.shape[0]}"
+        raise ValueError(f"the axes sample {sampled} px, the image is {height} x {width}")
+
+
 def merge_unneeded_shades(
     cells: Tensor,
     observed: Tensor,
@@ -141,14 +305,8 @@ def merge_unneeded_shades(
     Returns:
         ``cells`` with the unneeded shades recoloured: its colours a subset of the input's.
     """
-    if cells.ndim != 4 or cells.shape[:2] != (1, 4) or cells.dtype != torch.uint8:
-        raise ValueError(f"`cells` must be uint8 (1, 4, h, w), got {cells.dtype} {tuple(cells.shape)}")
-    if not bool((cells[:, 3] >= 128).all()):
-        raise ValueError("`cells` must be opaque: a JPEG has no transparency")
+    _check_cells(cells, observed, rows, columns)
     height, width = observed.shape[-2:]
-    if (rows.first.shape[0], columns.first.shape[0]) != (height, width):
-        sampled = f"{rows.first.shape[0]} x {columns.first.shape[0]}"
-        raise ValueError(f"the axes sample {sampled} px, the image is {height} x {width}")
     device = cells.device
     unit = mcu_size(factors)
     steps = block_steps(quantization.to(device), factors)

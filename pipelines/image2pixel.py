@@ -34,7 +34,9 @@ with better detectors and deterministic output:
    On a JPEG, a shade the file does not need goes: painted as one of its two nearest colours with more cells,
    the cells re-encoded with the file's own quantisation tables explain the file at least as well
    (`kernels.pixel_jpeg`). That is what JPEG's rounding makes of small cells at an edge: ringing, and chroma
-   bled from the neighbour, which colours and neighbours alone hardly tell from the artist's own shades.
+   bled from the neighbour, which colours and neighbours alone hardly tell from the artist's own shades. Cells
+   under 4 px then take their shade's colour as all its cells explain the file (luma per pixel, chroma per
+   sample as the decoder spreads it), not their medians, which are mostly their neighbours' chroma.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -100,7 +102,12 @@ from kernels.pixel_cleanup import (
     trim_box,
 )
 from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
-from kernels.pixel_jpeg import AxisSampling, axis_sampling, merge_unneeded_shades
+from kernels.pixel_jpeg import (
+    AxisSampling,
+    axis_sampling,
+    merge_unneeded_shades,
+    refit_shades,
+)
 from kernels.pixel_palette import (
     cell_spreads,
     edge_cells,
@@ -143,6 +150,10 @@ EDGE_WEIGHT = 0.25
 # the cells right at scale 2 (79 % without); at scale 3 it gained a point of cells (90.6 against 89.7 %) while
 # moving colour counts as often away from the truth as towards it.
 CHROMA_MODEL_MIN_SCALE = 4
+# Below that, each shade the JPEG keeps takes the colour that all its cells together best explain the file with
+# (`refit_shades`), once the shades are settled: on the 120 JPEGs at scales 2-3 of the real-art set's seeds 0-2
+# that put 91.5 % of the cells right against 89.8 % and brought their mean CIELAB error from 4.1 to 3.1; no
+# colour count changed.
 
 HexColor = Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")]
 
@@ -473,10 +484,10 @@ def pixelate(
     if palette_source == "merged" and jpeg_quantization is not None and bool((native[:, 3] >= 128).all()):
         # The palette's merge sees colours, not how they came about: the file's own coding tells JPEG's shades
         # from the art's (module docs, step 6). A fixed palette is the caller's, and a clean upscale has none.
-        native = merge_unneeded_shades(
-            native, decoded, *lattice_sampling(decoded, grid, inputs.snap_grid),
-            jpeg_quantization.to(native.device), chroma_subsampling,
-        )
+        axes = lattice_sampling(decoded, grid, inputs.snap_grid)
+        native = merge_unneeded_shades(native, decoded, *axes, jpeg_quantization.to(native.device), chroma_subsampling)
+        if grid.scale < CHROMA_MODEL_MIN_SCALE:
+            native = refit_shades(native, decoded, *axes, chroma_subsampling)
     # 7-8. Background, jaggies, borders.
     if inputs.transparent_background:
         native = fill_background(native, inputs.background_mode, inputs.background_tolerance)

@@ -1,5 +1,6 @@
 """Pixel-art cells against the JPEG they came in (`kernels.pixel_jpeg`): the lattice sampling checked against
-Pillow's own resize, and the shades the file does not need checked on real art encoded by libjpeg."""
+Pillow's own resize, the shades the file does not need checked on real art encoded by libjpeg, and the shades'
+colours refitted against files painted through the encoder's model and against libjpeg's."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from kernels.jpeg_chroma import jpeg_chroma_roundtrip, srgb_to_ycbcr, ycbcr_to_srgb
 from kernels.pixel_jpeg import (
     AxisSampling,
     _render,
     axis_sampling,
     merge_unneeded_shades,
+    refit_shades,
 )
 from server.media import decode_image
 from tests.fixtures import pixel_art
@@ -149,6 +152,12 @@ def test_bad_input_is_refused():
         merge_unneeded_shades(cells, raw.pixels[None], short, axis, raw.jpeg_quantization, (2, 2))
     with pytest.raises(ValueError, match="cells"):
         merge_unneeded_shades(cells[0], raw.pixels[None], axis, axis, raw.jpeg_quantization, (2, 2))
+    with pytest.raises(ValueError, match="opaque"):
+        refit_shades(cells * 0, raw.pixels[None], axis, axis, (2, 2))
+    with pytest.raises(ValueError, match="sample"):
+        refit_shades(cells, raw.pixels[None], axis_sampling(12, 0, 3, 4.0, 4), axis, (2, 2))
+    with pytest.raises(ValueError, match="factors"):
+        refit_shades(cells, raw.pixels[None], axis, axis, (4, 4))
 
 
 @CUDA
@@ -163,3 +172,70 @@ def test_cuda_agrees_with_the_cpu():
         cells_of(noisy).cuda(), raw.pixels[None].cuda(), *axes, raw.jpeg_quantization.cuda(), (2, 2)
     )
     assert (on_cuda.cpu() == on_cpu).all(1).float().mean() >= 0.99
+    refitted_on_cpu = refit_shades(on_cpu, raw.pixels[None], rows, columns, (2, 2))
+    refitted_on_cuda = refit_shades(on_cpu.cuda(), raw.pixels[None].cuda(), *axes, (2, 2))
+    assert (refitted_on_cuda.cpu().int() - refitted_on_cpu.int()).abs().max() <= 1
+
+
+def shade_colours(cells: torch.Tensor, label: np.ndarray) -> np.ndarray:
+    """The colour ``cells`` gives each shade of ``label`` (h, w): (shades, 3); refused unless every cell of a
+    shade has its one colour."""
+    rgb = cells[0, :3].permute(1, 2, 0).numpy().astype(int)
+    shades = []
+    for shade in range(label.max() + 1):
+        found = np.unique(rgb[label == shade], axis=0)
+        assert len(found) == 1, (shade, found)
+        shades.append(found[0])
+    return np.array(shades)
+
+
+@pytest.mark.parametrize("factors", [(2, 2), (1, 2), (1, 1)])
+def test_refit_shades_finds_the_colours_a_file_was_painted_with(factors):
+    """A file made by the model's own definition: random cells painted on a resampled lattice (2.94 px rows from
+    1.3, 2.06 px columns from 0.6, the pixels before them another colour), the chroma stored and decoded as
+    libjpeg does (`jpeg_chroma_roundtrip`), quantisation aside. Given each shade 25 levels off in chroma, the fit
+    finds every true colour within the rounding of the file to bytes."""
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 6, (21, 17))
+    truth = rng.integers(30, 226, (6, 3)).astype(np.float64)
+    rows, columns = axis_sampling(64, 1.3, 21, 2.94, 3), axis_sampling(36, 0.6, 17, 2.06, 2)
+    ycc_cells = srgb_to_ycbcr(torch.from_numpy(truth[label]).permute(2, 0, 1)[None])[0]
+    painted = _render(ycc_cells, rows, columns)
+    on_lattice = rows.inside[:, None] & columns.inside[None]
+    painted = torch.where(on_lattice, painted, torch.tensor([90.0, 200.0, 60.0]).view(3, 1, 1))
+    decoded = torch.cat([painted[None, :1], jpeg_chroma_roundtrip(painted[None, 1:], factors)], 1)
+    observed = ycbcr_to_srgb(decoded).round().to(torch.uint8)
+    off = srgb_to_ycbcr(torch.from_numpy(truth).T.reshape(1, 3, 6, 1)) + torch.tensor([0.0, 25, -25]).view(1, 3, 1, 1)
+    wrong = ycbcr_to_srgb(off)[0, :, :, 0].T.round().numpy().astype(np.uint8)
+    assert np.abs(wrong.astype(int) - truth).max() >= 20
+    refitted = refit_shades(cells_of(wrong[label]), observed, rows, columns, factors)
+    assert np.abs(shade_colours(refitted, label) - truth).max() <= 1
+    assert torch.equal(refitted[:, 3], torch.full_like(refitted[:, 3], 255))
+
+
+def test_refit_shades_moves_bled_colours_back_on_real_art_encoded_by_libjpeg():
+    """Real art at scale 2, resampled x0.98 by Pillow and saved by libjpeg at q85 with 4:2:0 chroma: one chroma
+    sample spans a cell and its neighbours. Each shade is given the mean colour the decoded file shows at its
+    cells' centres, as a reading of the cells does. Refitted, every fixture's shades are nearer their true colours
+    (RGB distance, weighted by cells), and all of them together by more than half."""
+    before, after = [], []
+    for name in pixel_art.NAMES:
+        art = pixel_art.load(name)
+        big = art.repeat(2, 0).repeat(2, 1)
+        size = (round(big.shape[1] * 0.98), round(big.shape[0] * 0.98))
+        raw = jpeg_file(np.asarray(Image.fromarray(big).resize(size, Image.BILINEAR)), 85, 2)
+        periods = 2 * raw.height / big.shape[0], 2 * raw.width / big.shape[1]
+        rows = axis_sampling(raw.height, 0, art.shape[0], periods[0], 2)
+        columns = axis_sampling(raw.width, 0, art.shape[1], periods[1], 2)
+        keys, label = np.unique(art.reshape(-1, 3), axis=0, return_inverse=True)
+        label = label.reshape(art.shape[:2])
+        centre_rows = np.floor((np.arange(art.shape[0]) + 0.5) * periods[0]).astype(int)
+        centre_columns = np.floor((np.arange(art.shape[1]) + 0.5) * periods[1]).astype(int)
+        seen = raw.pixels[:3].permute(1, 2, 0).numpy()[centre_rows][:, centre_columns].astype(np.float64)
+        read = np.array([seen[label == shade].mean(0) for shade in range(len(keys))]).round().astype(np.uint8)
+        counts = np.bincount(label.flatten())
+        refitted = refit_shades(cells_of(read[label]), raw.pixels[None], rows, columns, (2, 2))
+        for errors, found in ((before, read.astype(int)), (after, shade_colours(refitted, label))):
+            errors.append(float((np.linalg.norm(found - keys.astype(int), axis=1) * counts).sum() / counts.sum()))
+    assert all(refitted < read for refitted, read in zip(after, before)), (after, before)
+    assert sum(after) <= 0.5 * sum(before), (after, before)
