@@ -11,6 +11,9 @@ Reported per degradation, per degradation family and per scale bucket (2-3, 4-7,
   rounded);
 - cell accuracy: the share of ground-truth cells shown as the right colour (the truth colour nearest to the
   result's cell), at the best alignment within one cell either way;
+- colour error: the CIELAB distance from each ground-truth cell's colour to the result's, averaged over the cells,
+  at the alignment within one cell either way where it is least (how far off the colours are, where cell
+  accuracy only asks whether the nearest truth colour is the right one);
 - palette-size error: the output's colour count less the truth's (median of the absolute error, and the share of
   images within 2), over art of at most 16 colours.
 
@@ -108,6 +111,20 @@ def correct_cells(result: np.ndarray, truth: np.ndarray) -> int:
     return best
 
 
+def colour_error(result: np.ndarray, truth: np.ndarray) -> float:
+    """The mean CIELAB distance from each cell of ``truth`` to ``result``'s, at the alignment within one cell
+    either way where it is least."""
+    want, got = srgb_to_lab(truth), srgb_to_lab(result[..., :3])
+    best = np.inf
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
+            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
+            source = (slice(rows.start - dy, rows.stop - dy), slice(columns.start - dx, columns.stop - dx))
+            best = min(best, float(np.linalg.norm(want[rows, columns] - got[source], axis=-1).mean()))
+    return best
+
+
 def kiln_runner(device: torch.device) -> Runner:
     """Kiln's `pixelate` on ``device``: the image goes there, the result comes back to the host."""
     from pipelines.image2pixel import Image2PixelInput, pixelate
@@ -147,6 +164,7 @@ class Tally:
     scale_right: int = 0
     cells: int = 0
     cells_right: int = 0
+    colour_error: float = 0.0  # summed over cells
     palette_errors: list[int] = field(default_factory=list)  # over truths of at most 16 colours
 
     def add(self, record: dict) -> None:
@@ -154,6 +172,7 @@ class Tally:
         self.scale_right += record["scale_right"]
         self.cells += record["cells"]
         self.cells_right += record["cells_right"]
+        self.colour_error += record["colour_error"] * record["cells"]
         if record["true_colours"] <= 16:
             self.palette_errors.append(record["colours"] - record["true_colours"])
 
@@ -162,6 +181,7 @@ class Tally:
             "images": self.images,
             "scale_accuracy": round(self.scale_right / max(1, self.images), 4),
             "cell_accuracy": round(self.cells_right / max(1, self.cells), 4),
+            "colour_error": round(self.colour_error / max(1, self.cells), 3),
         }
         if self.palette_errors:
             errors = np.abs(self.palette_errors)
@@ -189,6 +209,7 @@ def evaluate(runner: Runner, case) -> dict:
         "scale_right": scale == case.true_scale,
         "cells": int(case.truth[..., 0].size),
         "cells_right": correct_cells(native, case.truth),
+        "colour_error": colour_error(native, case.truth),
         "true_colours": case.colours,
         "colours": colours,
     }
@@ -385,7 +406,7 @@ def main() -> None:
     summary = {name: summarise(rows) for name, rows in records.items()}
     keys = list(next(iter(summary.values())))
     print(f"kiln on {args.device}, torch threads {torch.get_num_threads()}")
-    print(f"{'set':<46}{'system':<8}{'images':>7}{'scale':>9}{'cells':>9}{'|dcol|':>8}{'<=2':>8}")
+    print(f"{'set':<46}{'system':<8}{'images':>7}{'scale':>9}{'cells':>9}{'dE':>7}{'|dcol|':>8}{'<=2':>8}")
     for key in keys:
         for name in summary:
             numbers = summary[name][key]
@@ -396,7 +417,7 @@ def main() -> None:
             )
             print(
                 f"{key:<46}{name:<8}{numbers['images']:>7}{numbers['scale_accuracy']:>9.1%}"
-                f"{numbers['cell_accuracy']:>9.1%}{palette}"
+                f"{numbers['cell_accuracy']:>9.1%}{numbers['colour_error']:>7.2f}{palette}"
             )
     images = [] if args.no_timing else timing_images(args.timing_images)
     times = timing(systems, images, args.baseline_tree, args.cpu_threads, TIMING_REPEATS)
