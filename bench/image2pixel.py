@@ -113,16 +113,17 @@ def correct_cells(result: np.ndarray, truth: np.ndarray) -> int:
 
 def colour_error(result: np.ndarray, truth: np.ndarray) -> float:
     """The mean CIELAB distance from each cell of ``truth`` to ``result``'s, at the alignment within one cell
-    either way where it is least."""
-    want, got = srgb_to_lab(truth), srgb_to_lab(result[..., :3])
-    best = np.inf
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
-            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
-            source = (slice(rows.start - dy, rows.stop - dy), slice(columns.start - dx, columns.stop - dx))
-            best = min(best, float(np.linalg.norm(want[rows, columns] - got[source], axis=-1).mean()))
-    return best
+    either way where it is least. A result with fewer cells (a wrong scale) is extended by repeating its edges,
+    so every true cell is compared with something."""
+    want = srgb_to_lab(truth)
+    height, width = want.shape[:2]
+    extra = ((1, max(1, height + 1 - result.shape[0])), (1, max(1, width + 1 - result.shape[1])), (0, 0))
+    got = srgb_to_lab(np.pad(result[..., :3], extra, mode="edge"))
+    return min(
+        float(np.linalg.norm(want - got[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width], axis=-1).mean())
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
 
 
 def kiln_runner(device: torch.device) -> Runner:
