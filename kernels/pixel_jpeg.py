@@ -1,4 +1,4 @@
-"""Pixel-art cells against the JPEG they came in: which palette shades the file actually needs.
+"""Pixel-art cells against the JPEG they came in: which palette shades the file needs, and what colour each is.
 
 JPEG's quantisation rings at edges and bleeds chroma across them, so the cells of a small-scale upscale come out
 as shades the art never had, each beside the colour it came from. Their colours and neighbours alone hardly tell
@@ -8,7 +8,8 @@ colour, explain the file at least as well is not in the art.
 
 Cells of 2-3 px are too small for their own pixels to tell their chroma (a 4:2:0 sample spans a whole cell and
 its neighbours'), but all the cells of a shade together are not: `refit_shades` gives each shade the colour
-that, painted on the lattice and subsampled as the encoder did, best explains the file.
+that, painted on the lattice, subsampled as the encoder did and spread back as the decoder does, best explains
+the file.
 
 Images are ``(B, C, H, W)``, cells ``(B, C, h, w)``, B = 1. A lattice axis (`AxisSampling`) says which cells each
 pixel of the image shows: the interpolation between two neighbouring cells of a resampled upscale, or one cell.
@@ -35,7 +36,7 @@ _CANDIDATES = 2
 # MCUs a shade is judged on at most, evenly spaced among those it reaches: its score is a ratio of sums over them.
 _MOST_MCUS = 256
 # Added to the diagonal of `refit_shades`'s normal equations, relative to it, pulling towards the shade's colour
-# as it came: a shade whose every pixel is off the lattice keeps that colour, the others move by at most 1e-6.
+# as it came: a shade the file shows nothing of keeps that colour, the others land a millionth of the way back.
 _RIDGE = 1e-6
 
 
