@@ -475,14 +475,8 @@ def test_the_chroma_model_leaves_cells_under_4_px_and_other_files_alone():
 def colour_error(result, case: pixel_art.Case) -> float:
     """The mean RGB distance from each true cell to the result's, at the best alignment within one cell."""
     got, want = result.native[:3].permute(1, 2, 0).numpy().astype(np.float64), case.truth.astype(np.float64)
-    errors = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
-            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
-            source = (slice(rows.start - dy, rows.stop - dy), slice(columns.start - dx, columns.stop - dx))
-            errors.append(float(np.linalg.norm(want[rows, columns] - got[source], axis=-1).mean()))
-    return min(errors)
+    return min(float(np.linalg.norm(want[true_cells] - got[result_cells], axis=-1).mean())
+               for true_cells, result_cells in pixel_art.alignments(want.shape, got.shape))
 
 
 def test_real_art_cells_under_4_px_take_their_shades_colour_from_the_file(monkeypatch):
