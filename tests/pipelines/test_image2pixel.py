@@ -108,14 +108,8 @@ def correct_cells(result: np.ndarray, truth: np.ndarray, palette: np.ndarray) ->
         return ((colours[..., None, :].astype(int) - palette.astype(int)) ** 2).sum(-1).argmin(-1)
 
     want, got = labels(truth), labels(result[..., :3])
-    best = 0
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            rows = slice(max(0, dy), min(want.shape[0], got.shape[0] + dy))
-            columns = slice(max(0, dx), min(want.shape[1], got.shape[1] + dx))
-            shifted = got[rows.start - dy : rows.stop - dy, columns.start - dx : columns.stop - dx]
-            best = max(best, int((want[rows, columns] == shifted).sum()))
-    return best
+    return max(int((want[true_cells] == got[result_cells]).sum())
+               for true_cells, result_cells in pixel_art.alignments(want.shape, got.shape))
 
 
 def run_pixelate(image: np.ndarray, **fields) -> tuple[int, np.ndarray]:
