@@ -315,6 +315,20 @@ class TestCellSpreads:
         opaque[0, 0, 1] = False
         assert cell_spreads(rgba(rgb, opaque), cell, 3).item() == 0.0  # one of the 5 is transparent
 
+    def test_from_5_px_the_two_rings_that_an_edge_reaches_are_left_out(self):
+        """A resampled or blurred edge spreads about a pixel into each cell, and the lattice may be half a pixel
+        off: in a 6 px cell whose second ring shows its neighbours' colour, only the 2 x 2 centre is measured."""
+        rgb = np.full((1, 6, 6, 3), 100)
+        rgb[0, 1:5, 1:5] = [20, 20, 200]  # the ring 1 px in, bled
+        rgb[0, 2:4, 2:4] = 100
+        rgb[0, 2, 2] = [130, 100, 100]
+        cell = rgba(np.full((1, 1, 1, 3), 100))
+        lab = srgb_to_lab(torch.tensor([[130, 100, 100], [100, 100, 100]]))
+        expected = float(colour_distance(lab[:1], lab[1:]))
+        assert cell_spreads(rgba(rgb), cell, 6).item() == pytest.approx(expected / 4, rel=1e-3)
+        rgb[0, 2, 2] = 100
+        assert cell_spreads(rgba(rgb[:, :5, :5]), cell, 5).item() < 1e-3  # a 5 px cell: its centre pixel alone
+
     def test_mean_distance_of_the_interior(self):
         """One 4 px cell: its border ring is left out, and the mean runs over the opaque interior pixels only."""
         rgb = np.full((1, 4, 4, 3), 100)
