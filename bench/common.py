@@ -52,9 +52,22 @@ def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS, pat
     if path is None:
         folder.mkdir(parents=True, exist_ok=True)
         device = "gpu" if torch.cuda.is_available() else "cpu"
-        path = folder / f"{name}-{device}-{now:%Y%m%d-%H%M%S}.json"
+        path = _new_file(folder, f"{name}-{device}-{now:%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def _new_file(folder: Path, stem: str) -> Path:
+    """Creates ``folder/stem.json``, or ``stem-2.json`` and on where runs (e.g. two seeds side by side) end in
+    the same second: creating it, not checking for it, keeps two processes from taking one name."""
+    number = 1
+    while True:
+        path = folder / (f"{stem}.json" if number == 1 else f"{stem}-{number}.json")
+        try:
+            path.touch(exist_ok=False)
+            return path
+        except FileExistsError:
+            number += 1
 
 
 def percentile(values: list[float], fraction: float) -> float:
