@@ -107,16 +107,21 @@ def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple
     return shown > 0
 
 
-def _share(mask: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) -> Tensor:
+def _share(chosen: Tensor, label: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) -> Tensor:
     """How much of each pixel of the MCUs whose rows and columns sample the cells as ``tile_rows`` and
-    ``tile_columns`` (`AxisSampling` fields, ``(n, mh)`` and ``(n, mw)``) is painted from ``mask``'s cells:
-    ``(n, 1, mh, mw)``."""
+    ``tile_columns`` (`AxisSampling` fields, ``(n, mh)`` and ``(n, mw)``) is painted from the cells whose
+    ``label`` (:math:`(h, w)`) is ``chosen`` (bool, one per label): ``(n, 1, mh, mw)``. Only the cells those
+    pixels show are looked up, not the whole image."""
     first_row, second_row, row_weight = (field.unsqueeze(2) for field in tile_rows[:3])
     first_column, second_column, column_weight = (field.unsqueeze(1) for field in tile_columns[:3])
+
+    def painted(rows: Tensor, columns: Tensor) -> Tensor:
+        return chosen[label[rows, columns]].float()
+
     if not (bool(row_weight.any()) or bool(column_weight.any())):  # a whole-pixel lattice: one cell a pixel
-        return mask[first_row, first_column].unsqueeze(1)
-    top = torch.lerp(mask[first_row, first_column], mask[first_row, second_column], column_weight)
-    bottom = torch.lerp(mask[second_row, first_column], mask[second_row, second_column], column_weight)
+        return painted(first_row, first_column).unsqueeze(1)
+    top = torch.lerp(painted(first_row, first_column), painted(first_row, second_column), column_weight)
+    bottom = torch.lerp(painted(second_row, first_column), painted(second_row, second_column), column_weight)
     return torch.lerp(top, bottom, row_weight).unsqueeze(1)
 
 
@@ -338,11 +343,13 @@ def merge_unneeded_shades(
     tile_columns = [field.view(tiles_across, unit[1]) for field in columns]
     inside = _tiles(on_lattice.float()[None], unit)
 
-    def recoloured(mask: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
-        """The blocks of the MCUs ``tiles`` that ``mask``'s cells reach, ``(tile, block)``, and their coefficients
-        and the change of what is stored with those cells' colour moved by each of ``steps_to`` (YCbCr)."""
+    def recoloured(chosen: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
+        """The blocks of the MCUs ``tiles`` that the cells of the ``chosen`` labels reach, ``(tile, block)``, and
+        their coefficients and the change of what is stored with those cells' colour moved by each of
+        ``steps_to`` (YCbCr)."""
         down, across = tiles // tiles_across, tiles % tiles_across
-        share = _share(mask, [field[down] for field in tile_rows], [field[across] for field in tile_columns])
+        tile_fields = [field[down] for field in tile_rows], [field[across] for field in tile_columns]
+        share = _share(chosen, label, *tile_fields)
         # the coefficients are linear in the painted colours: a unit step of the cells' colour adds this much
         unit_step = mcu_coefficients((share * inside[tiles]).expand(-1, 3, -1, -1), factors, offset=0.0)
         local, block = (unit_step != 0).flatten(2).any(2).nonzero().unbind(1)
@@ -362,11 +369,11 @@ def merge_unneeded_shades(
         heavier = torch.tensor(heavier, device=device)
         distance = colour_distance(lab[shade : shade + 1], lab[heavier])[0]
         candidates = heavier[distance.argsort(stable=True)[:_CANDIDATES]]
-        mask = (target[label] == shade).float()
+        chosen = target == shade
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
         sampled = reached[:: -(-reached.numel() // _MOST_MCUS)]
-        tile, block, trial, change = recoloured(mask, sampled, ycc[candidates] - ycc[shade])
+        tile, block, trial, change = recoloured(chosen, sampled, ycc[candidates] - ycc[shade])
         weight = per_pixel[block]
         explained = (change * missing[tile, block] * weight).flatten(1).sum(1)
         changed = (change * change * weight).flatten(1).sum(1)
@@ -377,7 +384,7 @@ def merge_unneeded_shades(
             continue
         colour = int(candidates[best])
         if sampled.numel() < reached.numel():
-            tile, block, trial, change = recoloured(mask, reached, ycc[colour : colour + 1] - ycc[shade])
+            tile, block, trial, change = recoloured(chosen, reached, ycc[colour : colour + 1] - ycc[shade])
             best = 0
         coefficients[tile, block] = trial[best]
         stored[tile, block] += change[best]
