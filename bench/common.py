@@ -58,8 +58,9 @@ def write_result(name: str, numbers: dict[str, Any], folder: Path = RESULTS, pat
 
 
 def _new_file(folder: Path, stem: str) -> Path:
-    """Creates ``folder/stem.json``, or ``stem-2.json`` and on where runs (e.g. two seeds side by side) end in
-    the same second: creating it, not checking for it, keeps two processes from taking one name."""
+    """Creates and returns ``folder/stem.json``, or ``stem-2.json``, ``stem-3.json`` ... where other runs (two
+    seeds side by side, say) ended in the same second: creating the file, not looking for it first, keeps two
+    processes from taking one name."""
     number = 1
     while True:
         path = folder / (f"{stem}.json" if number == 1 else f"{stem}-{number}.json")
