@@ -365,13 +365,16 @@ def srgb_to_lab(rgb: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
     if rgb.is_floating_point():
         linear = _linear_srgb(rgb)
     else:  # 256 values a channel: looked up, not raised to the power 2.4 pixel by pixel
-        linear = _linear_srgb(torch.arange(256, dtype=dtype, device=rgb.device))[rgb.int()]
+        table = _linear_srgb(torch.arange(256, dtype=dtype, device=rgb.device))
+        # a flat index_select, several times faster than indexing with a strided (..., 3) view
+        linear = table.index_select(0, rgb.flatten().int()).view(rgb.shape)
     to_xyz = linear.new_tensor(
         [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
     )
     xyz = (linear @ to_xyz.t()) / linear.new_tensor([0.95047, 1.0, 1.08883])
     f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(0) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return torch.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+    x, y, z = f.unbind(-1)
+    return torch.stack([116 * y - 16, 500 * (x - y), 200 * (y - z)], -1)
 
 
 def _linear_srgb(rgb: Tensor) -> Tensor:
@@ -383,8 +386,8 @@ def _linear_srgb(rgb: Tensor) -> Tensor:
 def _delta_e94(first: Tensor, second: Tensor) -> Tensor:
     r""":math:`\Delta E_{94}` between CIELAB colours ``(..., 3)`` that broadcast together."""
     # channel by channel: reductions over a last dimension of 2 are slow on large inputs
-    lightness = first[..., 0] - second[..., 0]
-    a_first, b_first, a_second, b_second = first[..., 1], first[..., 2], second[..., 1], second[..., 2]
+    (lightness_first, a_first, b_first), (lightness_second, a_second, b_second) = first.unbind(-1), second.unbind(-1)
+    lightness = lightness_first - lightness_second
     chroma_first = (a_first * a_first + b_first * b_first).sqrt()
     chroma_second = (a_second * a_second + b_second * b_second).sqrt()
     chroma = chroma_first - chroma_second
@@ -742,36 +745,36 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
     label = _compact(label)
     lab = lab.float()  # single precision is ample for counting colours in balls, and twice as fast
     count = int(label.max()) + 1
-    order = label.argsort(stable=True)
-    members: list[Tensor | None] = list(order.split(torch.bincount(label, minlength=count).tolist()))
+    sizes = torch.bincount(label, minlength=count).tolist()
+    members: list[Tensor | None] = list(label.argsort(stable=True).split(sizes))
     centres = torch.zeros(count, 3, dtype=lab.dtype)
     radii = torch.zeros(count, dtype=lab.dtype)
 
     def measure(clusters: list[int]) -> None:
         points = torch.cat([members[index] for index in clusters])
-        which = torch.repeat_interleave(torch.tensor([members[index].shape[0] for index in clusters]))
-        mean, total = _cluster_means(rgb[points], weight[points], which, len(clusters))
+        which = torch.repeat_interleave(torch.tensor([sizes[index] for index in clusters]))
+        point_weight = weight[points]
+        mean, total = _cluster_means(rgb[points], point_weight, which, len(clusters))
         centres[clusters] = srgb_to_lab(mean).to(lab.dtype)
         squared = _delta_e94(lab[points], centres[clusters][which]) ** 2
-        spread = torch.zeros(len(clusters), dtype=torch.float64).index_add_(0, which, squared * weight[points])
+        spread = torch.zeros(len(clusters), dtype=torch.float64).index_add_(0, which, squared * point_weight)
         radii[clusters] = spread.div(total.clamp_min(1e-12)).sqrt().to(lab.dtype)
 
-    def middle_shares(firsts: Tensor, seconds: Tensor) -> list[float]:
+    def middle_shares(firsts: list[int], seconds: list[int], gaps: Tensor) -> list[float]:
         ends = torch.stack([centres[firsts], centres[seconds]])
         balls = torch.stack([ends[0], ends.mean(0), ends[1]])
-        radius = _delta_e94(ends[0], ends[1]) / 4
-        pairs = [
-            torch.cat([members[first], members[second]]) for first, second in zip(firsts.tolist(), seconds.tolist())
-        ]
+        radius = gaps / 4
+        pairs = list(zip(firsts, seconds))
+        lengths = [sizes[first] + sizes[second] for first, second in pairs]
         shares: list[float] = []
         start = 0
-        while start < len(pairs):
-            stop, taken = start + 1, pairs[start].shape[0]
-            while stop < len(pairs) and taken + pairs[stop].shape[0] <= _POINTS_AT_ONCE:
-                taken += pairs[stop].shape[0]
+        while start < len(lengths):
+            stop, taken = start + 1, lengths[start]
+            while stop < len(lengths) and taken + lengths[stop] <= _POINTS_AT_ONCE:
+                taken += lengths[stop]
                 stop += 1
-            points = torch.cat(pairs[start:stop])
-            pair = torch.repeat_interleave(torch.tensor([chunk.shape[0] for chunk in pairs[start:stop]]))
+            points = torch.cat([members[cluster] for pair in pairs[start:stop] for cluster in pair])
+            pair = torch.repeat_interleave(torch.tensor(lengths[start:stop]))
             inside = _delta_e94(lab[points].unsqueeze(0), balls[:, pair + start]) <= radius[pair + start]
             around = torch.zeros(3, stop - start, dtype=weight.dtype).index_add_(1, pair, weight[points] * inside)
             shares += (around[1] / around[[0, 2]].min(0).values.clamp_min(1e-12)).tolist()
@@ -780,12 +783,14 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
 
     def queue_near_pairs(firsts: Tensor, alive: Tensor) -> None:
         reach = 2 * distance + radii[firsts].unsqueeze(1) + radii
-        near = (colour_distance(centres[firsts], centres) <= reach) & alive
+        gap = colour_distance(centres[firsts], centres)
+        near = (gap <= reach) & alive
         near[torch.arange(firsts.shape[0]), firsts] = False
         rows, seconds = near.nonzero().unbind(1)
-        firsts = firsts[rows]
-        pairs = zip(torch.minimum(firsts, seconds).tolist(), torch.maximum(firsts, seconds).tolist())
-        for (first, second), share in zip(pairs, middle_shares(firsts, seconds)):
+        gaps = gap[rows, seconds]
+        firsts, seconds = firsts[rows].tolist(), seconds.tolist()
+        for first, second, share in zip(firsts, seconds, middle_shares(firsts, seconds, gaps)):
+            first, second = min(first, second), max(first, second)
             # the fullest middle first; ties to the lower pair of indices, so the result is deterministic
             heapq.heappush(queue, (-share, first, second, version[first], version[second]))
 
@@ -805,6 +810,7 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
             break
         members[keep] = torch.cat([members[keep], members[drop]])
         members[drop] = None
+        sizes[keep] += sizes[drop]
         alive[drop] = False
         version[keep] += 1
         version[drop] = -1
