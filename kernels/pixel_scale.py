@@ -280,16 +280,20 @@ def detect_grid_runs(image: Tensor) -> list[Grid | None]:
 
 
 def _detection_planes(image: Tensor) -> Tensor:
-    """Luma (Rec. 601) and alpha of an RGB(A) image, ``(B, 1 or 2, H, W)`` float32; other channel counts as is.
+    """Luma (Rec. 601) and alpha of an RGB(A) image, ``(B, 1 or 2, H, W)`` float32 (alpha only where it varies in
+    some sample: a constant plane has no edges); other channel counts as is.
 
     JPEG keeps luma at full resolution but stores chroma at half resolution with 4:2:0 subsampling, so colour
     edges only land on its 2-pixel chroma grid. Edges are therefore looked for in luma (and alpha, which JPEG
     does not have), where the art's own pixel grid is intact."""
     x = image.float()
-    if x.shape[1] in (3, 4):
-        luma = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
-        return torch.cat([luma, x[:, 3:4]], 1) if x.shape[1] == 4 else luma
-    return x
+    if x.shape[1] not in (3, 4):
+        return x
+    luma = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
+    alpha = x[:, 3:].flatten(1)
+    if x.shape[1] == 4 and bool((alpha.amax(1) > alpha.amin(1)).any()):
+        return torch.cat([luma, x[:, 3:]], 1)
+    return luma
 
 
 def _spectrum(profile: Tensor, size: int) -> Tensor:
@@ -459,7 +463,7 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
 
     grids = []
     for sample in range(image.shape[0]):
-        colours = image[sample].double()
+        colours = image[sample]
         grid = _fit_grid(*(p[sample] for p in luma_profiles), line_sums(luma[sample]), size, longest, colours)
         if grid is None:
             # Isoluminant art: its edges are only in the colour channels.
@@ -480,8 +484,8 @@ def _centre_purity(planes: Tensor, lattices: list[tuple[float, float]]) -> float
         steps = torch.arange(first, first + length / period + 1, dtype=torch.float64, device=planes.device)
         centres = phase + period * (steps + 0.5)
         indices.append(centres[(centres >= 0) & (centres < length)].floor().long())
-    samples = planes[:, indices[0]][:, :, indices[1]].flatten(1).t().double()
-    samples = samples[:: max(1, samples.shape[0] // _PURITY_SAMPLES)]
+    samples = planes[:, indices[0]][:, :, indices[1]].flatten(1).t()
+    samples = samples[:: max(1, samples.shape[0] // _PURITY_SAMPLES)].double()
     if samples.shape[0] < 2:
         return 0.0
     distance = torch.cdist(samples, samples)
