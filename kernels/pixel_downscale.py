@@ -133,6 +133,11 @@ def _median_colours(image: Tensor, scale: int) -> Tensor:
     values = _cells(image[:, :3].int(), scale)  # int32 sorts about twice as fast as int64
     size = values.shape[-1]
     if bool(count.eq(size).all()):  # every pixel opaque (any JPEG): the middle ones are at fixed places
+        if size == 4:  # the interior of a 2 or 4 px cell: its middle two are all four less the least and greatest
+            first, second, third, fourth = values.unbind(-1)
+            least = torch.minimum(torch.minimum(first, second), torch.minimum(third, fourth))
+            greatest = torch.maximum(torch.maximum(first, second), torch.maximum(third, fourth))
+            return (first + second + third + fourth - least - greatest) // 2
         values = values.sort(-1).values
         return (values[..., (size - 1) // 2] + values[..., size // 2]) // 2
     values = torch.where(opaque.unsqueeze(1), values, 256).sort(-1).values
