@@ -328,8 +328,8 @@ def merge_unneeded_shades(
 
     padded_rows = torch.arange(rows.first.shape[0], device=device)
     padded_columns = torch.arange(columns.first.shape[0], device=device)
-    file_pixels = observed[0, :3].float()[:, padded_rows.clamp(max=height - 1)]
-    file_ycc = srgb_to_ycbcr(file_pixels[:, :, padded_columns.clamp(max=width - 1)][None])[0]
+    file_pixels = observed[0, :3][:, padded_rows.clamp(max=height - 1)][:, :, padded_columns.clamp(max=width - 1)]
+    file_ycc = srgb_to_ycbcr(file_pixels.float()[None])[0]
     on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
     painted = torch.where(on_lattice, _render(ycc.T[:, label], rows, columns), file_ycc)
     coefficients = mcu_coefficients(_tiles(painted, unit), factors)
