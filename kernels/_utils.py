@@ -87,8 +87,9 @@ def luma(image: Tensor, weights: tuple[float, float, float]) -> Tensor:
 
 
 def packed_rgb(rgb: Tensor) -> Tensor:
-    """``(..., 3, H, W)`` integer colours -> ``(..., H, W)`` int64 ``0xRRGGBB``: one key a colour, in colour order."""
-    rgb = rgb.long()
+    """``(..., 3, H, W)`` integer colours -> ``(..., H, W)`` int32 ``0xRRGGBB``: one key a colour, in colour order
+    (int32 holds 24 bits, and sorts and finds unique keys about twice as fast as int64)."""
+    rgb = rgb.int()
     return (rgb[..., 0, :, :] << 16) | (rgb[..., 1, :, :] << 8) | rgb[..., 2, :, :]
 
 

@@ -418,7 +418,7 @@ def working_palette(
     opaque = cells[0, 3] >= 128
     if not bool(opaque.any()):
         return None, "image", cells
-    rgb = cells[0, :3, opaque].long()
+    rgb = cells[0, :3, opaque].int()
     keys, which, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_inverse=True, return_counts=True)
     colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).to(torch.uint8)
     spreads = cell_spreads(model.image if model is not None else image, cells, scale)[0, opaque].double()
