@@ -20,7 +20,8 @@ Reported per degradation, per degradation family and per scale bucket (2-3, 4-7,
 Timing: 1024x1024 JPEGs of real art (scales 8 and 16), the whole computation per image (no file decoding or
 encoding on either side), after a warm-up; Kiln runs with the server's CPU thread count. With
 `--baseline-tree DIR` (e.g. `git archive HEAD | tar -x -C DIR`) the same timing runs, interleaved, on that tree's
-Kiln, so before and after are measured in the same run.
+Kiln, and on this tree's the same way (each in a fresh interpreter, `kiln (this tree)`), so before and after are
+measured alike in the same run: Kiln timed beside unfake in one process can come out slower than alone.
 
 Kiln runs on `--device` (CUDA where there is one), unfake on the CPU. On a GPU machine without the art packages,
 `--timing-only --timing-images FILE.npz` times the images written to that file where the packages are.
@@ -64,6 +65,7 @@ from bench.pixel_art_set import (
 from testkit.degradations import jpeg, jpeg_quantization
 
 TIMING_REPEATS = 3
+REPOSITORY = Path(__file__).resolve().parent.parent
 # the pixels, and what the server's decoder reports of the file: `RawImage.chroma_subsampling` and
 # `RawImage.jpeg_quantization`
 Runner = Callable[[np.ndarray, tuple[int, int], np.ndarray | None], tuple[int, np.ndarray]]
@@ -340,6 +342,7 @@ def timing(
             for system, runner in systems.items():
                 samples.setdefault(system, []).extend(time_runner(runner, image, repeats))
             if baseline is not None:
+                samples.setdefault("kiln (this tree)", []).extend(time_tree(REPOSITORY, image, threads, repeats))
                 samples.setdefault("kiln (baseline tree)", []).extend(time_tree(baseline, image, threads, repeats))
         for system, values in samples.items():
             row[system] = round(1000 * statistics.median(values), 1)
