@@ -444,7 +444,7 @@ def merge_floor(scale: int) -> float:
     return MERGE_FLOOR_TIMES_SIDE / max(3, min(CELL_SAMPLES, scale - 2))
 
 
-# Nothing here is differentiated; outside autograd each of the palette's many small tensor operations costs a fifth less.
+# Nothing here is differentiated: outside autograd each of the palette's many small tensor ops costs a fifth less.
 @torch.inference_mode()
 def pixelate(
     image: torch.Tensor,
