@@ -43,6 +43,7 @@ import logging
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -313,10 +314,10 @@ def time_runner(runner: Runner, image: np.ndarray, repeats: int) -> list[float]:
 
 
 def time_tree(tree: Path, image: np.ndarray, threads: int, repeats: int) -> list[float]:
-    """Kiln's `pixelate` of another source tree, timed in a fresh interpreter there."""
-    path = tree / ".bench-timing-image.npy"
-    np.save(path, image)
-    try:
+    """Kiln's `pixelate` of a source tree, timed in a fresh interpreter there."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "image.npy"
+        np.save(path, image)
         output = subprocess.run(
             [sys.executable, "-c", TIMING_SNIPPET, str(threads), str(path), str(repeats)],
             cwd=tree,
@@ -325,8 +326,6 @@ def time_tree(tree: Path, image: np.ndarray, threads: int, repeats: int) -> list
             text=True,
             check=True,
         ).stdout
-    finally:
-        path.unlink(missing_ok=True)
     return json.loads(output.strip().splitlines()[-1])
 
 
