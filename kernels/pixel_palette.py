@@ -21,6 +21,7 @@ from kernels.jpeg_chroma import srgb_to_ycbcr, ycbcr_to_srgb
 
 __all__ = [
     "cell_spreads",
+    "colour_counts",
     "colour_distance",
     "edge_cells",
     "estimate_color_count",
@@ -110,6 +111,23 @@ def unique_colors(image: Tensor) -> list[Tensor]:
         distinct = torch.unique(sample_keys[sample_opaque])
         colours.append(unpacked_rgb(distinct).to(torch.uint8))
     return colours
+
+
+def colour_counts(colours: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The distinct colours among integer colours :math:`(3, N)`, sorted by ``0xRRGGBB``.
+
+    Returns:
+        ``(distinct, index, counts)``: uint8 :math:`(K, 3)`, long :math:`(N,)` each colour's row of ``distinct``,
+        and long :math:`(K,)` how many of the colours each row stands for.
+
+    Example:
+        >>> import torch
+        >>> distinct, index, counts = colour_counts(torch.tensor([[9, 1, 9], [8, 2, 8], [7, 3, 7]]))
+        >>> distinct.tolist(), index.tolist(), counts.tolist()
+        ([[1, 2, 3], [9, 8, 7]], [1, 0, 1], [1, 2])
+    """
+    keys, index, counts = torch.unique(packed_rgb(colours.unsqueeze(-1)), return_inverse=True, return_counts=True)
+    return unpacked_rgb(keys.flatten()).to(torch.uint8), index.flatten(), counts.flatten()
 
 
 def map_to_palette(image: Tensor, palette: Tensor) -> Tensor:

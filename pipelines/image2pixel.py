@@ -110,6 +110,7 @@ from kernels.pixel_jpeg import (
 )
 from kernels.pixel_palette import (
     cell_spreads,
+    colour_counts,
     edge_cells,
     map_to_palette,
     merge_similar_colors,
@@ -418,12 +419,10 @@ def working_palette(
     opaque = cells[0, 3] >= 128
     if not bool(opaque.any()):
         return None, "image", cells
-    rgb = cells[0, :3, opaque].int()
-    keys, which, counts = torch.unique((rgb[0] << 16) | (rgb[1] << 8) | rgb[2], return_inverse=True, return_counts=True)
-    colours = torch.stack([keys >> 16, (keys >> 8) & 255, keys & 255], 1).to(torch.uint8)
+    colours, which, counts = colour_counts(cells[0, :3, opaque])
     spreads = cell_spreads(model.image if model is not None else image, cells, scale)[0, opaque].double()
     # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
-    errors = (torch.zeros_like(keys, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
+    errors = (torch.zeros_like(counts, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
     # A 3 px cell's spread is taken against pixels of its border ring, bleed included (see `cell_spreads`): it says
     # how uncertain the cell's colour is, not how far the noise in flat areas reaches, so it sets no radius.
     merge_at_least = SPREAD_TO_MERGE * float(spreads.median()) if scale != 3 else 0.0
