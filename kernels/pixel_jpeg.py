@@ -296,15 +296,14 @@ def _score(change: Tensor, missing: Tensor, weight: Tensor, chroma_blocks: Tenso
     well (``lenient``: see `_CHROMA_LENIENCY`), inf for one the rounding swallows whole, which says nothing."""
     products = change * missing * weight, change * change * weight
 
-    def of(blocks: Tensor | slice) -> Tensor:
+    def score_of(blocks: Tensor | slice, unchanged: float) -> Tensor:
         explained, changed = (product[:, blocks].flatten(1).sum(1) for product in products)
-        # a part that the change leaves as it was is as explained as can be
-        return torch.where(changed > 0, 1 - 2 * explained / changed.clamp_min(1e-12), -1.0)
+        return torch.where(changed > 0, 1 - 2 * explained / changed.clamp_min(1e-12), unchanged)
 
-    changed = products[1].flatten(1).sum(1)
-    score = torch.where(changed > 0, of(slice(None)), torch.inf)
+    score = score_of(slice(None), torch.inf)
     if lenient:
-        agrees = (of(~chroma_blocks) <= 0) & (of(chroma_blocks) <= _CHROMA_LENIENCY)
+        # a part that the change leaves as it was is as explained as can be
+        agrees = (score_of(~chroma_blocks, -1.0) <= 0) & (score_of(chroma_blocks, -1.0) <= _CHROMA_LENIENCY)
         score = torch.where(agrees, score.clamp(max=0), score)
     return score
 
