@@ -68,6 +68,10 @@ _RESIDUAL_LINES = 256
 # Whole-pixel cells are kept while they would drift less than this (pixels) against the measured period
 # across the image.
 _MAX_DRIFT = 0.25
+# How far (pixels) either side of a cell boundary a resample spreads its step, and the cells under which the next
+# boundary's spread is within reach (see `_refine_lattice`).
+_EDGE_SPREAD = 1.5
+_NARROW_CELL = 2.5
 # The largest period looked for is a third of the shorter side: at least three cells must be visible.
 _MIN_CELLS = 3
 # Share of a strong edge (99th percentile difference) below which a step is noise, see `edge_profiles`.
@@ -347,23 +351,77 @@ def _fit_lattice(profile: Tensor, period: float, phase: float) -> tuple[float, f
     Every edge within a quarter cell of the lattice is given its cell number ``k``, and ``(phase, period)`` are
     the weighted least-squares line through those ``(k, position)`` pairs, three times over. A spectral peak
     only locates a lattice of a dozen cells to a few hundredths of a pixel, enough to drift half a pixel across
-    the image; the fit is exact on an exact lattice and unbiased on a resampled one (a blurred or resampled
-    edge peaks at its rounded position)."""
+    the image; the fit is exact on an exact lattice. The edges of `edge_profiles` sit at whole pixels, so on a
+    resampled one it leans towards whole-pixel cells: `_refine_lattice` takes it from there."""
     weights = profile.double()
     positions = torch.arange(weights.shape[0], dtype=torch.float64, device=weights.device)
     for _ in range(3):
         index = torch.round((positions - phase) / period)
         near = (weights > 0) & ((positions - phase - index * period).abs() <= max(0.5, period / 4))
-        w, k, x = weights[near], index[near], positions[near]
-        total = float(w.sum())
-        if total <= 0 or float(k.max() - k.min()) < 1:
+        if float(weights[near].sum()) <= 0 or float(index[near].max() - index[near].min()) < 1:
             break
-        mean_k, mean_x = float((w * k).sum()) / total, float((w * x).sum()) / total
-        spread = float((w * (k - mean_k) ** 2).sum())
-        if spread <= 0:
+        fitted = _line_fit(index[near], positions[near], weights[near])
+        if fitted is None:
             break
-        period = float((w * (k - mean_k) * (x - mean_x)).sum()) / spread
-        phase = mean_x - period * mean_k
+        period, phase = fitted
+    return period, phase % period
+
+
+def _line_fit(index: Tensor, position: Tensor, weight: Tensor) -> tuple[float, float] | None:
+    """``(period, phase)`` of the weighted least-squares line ``position = phase + index * period``; None
+    without weight or when the indices do not vary."""
+    total = float(weight.sum())
+    if total <= 0:
+        return None
+    mean_k, mean_x = float((weight * index).sum()) / total, float((weight * position).sum()) / total
+    spread = float((weight * (index - mean_k) ** 2).sum())
+    if spread <= 0:
+        return None
+    period = float((weight * (index - mean_k) * (position - mean_x)).sum()) / spread
+    return period, mean_x - period * mean_k
+
+
+def _gradient_profiles(planes: Tensor) -> tuple[Tensor, Tensor]:
+    """``(columns, rows)``: the absolute forward differences of ``(C, H, W)`` planes summed over channels and
+    lines, ``(W,)`` and ``(H,)`` float32, index 0 being 0 (as `edge_profiles`, without its suppression or
+    squaring)."""
+    values = planes.float()
+    across = (values[..., 1:] - values[..., :-1]).abs().sum((0, 1))
+    down = (values[..., 1:, :] - values[..., :-1, :]).abs().sum((0, 2))
+    zero = values.new_zeros(1)
+    return torch.cat([zero, across]), torch.cat([zero, down])
+
+
+def _refine_lattice(gradient: Tensor, period: float, phase: float) -> tuple[float, float]:
+    """A resampled lattice ``(period, phase)`` refitted to where its boundaries lie between pixels.
+
+    `_fit_lattice` places each boundary on the pixel where its gradient peaks. A lattice about a whole pixel
+    per cell off the scale (2 x 0.98 = 1.96 px) slips a pixel only every 25 cells or so, so those rounded
+    positions err in a slow sawtooth whose few teeth tilt the fitted line: on 48 cells of 2 px resampled by
+    0.98 it measured 0.0056 px too little a cell, the first cell 0.12 px late and the last 0.14 px early.
+    Linear interpolation spreads a step over the pixels beside it in proportion to where it lies, so the
+    centroid of the unsuppressed ``gradient`` (`_gradient_profiles`) around each boundary is where it lies.
+    The centroid of each boundary (cell number ``k``) is taken within a window: under `_NARROW_CELL` px the
+    next boundary's spread is a pixel away, so each pixel goes whole to its nearest boundary; wider cells take
+    `_EDGE_SPREAD` px either side, the last pixel weighing less and less, so that the even gradient of JPEG
+    noise weighs the same on both sides of a boundary wherever it lies between pixels. Three times over, as
+    `_fit_lattice`."""
+    weights = gradient.double()
+    positions = torch.arange(weights.shape[0], dtype=torch.float64, device=weights.device)
+    if period < _NARROW_CELL:
+        flat, ramp = period / 2, 0.0
+    else:
+        flat, ramp = min(period / 2, _EDGE_SPREAD) - 0.5, 1.0
+    for _ in range(3):
+        below = torch.floor((positions - phase) / period)
+        index = torch.cat([below, below + 1])  # each pixel is between two boundaries
+        position = torch.cat([positions, positions])
+        distance = (position - phase - index * period).abs()
+        window = ((flat + ramp - distance) / ramp).clamp(0, 1) if ramp else (distance <= flat).double()
+        fitted = _line_fit(index, position, torch.cat([weights, weights]) * window)
+        if fitted is None:
+            break
+        period, phase = fitted
     return period, phase % period
 
 
@@ -428,7 +486,8 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
        within 0.02 of it; below an evidence of 0.3 the image is native (scale 1).
     4. The period is refined on each axis separately, and kept fractional (`Grid.period_y`,
        `Grid.period_x`) when whole-pixel cells would drift by more than a quarter pixel across the image, as
-       on a resampled upscale; otherwise the grid is whole pixels with whole-pixel offsets.
+       on a resampled upscale, where each axis is refitted to where its boundaries lie between pixels
+       (`_refine_lattice`); otherwise the grid is whole pixels with whole-pixel offsets.
 
     Args:
         image: image of shape :math:`(B, C, H, W)`, float or integer; RGB(A) channels first.
@@ -464,12 +523,15 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     grids = []
     for sample in range(image.shape[0]):
         colours = image[sample]
-        grid = _fit_grid(*(p[sample] for p in luma_profiles), line_sums(luma[sample]), size, longest, colours)
+        edges = luma[sample]
+        grid = _fit_grid(*(p[sample] for p in luma_profiles), line_sums(edges), size, longest, colours, edges)
         if grid is None:
             # Isoluminant art: its edges are only in the colour channels.
             if colour_profiles is None:
                 colour_profiles = edge_profiles(image)
-            grid = _fit_grid(*(p[sample] for p in colour_profiles), line_sums(colours), size, longest, colours)
+            grid = _fit_grid(
+                *(p[sample] for p in colour_profiles), line_sums(colours), size, longest, colours, colours
+            )
         grids.append(grid or Grid(1))
     return grids
 
@@ -493,8 +555,11 @@ def _centre_purity(planes: Tensor, lattices: list[tuple[float, float]]) -> float
     return -float(distance.min(1).values.mean())
 
 
-def _fit_grid(columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor) -> Grid | None:
-    """`detect_grid_edges` steps 2-4 for one sample's ``(W,)`` and ``(H,)`` profiles; None without a grid."""
+def _fit_grid(
+    columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor, edges: Tensor
+) -> Grid | None:
+    """`detect_grid_edges` steps 2-4 for one sample's ``(W,)`` and ``(H,)`` profiles of the ``edges`` planes
+    ``(C, H, W)``, with its colours ``planes``; None without a grid."""
     total = float(columns.sum() + rows.sum())
     if total <= 0:
         return None
@@ -539,4 +604,7 @@ def _fit_grid(columns: Tensor, rows: Tensor, line_sums, size: int, longest: floa
     drift = max(abs(period_y - scale) * height / period_y, abs(period_x - scale) * width / period_x)
     if drift <= _MAX_DRIFT:
         return Grid(scale, round(offset_y) % scale, round(offset_x) % scale)
+    across, down = _gradient_profiles(edges)
+    period_y, offset_y = _refine_lattice(down, period_y, offset_y)
+    period_x, offset_x = _refine_lattice(across, period_x, offset_x)
     return Grid(scale, offset_y, offset_x, period_y, period_x)
