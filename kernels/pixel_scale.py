@@ -69,7 +69,9 @@ _RESIDUAL_LINES = 256
 # across the image.
 _MAX_DRIFT = 0.25
 # How far (pixels) either side of a cell boundary a resample spreads its step, and the cells under which the next
-# boundary's spread is within reach (see `_refine_lattice`).
+# boundary's spread is within reach (see `_refine_lattice`). On random art resampled by 0.98 and 1.02 and saved at
+# JPEG q85, the window falling off over its last pixel placed cells of 3-5 px to 0.0008 px a cell at worst
+# against 0.0022 for whole pixels given to their nearest boundary, and cells of 2 px to 0.0018 against 0.0006.
 _EDGE_SPREAD = 1.5
 _NARROW_CELL = 2.5
 # The largest period looked for is a third of the shorter side: at least three cells must be visible.
