@@ -360,7 +360,7 @@ def _fit_lattice(profile: Tensor, period: float, phase: float) -> tuple[float, f
     for _ in range(3):
         index = torch.round((positions - phase) / period)
         near = (weights > 0) & ((positions - phase - index * period).abs() <= max(0.5, period / 4))
-        if float(weights[near].sum()) <= 0 or float(index[near].max() - index[near].min()) < 1:
+        if not bool(near.any()) or float(index[near].max() - index[near].min()) < 1:
             break
         fitted = _line_fit(index[near], positions[near], weights[near])
         if fitted is None:
