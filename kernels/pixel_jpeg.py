@@ -53,18 +53,17 @@ _MOST_MCUS = 256
 _RIDGE = 1e-6
 # What a shade costs in `fit_shades`: its colour's three channels, each worth ln(n) in squared error over n
 # observations, counted in the noise variance (the Bayesian information criterion). Over the real-art set's 3000
-# cases of seeds 0-4 (scratch runs of the whole set, the tree before and after), dropping shades at this price put
-# the colour counts of 464 of the 477 palette targets within 2 of the art's (462 before), 97.56 % of the cells
-# right (97.49 %) and the mean CIELAB error of the 200 JPEGs at scales 2-3 at 2.70 (2.88). At the Akaike
-# criterion's lower price (2 a channel) it kept 462 of the targets. Dropping without the cell-by-cell step first
-# took the 4:2:0 mixtures better (468) but also real colours whose cells had bled ones among them: 20 fewer
-# counts within 2 over all 3000 cases.
+# cases of seeds 0-4 (scratch runs of the whole set, the tree before and after), `fit_shades` put the colour
+# counts of 464 of the 477 palette targets within 2 of the art's (462 before), 97.59 % of the cells right
+# (97.49 %) and the mean CIELAB error of the 200 JPEGs at scales 2-3 at 2.67 (2.88). At the Akaike criterion's
+# lower price (2 a channel) it kept 462 of the targets.
 _PARAMETERS_PER_SHADE = 3
 # Shades over this share of the cells, or this many, are not tried: a shade of bleed lines the borders between
-# two colours, and trying one costs time in proportion to its cells (on the 1024 x 1024 timing image at scale 2,
-# a sixteenth alone let the step take 150 ms, with 4096 cells 60 ms).
+# two colours, and trying one costs time in proportion to its cells. On the 1024 x 1024 timing image at scale 2
+# (262 144 cells) the step takes 205 ms on one thread with the share alone, 61 ms with 4096 cells, 31 ms with
+# 2048. In the real-art set (at most 9216 cells a case) the share is the limit: 576 cells.
 _MOST_TRIED_SHARE = 1 / 16
-_MOST_TRIED = 4096
+_MOST_TRIED = 2048
 # A shade whose cells, each moved to its best other shade with the colours as they are, would miss the file by over
 # this many times its price is not tried: refitting the colours brings them nearer, but on the real-art set's
 # JPEGs at scales 2-3 (seeds 0-1) never by a factor over 83.
@@ -313,7 +312,7 @@ def _shade_fit(planes: Tensor, rows: _BandedAxis, columns: _BandedAxis, label: T
     gram, right = _shade_normal_equations(label, count, rows, columns, projected)
     return _ShadeFit(
         int(seen.sum()) * planes.shape[0],
-        float((planes.double() * seen).square().sum()),
+        float((planes * seen).square().sum(dtype=torch.float64)),
         projected.flatten(1),
         _pairs(rows, columns, height, width),
         gram,
@@ -339,7 +338,7 @@ def fit_shades(
     that explains them best, the shades are fitted again, and the shade goes when the error grows by no more
     than its price, :math:`3 \ln n` over :math:`n` observations (`_PARAMETERS_PER_SHADE`). A shade made of
     cells their neighbours bled into, which the painted neighbours explain, goes; one the art has, whose cells
-    no other shade explains, stays. The largest shades are not tried (`_MOST_TRIED_SHARE`).
+    no other shade explains, stays. The largest shades are not tried (`_MOST_TRIED_SHARE`, `_MOST_TRIED`).
 
     Args:
         cells: RGBA uint8 :math:`(1, 4, h, w)`, every cell opaque.
@@ -365,7 +364,8 @@ def fit_shades(
         _shade_fit(file[:1], _banded(rows, 1), _banded(columns, 1), label, count),
         _shade_fit(F.avg_pool2d(file[1:], factors, ceil_mode=False), chroma_rows, chroma_columns, label, count),
     )
-    label, ycc = _drop_unneeded(fits, label, torch.cat([fit.solve(prior[part]) for fit, part in zip(fits, _CHANNELS)]), prior)
+    ycc = torch.cat([fit.solve(prior[part]) for fit, part in zip(fits, _CHANNELS)])
+    label, ycc = _drop_unneeded(fits, label, ycc, prior)
     fitted = ycbcr_to_srgb(ycc.reshape(1, 3, count, 1))[0, :, :, 0].round().to(torch.uint8)  # (3, count)
     return torch.cat([fitted[:, label].unsqueeze(0), cells[:, 3:]], 1)
 
@@ -390,9 +390,6 @@ class _Reach(NamedTuple):
     def relabelled(self, flat: Tensor) -> _Reach:
         return self._replace(labels=flat[self.neighbour])
 
-    def joined(self, other: _Reach) -> _Reach:
-        return _Reach(*(torch.cat([mine, theirs], -1) for mine, theirs in zip(self, other)))
-
 
 def _reach(pairs: _Pairs, flat: Tensor, cells: Tensor, height: int, width: int) -> _Reach:
     row, column = cells // width, cells % width
@@ -413,21 +410,14 @@ def _moved(fit: _ShadeFit, reach: _Reach, before: Tensor, after: Tensor) -> _Sha
     pairs_after = after[reach.cells] * count + now
     # the pairs from the moved cells both ways, and (a second block, transposed) those towards them from the
     # unmoved cells, the same pairs seen from the other end
-    pairs = torch.cat([pairs_after.flatten(), pairs_before.flatten(), pairs_after[unmoved] + blocks, pairs_before[unmoved] + blocks])
-    weight = reach.weight[unmoved]
-    weights = torch.cat([reach.weight.flatten(), -reach.weight.flatten(), weight, -weight])
+    pairs = torch.cat([pairs_after.flatten(), pairs_before.flatten(), pairs_after[unmoved] + blocks,
+                       pairs_before[unmoved] + blocks])
+    weight, towards = reach.weight.flatten(), reach.weight[unmoved]
+    weights = torch.cat([weight, -weight, towards, -towards])
     change = torch.bincount(pairs, weights, 2 * blocks).view(2, count, count)
     projected = fit.projected[:, reach.cells]
     right = fit.right.index_add(1, after[reach.cells], projected).index_add(1, before, -projected)
     return replace(fit, gram=fit.gram + change[0] + change[1].T, right=right)
-
-
-def _bordered(label: Tensor, fits: tuple[_ShadeFit, ...]) -> Tensor:
-    """Which cells of ``label`` (flat) have a cell of another shade within the pairs of ``fits``."""
-    reach = (max(int(fit.pairs.down.abs().max()) for fit in fits), max(int(fit.pairs.across.abs().max()) for fit in fits))
-    window = (2 * reach[0] + 1, 2 * reach[1] + 1)
-    planes = label.double()[None, None]
-    return (F.max_pool2d(planes, window, 1, reach) != -F.max_pool2d(-planes, window, 1, reach)).flatten()
 
 
 def _move(cells_of: list[Tensor], counts: Tensor, shade: int, cells: Tensor, to: Tensor) -> None:
@@ -463,11 +453,11 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     price = _PARAMETERS_PER_SHADE * math.log(sum(fit.observations for fit in fits))
     counts = torch.bincount(flat, minlength=count)
     order = sorted(range(count), key=counts.tolist().__getitem__)  # stable: ties in colour order
-    cells_of = list(torch.split(flat.argsort(stable=True), counts.tolist()))
-    # Only a cell beside another shade can be explained better by another shade (`_bordered`): its cost of moving
-    # is measured before the shade's other cells, which only add to the cost of dropping it.
-    bordered = _bordered(label, fits)
-
+    most = min(_MOST_TRIED_SHARE * flat.numel(), _MOST_TRIED)
+    # each shade's cells, where it may be tried
+    tried_cells = (counts <= most)[flat].nonzero().flatten()
+    tried_counts = torch.where(counts <= most, counts, 0)
+    cells_of = list(torch.split(tried_cells[flat[tried_cells].argsort(stable=True)], tried_counts.tolist()))
     def assessed(cells: Tensor, alive: Tensor, shade: int) -> tuple[list[_Reach], Tensor, Tensor]:
         """The cells' reach in each fit, and each cell's least cost of going to another live shade and which."""
         reaches = [_reach(fit.pairs, flat, cells, height, width) for fit in fits]
@@ -488,11 +478,8 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     for shade in order:
         cells = cells_of[shade]
         alive = counts > 0
-        most = min(_MOST_TRIED_SHARE * flat.numel(), _MOST_TRIED)
-        if cells.numel() == 0 or int(alive.sum()) < 2 or cells.numel() > most:
+        if cells.numel() == 0 or int(alive.sum()) < 2 or int(counts[shade]) > most:
             continue
-        inside = ~bordered[cells]
-        cells, interior = cells[~inside], cells[inside]
         reaches, best, to = assessed(cells, alive, shade)
         # 1. The cells another shade explains better go there.
         better = best < 0
@@ -507,14 +494,8 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
                 best, to, cells = best[kept], to[kept], cells[kept]
         # 2. The shade goes if the file without it misses by no more than its price. The cost of moving its cells
         # tells most shades that stay at a glance: refitted, the shades come nearer, but not this far.
-        if cells.numel() + interior.numel() == 0 or float(best.sum()) > _CLEARLY_NEEDED * price:
+        if cells.numel() == 0 or float(best.sum()) > _CLEARLY_NEEDED * price:
             continue
-        if interior.numel():
-            inner_reaches, inner_best, inner_to = assessed(interior, counts > 0, shade)
-            reaches = [reach.joined(inner) for reach, inner in zip(reaches, inner_reaches)]
-            best, to, cells = torch.cat([best, inner_best]), torch.cat([to, inner_to]), torch.cat([cells, interior])
-            if float(best.sum()) > _CLEARLY_NEEDED * price:
-                continue
         dropped = flat.index_put((cells,), to)
         change, moved, moved_ycc = tried(reaches, dropped)
         if change <= price:

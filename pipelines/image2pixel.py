@@ -509,7 +509,8 @@ def pixelate(
             # Smaller cells kept their medians, mostly their neighbours' chroma: each shade takes the colour that
             # all its cells together explain the file with (on the 120 JPEGs at scales 2-3 of the real-art set's
             # seeds 0-2 that put 91.5 % of the cells right against 89.8 % and brought their mean CIELAB error
-            # from 4.1 to 3.1), and a shade whose cells their painted neighbours explain goes.
+            # from 4.1 to 3.1); then cells another shade explains better move there, and a shade whose cells
+            # their painted neighbours explain goes.
             native = fit_shades(native, decoded, *axes, chroma_subsampling)
     # 7-8. Background, jaggies, borders.
     if inputs.transparent_background:
