@@ -458,6 +458,7 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     tried_cells = (counts <= most)[flat].nonzero().flatten()
     tried_counts = torch.where(counts <= most, counts, 0)
     cells_of = list(torch.split(tried_cells[flat[tried_cells].argsort(stable=True)], tried_counts.tolist()))
+
     def assessed(cells: Tensor, alive: Tensor, shade: int) -> tuple[list[_Reach], Tensor, Tensor]:
         """The cells' reach in each fit, and each cell's least cost of going to another live shade and which."""
         reaches = [_reach(fit.pairs, flat, cells, height, width) for fit in fits]
