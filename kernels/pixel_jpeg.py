@@ -138,14 +138,16 @@ def axis_sampling(
 
 
 def luma_misfit(cells: Tensor, observed: Tensor, rows: AxisSampling, columns: AxisSampling) -> float:
-    """The mean squared error of the luma of ``cells`` (:math:`(1, C, h, w)`) painted on the lattice (``rows``,
-    ``columns``) against ``observed``'s (:math:`(1, C, H, W)`), over the pixels on the lattice: how well the
-    lattice's resampling filter explains the image."""
+    """How well the lattice (``rows``, ``columns``), its resampling filter included, explains ``observed``'s luma
+    (:math:`(1, C, H, W)`) with the shades of ``cells`` (:math:`(1, C, h, w)`): the mean squared error per pixel
+    on the lattice once each shade's luma is fitted by least squares, as `fit_shades` fits it."""
     _check_cells(cells, observed, rows, columns)
-    painted = _render(srgb_to_ycbcr(cells[:, :3].float())[0, :1], rows, columns)
-    error = (painted - srgb_to_ycbcr(observed[:, :3].float())[0, :1]).square()
-    on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
-    return float(error[:, on_lattice].mean())
+    keys, label = torch.unique(packed_rgb(cells[0, :3]), return_inverse=True)
+    count = keys.shape[0]
+    prior = srgb_to_ycbcr(unpacked_rgb(keys).double().T.reshape(1, 3, count, 1))[0, :1, :, 0]  # (1, count)
+    luma = srgb_to_ycbcr(observed[:, :3].float())[0, :1]
+    fit = _shade_fit(luma, _banded(rows, 1), _banded(columns, 1), label, count)
+    return fit.error(fit.solve(prior)) / max(fit.observations, 1)
 
 
 def _padded(axis: AxisSampling, unit: int) -> AxisSampling:

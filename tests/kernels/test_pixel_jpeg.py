@@ -76,11 +76,11 @@ def test_a_resampled_lattice_paints_as_pillows_resize(scale, factor, kernel, met
 @pytest.mark.parametrize("name", ["angband-bolt-texture", "angband-flat", "trident-ships", "trident-terrain"])
 @pytest.mark.parametrize("step, kernel", [("resample", "linear"), ("bicubic", "cubic")])
 def test_the_resizes_own_filter_explains_the_file_best(name, step, kernel):
-    """Real art at 2 px, resized by x0.97 bilinear or bicubic, then a q90 4:2:0 JPEG: its true cells, painted on the
-    true lattice, miss the file's luma by less through the resize's own filter than through the other. (Not
-    NetHack's or the red-on-navy's saturated colours: Pillow clips a bicubic overshoot past 0 or 255, which the
-    linear painting then fits better, nor the dark floor's ramp, where the JPEG's noise outweighs the filters'
-    difference.)"""
+    """Real art at 2 px, resized by x0.97 bilinear or bicubic, then a q90 4:2:0 JPEG: its true cells on the true
+    lattice, their shades' luma fitted to the file, miss it by less through the resize's own filter than through
+    the other. (Not NetHack's or the red-on-navy's saturated colours: Pillow clips a bicubic overshoot past 0 or
+    255, which the linear painting then fits better, nor the dark floor's ramp, where the JPEG's noise outweighs
+    the filters' difference.)"""
     case = pixel_art.degraded(name, 2, (1, 1), f"{step}0.97 jpeg90-420")
     (rows, columns), cells = case.truth.shape[:2], cells_of(case.truth)
     observed = torch.from_numpy(case.image.copy()).permute(2, 0, 1)[None]
