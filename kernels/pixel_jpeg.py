@@ -86,7 +86,7 @@ def _triangle(distance: Tensor) -> Tensor:
 
 
 def _keys_cubic(distance: Tensor) -> Tensor:
-    """Keys' cubic convolution with a = -0.5: Pillow's, OpenCV's and most editors' bicubic."""
+    """Keys' cubic convolution with a = -0.5: Pillow's bicubic (OpenCV's takes a = -0.75, a little sharper)."""
     x = distance.abs()
     near = (1.5 * x - 2.5) * x * x + 1
     far = ((-0.5 * x + 2.5) * x - 4) * x + 2
