@@ -128,7 +128,9 @@ def axis_sampling(
     weights = weights / weights.sum(1, keepdim=True)
     cell = source.clamp(0, cells * scale - 1).long() // scale
     used = weights != 0
-    first = torch.where(used, cell, cells).min(1, keepdim=True).values
+    # non-decreasing along the axis, as the bands built from it assume: a pixel whose outer taps fall on the
+    # filter's zeros starts at a later cell than the next pixel, whose outer taps reach back past it
+    first = torch.where(used, cell, cells).min(1).values.flip(0).cummin(0).values.flip(0).unsqueeze(1)
     tap = torch.where(used, cell - first, 0)
     taps = int(tap.max()) + 1
     gathered = torch.zeros(length, taps, dtype=torch.float64, device=device).scatter_add_(1, tap, weights)

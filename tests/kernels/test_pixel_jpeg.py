@@ -49,6 +49,28 @@ def test_a_whole_pixel_lattice_shows_one_cell_a_pixel():
     assert rows.weights.eq(1).all()
 
 
+@pytest.mark.parametrize("kernel", ["linear", "cubic"])
+def test_a_lattices_cells_only_go_forward(kernel):
+    """Along an axis each pixel's first cell is at or after the one before's, and its taps are consecutive cells
+    whose weights sum to 1, for every factor of an editor's rescale by whole per cent and 33/32. (At x1.08 a
+    bicubic pixel whose outer taps fell on the filter's zeros started a cell after the next one, and fitting
+    shades through such a lattice, 3.24 px cells from 1.08, failed on a negative band offset.)"""
+    for factor in [percent / 100 for percent in range(90, 111)] + [33 / 32]:
+        for scale in (2, 3):
+            period = scale * factor
+            axis = axis_sampling(120, factor, int((120 - factor) // period), period, scale, kernel)
+            first = axis.cells[:, 0]
+            assert bool((first[1:] >= first[:-1]).all()), (factor, scale)
+            consecutive = (first.unsqueeze(1) + torch.arange(axis.cells.shape[1])).clamp(max=axis.cells.max())
+            assert torch.equal(axis.cells, consecutive), (factor, scale)
+            assert torch.allclose(axis.weights.sum(1), torch.ones(120)), (factor, scale)
+    rows = axis_sampling(64, 1.08, 19, 3.24, 3, kernel)
+    palette = np.random.default_rng(1).integers(0, 256, (6, 3), dtype=np.uint8)
+    cells = cells_of(palette[np.random.default_rng(2).integers(0, 6, (19, 19))])
+    observed = _render(cells[0, :3].double(), rows, rows).clamp(0, 255).round().to(torch.uint8)[None]
+    assert fit_shades(cells, observed, rows, rows, (2, 2)).shape == cells.shape
+
+
 @pytest.mark.parametrize("kernel, method", [("linear", Image.BILINEAR), ("cubic", Image.BICUBIC)])
 @pytest.mark.parametrize("scale, factor", [(3, 1.02), (3, 0.98), (2, 1.03), (2, 0.97)])
 def test_a_resampled_lattice_paints_as_pillows_resize(scale, factor, kernel, method):
