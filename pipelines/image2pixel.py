@@ -36,7 +36,8 @@ with better detectors and deterministic output:
    (`kernels.pixel_jpeg`). That is what JPEG's rounding makes of small cells at an edge: ringing, and chroma
    bled from the neighbour, which colours and neighbours alone hardly tell from the artist's own shades. Cells
    under 4 px then take their shade's colour as all its cells explain the file (luma per pixel, chroma per
-   sample as the decoder spreads it), not their medians, which are mostly their neighbours' chroma.
+   sample as the decoder spreads it), not their medians, which are mostly their neighbours' chroma; where the
+   file subsampled its chroma, the re-encoding test is asked again with those colours.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -395,6 +396,13 @@ def file_shades(
         # from 4.1 to 3.1); then cells another shade explains better move there, and a shade whose cells
         # their painted neighbours explain goes.
         native = fit_shades(native, decoded, *axes, chroma_subsampling)
+        if chroma_subsampling != (1, 1):
+            # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 most of what a small
+            # cell's chroma misses is that rounding, and it falls alike on every cell beside one neighbour: one
+            # colour came back as shades of one luma, apart in chroma only (NetHack's grey 54 as Cr 119 and 131),
+            # each explaining the file by several times a shade's price. The file's own coding, asked again
+            # with the fitted colours, tells such shades from the art's: RESULTS.
+            native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling)
     return native
 
 
