@@ -400,8 +400,10 @@ def file_shades(
             # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 most of what a small
             # cell's chroma misses is that rounding, and it falls alike on every cell beside one neighbour: one
             # colour came back as shades of one luma, apart in chroma only (NetHack's grey 54 as Cr 119 and 131),
-            # each explaining the file by several times a shade's price. The file's own coding, asked again
-            # with the fitted colours, tells such shades from the art's: RESULTS.
+            # each explaining the file by 12 and 13 times a shade's price. The file's own coding, asked again
+            # with the fitted colours, tells such shades from the art's: over the real-art set's 3000 cases of
+            # seeds 0-4 the colour count came within 2 for 469 of the 477 palette targets (463), cells as
+            # right as before (README). Asked of 4:4:4 files too, it kept 467.
             native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling)
     return native
 
