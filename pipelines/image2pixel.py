@@ -397,7 +397,7 @@ def file_shades(
         # their painted neighbours explain goes.
         native = fit_shades(native, decoded, *axes, chroma_subsampling)
         if chroma_subsampling != (1, 1):
-            # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 most of what a small
+            # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 much of what a small
             # cell's chroma misses is that rounding, and it falls alike on every cell beside one neighbour: one
             # colour came back as shades of one luma, apart in chroma only (NetHack's grey 54 as Cr 119 and 131),
             # each explaining the file by 12 and 13 times a shade's price. The file's own coding, asked again
