@@ -158,6 +158,11 @@ def _padded(axis: AxisSampling, unit: int) -> AxisSampling:
     return AxisSampling(*(field[index] for field in axis))
 
 
+def _clipped(ycc: Tensor) -> Tensor:
+    """YCbCr ``(N, 3, H, W)`` as the image it stands for holds it: RGB clipped to 0-255."""
+    return srgb_to_ycbcr(ycbcr_to_srgb(ycc))
+
+
 def _tiles(image: Tensor, unit: tuple[int, int]) -> Tensor:
     """``(C, H, W)`` with H, W whole MCUs -> ``(T, C, mh, mw)``, row-major."""
     channels, height, width = image.shape
@@ -647,7 +652,12 @@ def merge_unneeded_shades(
     file_pixels = observed[0, :3][:, padded_rows.clamp(max=height - 1)][:, :, padded_columns.clamp(max=width - 1)]
     file_ycc = srgb_to_ycbcr(file_pixels.float()[None])[0]
     on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
-    painted = torch.where(on_lattice, _render(ycc.T[:, label], rows, columns), file_ycc)
+    # A filter with negative lobes (bicubic) overshoots at edges, past 0 or 255 beside white or black, and the
+    # resized image the encoder saw had that clipped: painted unclipped, white beside black asked for a darker
+    # white there, which a shade of the art's white made from those cells gave it.
+    overshoots = bool((rows.weights < 0).any() or (columns.weights < 0).any())
+    unclipped = _render(ycc.T[:, label], rows, columns)
+    painted = torch.where(on_lattice, _clipped(unclipped[None])[0] if overshoots else unclipped, file_ycc)
     coefficients = mcu_coefficients(_tiles(painted, unit), factors)
     stored = torch.round(coefficients / steps) * steps
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
@@ -658,21 +668,29 @@ def merge_unneeded_shades(
     tile_rows = [field.view(tiles_down, unit[0], *field.shape[1:]) for field in rows]
     tile_columns = [field.view(tiles_across, unit[1], *field.shape[1:]) for field in columns]
     inside = _tiles(on_lattice.float()[None], unit)
+    unclipped_tiles, file_tiles = (_tiles(unclipped, unit), _tiles(file_ycc, unit)) if overshoots else (None, None)
 
     def recoloured(chosen: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
         """The blocks of the MCUs ``tiles`` that the cells of the ``chosen`` labels reach, ``(tile, block)``, and
         their coefficients and the change of what is stored with those cells' colour moved by each of
-        ``steps_to`` (YCbCr)."""
+        ``steps_to`` (YCbCr) (``K``); where the painting overshoots, the tiles' unclipped painting with each move
+        ``(K, n, 3, mh, mw)`` (else None)."""
         down, across = tiles // tiles_across, tiles % tiles_across
         tile_fields = [field[down] for field in tile_rows], [field[across] for field in tile_columns]
-        share = _share(chosen, label, *tile_fields)
-        # the coefficients are linear in the painted colours: a unit step of the cells' colour adds this much
-        unit_step = mcu_coefficients((share * inside[tiles]).expand(-1, 3, -1, -1), factors, offset=0.0)
+        share = _share(chosen, label, *tile_fields) * inside[tiles]
+        # the coefficients are linear in the painted colours: a unit step of the cells' colour adds this much, to
+        # these blocks
+        unit_step = mcu_coefficients(share.expand(-1, 3, -1, -1), factors, offset=0.0)
         local, block = (unit_step != 0).flatten(2).any(2).nonzero().unbind(1)
         tile, unit_step = tiles[local], unit_step[local, block]
-        trial = coefficients[tile, block] + steps_to[:, block_channel[block], None, None] * unit_step
-        change = torch.round(trial / steps[block]) * steps[block] - stored[tile, block]
-        return tile, block, trial, change
+        if not overshoots:
+            trial = coefficients[tile, block] + steps_to[:, block_channel[block], None, None] * unit_step
+            return tile, block, trial, torch.round(trial / steps[block]) * steps[block] - stored[tile, block], None
+        # clipping is not linear: each move's tiles are painted and encoded again
+        moved = unclipped_tiles[tiles] + steps_to[:, None, :, None, None] * share
+        repainted = torch.where(inside[tiles] > 0, _clipped(moved.flatten(0, 1)).view(moved.shape), file_tiles[tiles])
+        trial = mcu_coefficients(repainted.flatten(0, 1), factors).unflatten(0, moved.shape[:2])[:, local, block]
+        return tile, block, trial, torch.round(trial / steps[block]) * steps[block] - stored[tile, block], moved
 
     target = torch.arange(count, device=device)
     lab = srgb_to_lab(colours.to(torch.float64))
@@ -689,15 +707,17 @@ def merge_unneeded_shades(
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
         sampled = reached[:: -(-reached.numel() // _MOST_MCUS)]
-        tile, block, trial, change = recoloured(chosen, sampled, ycc[candidates] - ycc[shade])
+        tile, block, trial, change, moved = recoloured(chosen, sampled, ycc[candidates] - ycc[shade])
         score = _score(change, missing[tile, block], per_pixel[block], block_channel[block] > 0, subsampled)
         best = int(score.argmin())
         if float(score[best]) > 0:
             continue
         colour = int(candidates[best])
         if sampled.numel() < reached.numel():
-            tile, block, trial, change = recoloured(chosen, reached, ycc[colour : colour + 1] - ycc[shade])
-            best = 0
+            tile, block, trial, change, moved = recoloured(chosen, reached, ycc[colour : colour + 1] - ycc[shade])
+            best, sampled = 0, reached
+        if moved is not None:
+            unclipped_tiles[sampled] = moved[best]
         coefficients[tile, block] = trial[best]
         stored[tile, block] += change[best]
         missing[tile, block] -= change[best]

@@ -162,6 +162,33 @@ def test_the_arts_own_colours_are_all_needed(name, scale, degradation):
     assert torch.equal(merged, cells)
 
 
+@pytest.mark.parametrize("factor, quality, subsampling", [(0.97, 90, 2), (1.03, 85, 2), (0.97, 90, 0)])
+@pytest.mark.parametrize("tint", [(247, 247, 247), (250, 252, 250)])
+def test_white_beside_dark_cells_after_a_bicubic_resize_needs_no_darker_shade(factor, quality, subsampling, tint):
+    """Pillow's bicubic resize overshoots at edges and clips what passes 255: white cells beside dark ones (given a
+    shade of their own, as a cell's measured colour there would) paint no brighter than white. Painted unclipped,
+    the file seemed to ask for less light there: that shade stayed, and the true cells themselves lost a colour."""
+    rng = np.random.default_rng(0)
+    palette = np.array([[255, 255, 255], [0, 0, 0], [18, 54, 18], [200, 30, 30], [40, 40, 160]], np.uint8)
+    index = np.where(rng.random((32, 32)) < 0.9, 0, rng.integers(1, 5, (32, 32)))
+    art = palette[index]
+    big = art.repeat(2, 0).repeat(2, 1)
+    size = (round(big.shape[1] * factor), round(big.shape[0] * factor))
+    raw = jpeg_file(np.asarray(Image.fromarray(big).resize(size, Image.BICUBIC)), quality, subsampling)
+    axes = [axis_sampling(length, 0, 32, length / 32, 2, "cubic") for length in (size[1], size[0])]
+    factors = (2, 2) if subsampling == 2 else (1, 1)
+    beside_dark = np.zeros(index.shape, bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            beside_dark |= np.roll(index, shift, axis) != 0
+    measured = art.copy()
+    measured[(index == 0) & beside_dark] = tint
+    assert ((index == 0) & beside_dark).sum() >= 200
+    for cells in (cells_of(measured), cells_of(art)):
+        merged = merge_unneeded_shades(cells, raw.pixels[None], *axes, raw.jpeg_quantization, factors)
+        assert torch.equal(merged, cells_of(art))
+
+
 def test_colours_in_the_last_partial_mcus_are_judged_too():
     """A 158 x 159 image: its last row and column of MCUs are part padding, which the encoder fills by repeating
     the last pixels. Five of the art's colours (1-16 cells each) lie only there; with those MCUs left out they
