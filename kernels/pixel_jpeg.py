@@ -158,6 +158,10 @@ def _padded(axis: AxisSampling, unit: int) -> AxisSampling:
     return AxisSampling(*(field[index] for field in axis))
 
 
+def _overshoots(rows: AxisSampling, columns: AxisSampling) -> bool:
+    return bool((rows.weights < 0).any() or (columns.weights < 0).any())
+
+
 def _clipped(ycc: Tensor) -> Tensor:
     """YCbCr ``(N, 3, H, W)`` as the image it stands for holds it: RGB clipped to 0-255."""
     return srgb_to_ycbcr(ycbcr_to_srgb(ycc))
@@ -393,7 +397,9 @@ def fit_shades(
     ``columns``): luma against the file's pixels; chroma subsampled by ``factors`` as the encoder stores it,
     spread back as libjpeg's decoder does and averaged over each sample's pixels again (3/4 of a sample and 1/8
     of each neighbour along a subsampled axis), against the file's chroma averaged the same way, each sample
-    counting for its pixels. Pixels off the lattice show the image itself, and what they reach is left out.
+    counting for its pixels. Pixels off the lattice show the image itself, and what they reach is left out. Where
+    the lattice's filter overshoots (bicubic), the resize clipped what passed 0 or 255: painted from ``cells``
+    as they come, that is added back to the file first.
 
     Then, from the shade with the fewest cells up, each shade's cells are weighed against the other shades, the
     rest of the cells as they are, in squared error counted in each fit's noise variance (its mean squared
@@ -419,7 +425,13 @@ def fit_shades(
     keys, label = torch.unique(packed_rgb(cells[0, :3]), return_inverse=True)
     count = keys.shape[0]
     prior = srgb_to_ycbcr(unpacked_rgb(keys).double().T.reshape(1, 3, count, 1))[0, :, :, 0]  # (3, count)
-    file = srgb_to_ycbcr(observed[:, :3].float())[0]
+    file = observed[:, :3].float()
+    if _overshoots(rows, columns):
+        # no painting linear in the colours clips; the cells as they come say roughly how far past 0 and 255
+        painted = _render(cells[0, :3].float(), rows, columns)
+        on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
+        file = file + ((painted - painted.clamp(0, 255)) * on_lattice)[None]
+    file = srgb_to_ycbcr(file)[0]
     chroma_rows, chroma_columns = (
         _decoded_average(_banded(axis, factor), axis.cells.shape[0]) if factor == 2 else _banded(axis, 1)
         for axis, factor in ((rows, factors[0]), (columns, factors[1]))
@@ -609,9 +621,10 @@ def merge_unneeded_shades(
 ) -> Tensor:
     r"""Recolour each shade the JPEG does not need with the heavier colour that explains the file better.
 
-    The cells are painted onto the image's lattice (``rows``, ``columns``) and encoded as the file was: DCT
-    coefficients rounded to its steps (`kernels.jpeg_codec`). From the shade with the fewest cells up, each is
-    tried as each of its `_CANDIDATES` nearest (`colour_distance`) colours with more cells, on the MCUs it reaches.
+    The cells are painted onto the image's lattice (``rows``, ``columns``), clipped to 0-255 where its filter
+    overshoots (bicubic), and encoded as the file was: DCT coefficients rounded to its steps (`kernels.jpeg_codec`).
+    From the shade with the fewest cells up, each is tried as each of its `_CANDIDATES` nearest (`colour_distance`)
+    colours with more cells, on the MCUs it reaches.
     Let ``D`` be what that changes in the stored coefficients and ``R`` what the stored coefficients still miss of
     ``observed``'s (both in YCbCr levels, a chroma coefficient counted once per pixel it covers): the change
     explains the file at least as well when :math:`\|R - D\|^2 \le \|R\|^2`, i.e. when
@@ -655,7 +668,7 @@ def merge_unneeded_shades(
     # A filter with negative lobes (bicubic) overshoots at edges, past 0 or 255 beside white or black, and the
     # resized image the encoder saw had that clipped: painted unclipped, white beside black asked for a darker
     # white there, which a shade of the art's white made from those cells gave it.
-    overshoots = bool((rows.weights < 0).any() or (columns.weights < 0).any())
+    overshoots = _overshoots(rows, columns)
     unclipped = _render(ycc.T[:, label], rows, columns)
     painted = torch.where(on_lattice, _clipped(unclipped[None])[0] if overshoots else unclipped, file_ycc)
     coefficients = mcu_coefficients(_tiles(painted, unit), factors)

@@ -306,6 +306,23 @@ def resampled_jpeg(art: np.ndarray):
     return raw, rows, columns, seen
 
 
+@pytest.mark.parametrize("factor, subsampling", [(0.97, 2), (1.03, 2), (0.97, 0)])
+def test_fit_shades_counts_what_a_bicubic_resize_clipped(factor, subsampling):
+    """Cells of white, black and three colours at 2 px, resized bicubic by Pillow, which clips the overshoot at
+    edges past 255 or 0, and saved by libjpeg at q90. Fitted to the file as it is, white came back 10-13 levels
+    dark and black 17-21 light; with the clipped overshoot added back, both within 7."""
+    rng = np.random.default_rng(0)
+    palette = np.array([[255, 255, 255], [0, 0, 0], [18, 54, 18], [200, 30, 30], [40, 40, 160]], np.uint8)
+    index = np.where(rng.random((32, 32)) < 0.6, 0, rng.integers(1, 5, (32, 32)))
+    big = palette[index].repeat(2, 0).repeat(2, 1)
+    size = (round(big.shape[1] * factor), round(big.shape[0] * factor))
+    raw = jpeg_file(np.asarray(Image.fromarray(big).resize(size, Image.BICUBIC)), 90, subsampling)
+    axes = [axis_sampling(length, 0, 32, length / 32, 2, "cubic") for length in (size[1], size[0])]
+    fitted = fit_shades(cells_of(palette[index]), raw.pixels[None], *axes, (2, 2) if subsampling == 2 else (1, 1))
+    white, black = (shade_colours(fitted, index)[shade] for shade in (0, 1))
+    assert (255 - white).max() <= 7 and black.max() <= 7, (white, black)
+
+
 def test_fit_shades_moves_bled_colours_back_on_real_art_encoded_by_libjpeg():
     """Each of the art's shades is given the mean colour the decoded file shows at its cells' centres, as a reading
     of the cells does. Fitted, every fixture's cells are nearer their true colours (RGB distance), and all of them
