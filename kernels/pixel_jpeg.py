@@ -696,14 +696,17 @@ def merge_unneeded_shades(
         unit_step = mcu_coefficients(share.expand(-1, 3, -1, -1), factors, offset=0.0)
         local, block = (unit_step != 0).flatten(2).any(2).nonzero().unbind(1)
         tile, unit_step = tiles[local], unit_step[local, block]
-        if not overshoots:
+        moved = None
+        if overshoots:
+            # clipping is not linear: each move's tiles are painted and encoded again
+            moved = unclipped_tiles[tiles] + steps_to[:, None, :, None, None] * share
+            clipped = _clipped(moved.flatten(0, 1)).view(moved.shape)
+            repainted = torch.where(inside[tiles] > 0, clipped, file_tiles[tiles])
+            trial = mcu_coefficients(repainted.flatten(0, 1), factors).unflatten(0, moved.shape[:2])[:, local, block]
+        else:
             trial = coefficients[tile, block] + steps_to[:, block_channel[block], None, None] * unit_step
-            return tile, block, trial, torch.round(trial / steps[block]) * steps[block] - stored[tile, block], None
-        # clipping is not linear: each move's tiles are painted and encoded again
-        moved = unclipped_tiles[tiles] + steps_to[:, None, :, None, None] * share
-        repainted = torch.where(inside[tiles] > 0, _clipped(moved.flatten(0, 1)).view(moved.shape), file_tiles[tiles])
-        trial = mcu_coefficients(repainted.flatten(0, 1), factors).unflatten(0, moved.shape[:2])[:, local, block]
-        return tile, block, trial, torch.round(trial / steps[block]) * steps[block] - stored[tile, block], moved
+        change = torch.round(trial / steps[block]) * steps[block] - stored[tile, block]
+        return tile, block, trial, change, moved
 
     target = torch.arange(count, device=device)
     lab = srgb_to_lab(colours.to(torch.float64))
@@ -719,18 +722,19 @@ def merge_unneeded_shades(
         chosen = target == shade
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
-        sampled = reached[:: -(-reached.numel() // _MOST_MCUS)]
-        tile, block, trial, change, moved = recoloured(chosen, sampled, ycc[candidates] - ycc[shade])
+        judged = reached[:: -(-reached.numel() // _MOST_MCUS)]
+        tile, block, trial, change, moved = recoloured(chosen, judged, ycc[candidates] - ycc[shade])
         score = _score(change, missing[tile, block], per_pixel[block], block_channel[block] > 0, subsampled)
         best = int(score.argmin())
         if float(score[best]) > 0:
             continue
         colour = int(candidates[best])
-        if sampled.numel() < reached.numel():
-            tile, block, trial, change, moved = recoloured(chosen, reached, ycc[colour : colour + 1] - ycc[shade])
-            best, sampled = 0, reached
+        if judged.numel() < reached.numel():
+            judged = reached
+            tile, block, trial, change, moved = recoloured(chosen, judged, ycc[colour : colour + 1] - ycc[shade])
+            best = 0
         if moved is not None:
-            unclipped_tiles[sampled] = moved[best]
+            unclipped_tiles[judged] = moved[best]
         coefficients[tile, block] = trial[best]
         stored[tile, block] += change[best]
         missing[tile, block] -= change[best]
