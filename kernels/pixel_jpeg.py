@@ -12,7 +12,9 @@ painted on the lattice, subsampled as the encoder did and spread back as the dec
 file. The same least squares tells which shade each cell is and which shades the file needs at all: a cell
 that another shade explains better goes there, and a shade that only stands for cells whose neighbours bled
 into them goes, each of its cells to the shade that explains it best, when the fit without it misses the file
-by no more than a shade's price in the Bayesian information criterion.
+by no more than a shade's price in the Bayesian information criterion. Where the file keeps every pixel's
+chroma and each pixel shows one cell, the same fit also splits a shade whose cells' luma falls in two: two steps
+of a ramp that the palette took for one colour under JPEG's noise.
 
 Images are ``(B, C, H, W)``, cells ``(B, C, h, w)``, B = 1. A lattice axis (`AxisSampling`) says which cells each
 pixel of the image shows: a few neighbouring cells, weighed as the filter of the resize that made the image weighs
@@ -22,6 +24,7 @@ them (bilinear or bicubic), or one cell.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -59,6 +62,15 @@ _RIDGE = 1e-6
 # (97.49 %) and the mean CIELAB error of the 200 JPEGs at scales 2-3 at 2.67 (2.88). At the Akaike criterion's
 # lower price (2 a channel) it kept 462 of the targets.
 _PARAMETERS_PER_SHADE = 3
+# `fit_shades` splits a shade where its cells' luma falls into two groups: where the cut between them leaves at
+# least this share of the luma's spread between the two sides (noise around one colour leaves about 2/pi to the
+# best cut, 0.64), and the shade has this many cells at least.
+_SPLIT_SHARE = 0.85
+_SPLIT_LEAST = 16
+# ... and where the two sides' mean luma lie this many levels apart at least. The splits that brought the real-art
+# set's colour counts nearer the art's were 5.5-62 levels apart; a black of 16 cells in a fixture, whose noise can
+# only lighten it, split 4 apart.
+_SPLIT_STEP = 5.0
 # Shades over this share of the cells, or this many, are not tried: a shade of bleed lines the borders between
 # two colours, and trying one costs time in proportion to its cells. On the 1024 x 1024 timing image at scale 2
 # (262 144 cells) the step takes 205 ms on one thread with the share alone, 61 ms with 4096 cells, 31 ms with
@@ -404,6 +416,15 @@ def fit_shades(
     the lattice's filter overshoots (bicubic), the resize clipped what passed 0 or 255: painted from ``cells``
     as they come, that is added back to the file first.
 
+    On a whole-pixel lattice without subsampled chroma, where a cell's pixels are its own, a shade may first be
+    split: a palette merges neighbouring steps of a ramp that JPEG's noise joins at 2-3 px. From the heaviest shade
+    down (each once), its cells' luma as the file shows it (what the fit misses there, over the cell's pixels,
+    added to the shade's) is sorted and cut where the two sides' sizes times the squared difference of their
+    means is largest (Otsu), each side at least 1/20 of the cells and 3. Where the cut leaves `_SPLIT_SHARE` of
+    the luma's spread between the sides (noise around one colour leaves about 2/pi, 0.64) and their means
+    `_SPLIT_STEP` levels apart, in a shade of `_SPLIT_LEAST` cells or more, the upper side becomes a shade of its
+    own when the shades fitted again miss the file by more than a shade's price less (below).
+
     Then, from the shade with the fewest cells up, each shade's cells are weighed against the other shades, the
     rest of the cells as they are, in squared error counted in each fit's noise variance (its mean squared
     error per observation: luma and chroma differ). First its cells that another shade explains better go there,
@@ -421,7 +442,7 @@ def fit_shades(
         factors: the file's chroma subsampling ``(vertical, horizontal)``, each 1 or 2.
 
     Returns:
-        ``cells`` with each shade's colour fitted: as many colours or fewer.
+        ``cells`` with each shade's colour fitted: fewer colours, as many, or (split) more.
     """
     _check_cells(cells, observed, rows, columns)
     check_factors(factors)
@@ -439,14 +460,21 @@ def fit_shades(
         _decoded_average(_banded(axis, factor), axis.cells.shape[0]) if factor == 2 else _banded(axis, 1)
         for axis, factor in ((rows, factors[0]), (columns, factors[1]))
     )
-    fits = (
-        _shade_fit(file[:1], _banded(rows, 1), _banded(columns, 1), label, count),
-        _shade_fit(F.avg_pool2d(file[1:], factors, ceil_mode=False), chroma_rows, chroma_columns, label, count),
-    )
+    chroma_planes = F.avg_pool2d(file[1:], factors, ceil_mode=False)
+
+    def fitted(label: Tensor, count: int) -> tuple[_ShadeFit, ...]:
+        return (
+            _shade_fit(file[:1], _banded(rows, 1), _banded(columns, 1), label, count),
+            _shade_fit(chroma_planes, chroma_rows, chroma_columns, label, count),
+        )
+
+    fits = fitted(label, count)
     ycc = torch.cat([fit.solve(prior[part]) for fit, part in zip(fits, _CHANNELS)])
+    if factors == (1, 1) and rows.cells.shape[1] == columns.cells.shape[1] == 1:
+        fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted)
     label, ycc = _drop_unneeded(fits, label, ycc, prior)
-    fitted = ycbcr_to_srgb(ycc.reshape(1, 3, count, 1))[0, :, :, 0].round().to(torch.uint8)  # (3, count)
-    return torch.cat([fitted[:, label].unsqueeze(0), cells[:, 3:]], 1)
+    shades = ycbcr_to_srgb(ycc.reshape(1, 3, -1, 1))[0, :, :, 0].round().to(torch.uint8)  # (3, count)
+    return torch.cat([shades[:, label].unsqueeze(0), cells[:, 3:]], 1)
 
 
 # the YCbCr channels of `fit_shades`'s two fits: luma, chroma
@@ -499,6 +527,67 @@ def _moved(fit: _ShadeFit, reach: _Reach, before: Tensor, after: Tensor) -> _Sha
     return replace(fit, gram=fit.gram + change[0] + change[1].T, right=right)
 
 
+def _unexplained(fit: _ShadeFit, reach: _Reach, colours: Tensor) -> tuple[Tensor, Tensor]:
+    """What ``fit``'s planes, projected back onto the cells of ``reach``, miss with the shades painted as
+    ``colours`` (:math:`(C, K)`), and each cell's own weight in the painting: :math:`(C, n)` and :math:`(n,)`."""
+    weight = reach.weight.to(colours.dtype)
+    painted = torch.einsum("con,on->cn", colours[:, reach.labels], weight)
+    missed = fit.projected[:, reach.cells].to(colours.dtype) - painted
+    return missed, weight[(fit.pairs.down == 0) & (fit.pairs.across == 0)].sum(0)
+
+
+def _split_mixed(
+    fits: tuple[_ShadeFit, ...],
+    label: Tensor,
+    ycc: Tensor,
+    prior: Tensor,
+    fitted: Callable[[Tensor, int], tuple[_ShadeFit, ...]],
+) -> tuple[tuple[_ShadeFit, ...], Tensor, Tensor, Tensor]:
+    """`fit_shades`'s first step on a whole-pixel lattice without subsampled chroma: each shade of ``label``
+    (:math:`(h, w)`) that holds two of the art's colours split in two. The fits, labels, colours
+    (:math:`(3, K)`) and priors after it."""
+    height, width = label.shape
+    scales = [fit.observations / max(fit.error(ycc[part]), 1e-12) for fit, part in zip(fits, _CHANNELS)]
+
+    def misfit(fits: tuple[_ShadeFit, ...], ycc: Tensor) -> float:
+        return sum(scale * fit.error(ycc[part]) for scale, fit, part in zip(scales, fits, _CHANNELS))
+
+    error = misfit(fits, ycc)
+    price = _PARAMETERS_PER_SHADE * math.log(sum(fit.observations for fit in fits))
+    count = ycc.shape[1]
+    for shade in torch.bincount(label.flatten(), minlength=count).argsort(descending=True, stable=True).tolist():
+        flat = label.flatten()
+        cells = (flat == shade).nonzero().flatten()
+        reach = _reach(fits[0].pairs, flat, cells, height, width)
+        missed, own = _unexplained(fits[0], reach, ycc[:1])
+        shown = own > 0
+        luma = (ycc[0, shade] + missed[0] / own.clamp_min(1e-12))[shown]
+        if luma.numel() < _SPLIT_LEAST:
+            continue
+        luma, order = luma.sort()
+        # Otsu: the cut that leaves the two sides' means furthest apart, weighed by their sizes
+        size = luma.numel()
+        below = torch.arange(1, size, dtype=luma.dtype, device=luma.device)
+        sums = luma.cumsum(0)[:-1]
+        apart = (sums[-1] + luma[-1] - sums) / (size - below) - sums / below
+        between = below * (size - below) / size * apart**2
+        side = max(3, size // 20)
+        between[: side - 1] = between[size - side :] = 0
+        cut = int(between.argmax())
+        spread = float((luma - luma.mean()).square().sum())
+        if float(between[cut]) < _SPLIT_SHARE * spread or float(apart[cut]) < _SPLIT_STEP:
+            continue
+        split = flat.index_put((cells[shown][order[cut + 1 :]],), torch.tensor(count, device=flat.device))
+        split_prior = torch.cat([prior, prior[:, shade : shade + 1]], 1)
+        split_fits = fitted(split.view(height, width), count + 1)
+        split_ycc = torch.cat([fit.solve(split_prior[part]) for fit, part in zip(split_fits, _CHANNELS)])
+        split_error = misfit(split_fits, split_ycc)
+        if error - split_error > price:
+            fits, label, ycc, prior, error = split_fits, split.view(height, width), split_ycc, split_prior, split_error
+            count += 1
+    return fits, label, ycc, prior
+
+
 def _move(cells_of: list[Tensor], counts: Tensor, shade: int, cells: Tensor, to: Tensor) -> None:
     """Moves ``cells`` of ``shade`` to the shades ``to`` in ``cells_of`` (each shade's cells) and ``counts``."""
     cells_of[shade] = cells_of[shade][~torch.isin(cells_of[shade], cells)]
@@ -546,9 +635,7 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
         cost = torch.zeros(count, cells.numel(), device=device)
         for scale, fit, part, reach in zip(scales, fits, _CHANNELS, reaches):
             colours = ycc[part].float()
-            weight = reach.weight.float()
-            missed = fit.projected[:, cells].float() - torch.einsum("con,on->cn", colours[:, reach.labels], weight)
-            own = weight[(fit.pairs.down == 0) & (fit.pairs.across == 0)].sum(0)
+            missed, own = _unexplained(fit, reach, colours)
             step = colours - colours[:, shade : shade + 1]  # (C, K)
             cost += scale * (step.square().sum(0).unsqueeze(1) * own - 2 * step.T @ missed)
         cost[~alive | (torch.arange(count, device=device) == shade)] = torch.inf

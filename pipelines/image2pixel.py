@@ -37,7 +37,8 @@ with better detectors and deterministic output:
    bled from the neighbour, which colours and neighbours alone hardly tell from the artist's own shades. Cells
    under 4 px then take their shade's colour as all its cells explain the file (luma per pixel, chroma per
    sample as the decoder spreads it), not their medians, which are mostly their neighbours' chroma; where the
-   file subsampled its chroma, the re-encoding test is asked again with those colours.
+   file subsampled its chroma, the re-encoding test is asked again with those colours, and where it did not,
+   a shade whose cells' luma the file shows falling in two (two steps of a ramp) is split first.
 7. `transparent_background`: flood fill from the `background_mode` seeds within `background_tolerance`.
 8. `cleanup_jaggy`, then `trim_borders`.
 9. The palette is read from the result. `images` are the result upscaled by the scale (its size is the snapped
@@ -394,7 +395,10 @@ def file_shades(
         # all its cells together explain the file with (on the 120 JPEGs at scales 2-3 of the real-art set's
         # seeds 0-2 that put 91.5 % of the cells right against 89.8 % and brought their mean CIELAB error
         # from 4.1 to 3.1); then cells another shade explains better move there, and a shade whose cells
-        # their painted neighbours explain goes.
+        # their painted neighbours explain goes. Where the file keeps every pixel's chroma on a whole-pixel
+        # lattice, a shade whose cells' luma falls in two is split first: over the set's 3000 cases of seeds
+        # 0-4 that put 473 of the 477 palette targets within 2 (471) and changed 33 cases, all 4:4:4 JPEGs at
+        # 2-3 px: 28 came nearer the art's colour count, 2 went further, and 28 have more cells right, 1 fewer.
         native = fit_shades(native, decoded, *axes, chroma_subsampling)
         if chroma_subsampling != (1, 1):
             # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 much of what a small

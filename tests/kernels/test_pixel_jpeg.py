@@ -386,3 +386,49 @@ def test_fit_shades_keeps_a_colour_of_a_few_cells_the_file_shows():
     assert len(np.unique(magenta, axis=0)) == 1
     assert np.abs(magenta[0] - (230, 40, 200)).max() <= 20
     assert int((np.abs(fitted.astype(int) - magenta[0]).max(-1) == 0).sum()) == 3
+
+
+def whole_pixel_jpeg(art: np.ndarray, scale: int):
+    """Real art at ``scale`` saved by libjpeg at q75 with full-resolution chroma, and its whole-pixel lattice."""
+    raw = jpeg_file(art.repeat(scale, 0).repeat(scale, 1), 75, 0)
+    rows = axis_sampling(raw.height, 0, art.shape[0], float(scale), scale)
+    columns = axis_sampling(raw.width, 0, art.shape[1], float(scale), scale)
+    return raw, rows, columns
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize(
+    "name, first, second",
+    [
+        ("trident-ships", (160, 160, 160), (176, 176, 176)),
+        ("trident-terrain", (54, 118, 18), (95, 118, 54)),
+        ("angband-bolt-texture", (24, 24, 24), (36, 36, 36)),
+    ],
+)
+def test_fit_shades_splits_a_shade_that_holds_two_steps_of_a_ramp(name, first, second, scale):
+    """Two of the art's colours 12-16 levels of luma apart, a few dozen cells each, read as one shade (their
+    mean), as a palette merges neighbouring steps of a ramp that JPEG's noise joins at 2-3 px. The file tells
+    them apart: fitted, nine in ten cells of each come back nearer their own colour than the other's (before,
+    one shade for both, the lighter or the darker half all wrong), and the art's other shades stay as many."""
+    art = pixel_art.load(name)
+    raw, rows, columns = whole_pixel_jpeg(art, scale)
+    steps = [(art == colour).all(-1) for colour in (first, second)]
+    read = art.copy()
+    read[steps[0] | steps[1]] = art[steps[0] | steps[1]].mean(0).round()
+    fitted = fit_shades(cells_of(read), raw.pixels[None], rows, columns, (1, 1))
+    assert len(colours(fitted)) == len(colours(fit_shades(cells_of(art), raw.pixels[None], rows, columns, (1, 1))))
+    found = fitted[0, :3].permute(1, 2, 0).numpy().astype(int)
+    for step, own, other in ((steps[0], first, second), (steps[1], second, first)):
+        nearer = np.abs(found[step] - own).sum(-1) < np.abs(found[step] - other).sum(-1)
+        assert nearer.mean() >= 0.9, (own, nearer.mean())
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_fit_shades_splits_no_shade_of_the_arts_own_in_jpeg_noise(scale):
+    """Every fixture's cells as the art's own shades, in the same files: JPEG's noise in a shade's cells is not
+    two colours, so no fixture comes back with more shades than it has."""
+    for name in pixel_art.NAMES:
+        art = pixel_art.load(name)
+        raw, rows, columns = whole_pixel_jpeg(art, scale)
+        fitted = fit_shades(cells_of(art), raw.pixels[None], rows, columns, (1, 1))
+        assert len(colours(fitted)) <= pixel_art.count_colours(art), name
