@@ -406,7 +406,7 @@ def whole_pixel_jpeg(art: np.ndarray, scale: int):
     ],
 )
 def test_fit_shades_splits_a_shade_that_holds_two_steps_of_a_ramp(name, first, second, scale):
-    """Two of the art's colours 12-16 levels of luma apart, a few dozen cells each, read as one shade (their
+    """Two of the art's colours 12-16 levels of luma apart, 27-104 cells each, read as one shade (their
     mean), as a palette merges neighbouring steps of a ramp that JPEG's noise joins at 2-3 px. The file tells
     them apart: fitted, nine in ten cells of each come back nearer their own colour than the other's (before,
     one shade for both, the lighter or the darker half all wrong), and the art's other shades stay as many."""
