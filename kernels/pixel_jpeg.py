@@ -527,6 +527,23 @@ def _moved(fit: _ShadeFit, reach: _Reach, before: Tensor, after: Tensor) -> _Sha
     return replace(fit, gram=fit.gram + change[0] + change[1].T, right=right)
 
 
+def _noise_scales(fits: tuple[_ShadeFit, ...], ycc: Tensor) -> list[float]:
+    """One over each fit's noise variance, its mean squared error per observation as ``fits`` fit ``ycc``
+    (:math:`(3, K)`): each fit's error counts in its own, as JPEG steps chroma more coarsely than luma and the
+    chroma model is the rougher of the two."""
+    return [fit.observations / max(fit.error(ycc[part]), 1e-12) for fit, part in zip(fits, _CHANNELS)]
+
+
+def _misfit(scales: list[float], fits: tuple[_ShadeFit, ...], ycc: Tensor) -> float:
+    """How far ``fits`` miss with the colours ``ycc``, counted in the noise variances of `_noise_scales`."""
+    return sum(scale * fit.error(ycc[part]) for scale, fit, part in zip(scales, fits, _CHANNELS))
+
+
+def _shade_price(fits: tuple[_ShadeFit, ...]) -> float:
+    """What a shade costs in `_misfit`'s units (`_PARAMETERS_PER_SHADE`)."""
+    return _PARAMETERS_PER_SHADE * math.log(sum(fit.observations for fit in fits))
+
+
 def _unexplained(fit: _ShadeFit, reach: _Reach, colours: Tensor) -> tuple[Tensor, Tensor]:
     """What ``fit``'s planes, projected back onto the cells of ``reach``, miss with the shades painted as
     ``colours`` (:math:`(C, K)`), and each cell's own weight in the painting: :math:`(C, n)` and :math:`(n,)`."""
@@ -547,13 +564,8 @@ def _split_mixed(
     (:math:`(h, w)`) that holds two of the art's colours split in two. The fits, labels, colours
     (:math:`(3, K)`) and priors after it."""
     height, width = label.shape
-    scales = [fit.observations / max(fit.error(ycc[part]), 1e-12) for fit, part in zip(fits, _CHANNELS)]
-
-    def misfit(fits: tuple[_ShadeFit, ...], ycc: Tensor) -> float:
-        return sum(scale * fit.error(ycc[part]) for scale, fit, part in zip(scales, fits, _CHANNELS))
-
-    error = misfit(fits, ycc)
-    price = _PARAMETERS_PER_SHADE * math.log(sum(fit.observations for fit in fits))
+    scales = _noise_scales(fits, ycc)
+    error, price = _misfit(scales, fits, ycc), _shade_price(fits)
     count = ycc.shape[1]
     for shade in torch.bincount(label.flatten(), minlength=count).argsort(descending=True, stable=True).tolist():
         flat = label.flatten()
@@ -581,7 +593,7 @@ def _split_mixed(
         split_prior = torch.cat([prior, prior[:, shade : shade + 1]], 1)
         split_fits = fitted(split.view(height, width), count + 1)
         split_ycc = torch.cat([fit.solve(split_prior[part]) for fit, part in zip(split_fits, _CHANNELS)])
-        split_error = misfit(split_fits, split_ycc)
+        split_error = _misfit(scales, split_fits, split_ycc)
         if error - split_error > price:
             fits, label, ycc, prior, error = split_fits, split.view(height, width), split_ycc, split_prior, split_error
             count += 1
@@ -604,21 +616,15 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     count = ycc.shape[1]
     device = label.device
     flat = label.flatten()
-    # Each fit's error counts in its own noise variance: JPEG steps chroma more coarsely than luma, and the chroma
-    # model is the rougher of the two.
-    scales = [fit.observations / max(fit.error(ycc[part]), 1e-12) for fit, part in zip(fits, _CHANNELS)]
-
-    def misfit(fits: tuple[_ShadeFit, ...], ycc: Tensor) -> float:
-        return sum(scale * fit.error(ycc[part]) for scale, fit, part in zip(scales, fits, _CHANNELS))
+    scales = _noise_scales(fits, ycc)
 
     def tried(reaches: list[_Reach], after: Tensor) -> tuple[float, tuple[_ShadeFit, ...], Tensor]:
         before = flat[reaches[0].cells]
         moved = tuple(_moved(fit, reach, before, after) for fit, reach in zip(fits, reaches))
         moved_ycc = torch.cat([fit.solve(prior[part]) for fit, part in zip(moved, _CHANNELS)])
-        return misfit(moved, moved_ycc) - error, moved, moved_ycc
+        return _misfit(scales, moved, moved_ycc) - error, moved, moved_ycc
 
-    error = misfit(fits, ycc)
-    price = _PARAMETERS_PER_SHADE * math.log(sum(fit.observations for fit in fits))
+    error, price = _misfit(scales, fits, ycc), _shade_price(fits)
     counts = torch.bincount(flat, minlength=count)
     order = sorted(range(count), key=counts.tolist().__getitem__)  # stable: ties in colour order
     most = min(_MOST_TRIED_SHARE * flat.numel(), _MOST_TRIED)
