@@ -67,8 +67,8 @@ _PARAMETERS_PER_SHADE = 3
 # best cut, 0.64), and the shade has this many cells at least.
 _SPLIT_SHARE = 0.85
 _SPLIT_LEAST = 16
-# ... and where the two sides' mean luma lie this many levels apart at least. The splits that brought the real-art
-# set's colour counts nearer the art's were 5.5-62 levels apart; a black of 16 cells in a fixture, whose noise can
+# ... and where the two sides' mean luma lie this many levels apart at least. The splits kept in the real-art set's
+# cases gave shades whose fitted luma lie 5.5-62 levels apart; a black of 16 cells in a fixture, whose noise can
 # only lighten it, split 4 apart.
 _SPLIT_STEP = 5.0
 # Shades over this share of the cells, or this many, are not tried: a shade of bleed lines the borders between
