@@ -469,7 +469,7 @@ def fit_shades(
         )
 
     fits = fitted(label, count)
-    ycc = torch.cat([fit.solve(prior[part]) for fit, part in zip(fits, _CHANNELS)])
+    ycc = _solved(fits, prior)
     if factors == (1, 1) and rows.cells.shape[1] == columns.cells.shape[1] == 1:
         fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted)
     label, ycc = _drop_unneeded(fits, label, ycc, prior)
@@ -525,6 +525,11 @@ def _moved(fit: _ShadeFit, reach: _Reach, before: Tensor, after: Tensor) -> _Sha
     projected = fit.projected[:, reach.cells]
     right = fit.right.index_add(1, after[reach.cells], projected).index_add(1, before, -projected)
     return replace(fit, gram=fit.gram + change[0] + change[1].T, right=right)
+
+
+def _solved(fits: tuple[_ShadeFit, ...], prior: Tensor) -> Tensor:
+    """The shades' YCbCr (:math:`(3, K)`) that best explain the file, each fit solved for its channels."""
+    return torch.cat([fit.solve(prior[part]) for fit, part in zip(fits, _CHANNELS)])
 
 
 def _noise_scales(fits: tuple[_ShadeFit, ...], ycc: Tensor) -> list[float]:
@@ -592,7 +597,7 @@ def _split_mixed(
         split = flat.index_put((cells[shown][order[cut + 1 :]],), torch.tensor(count, device=flat.device))
         split_prior = torch.cat([prior, prior[:, shade : shade + 1]], 1)
         split_fits = fitted(split.view(height, width), count + 1)
-        split_ycc = torch.cat([fit.solve(split_prior[part]) for fit, part in zip(split_fits, _CHANNELS)])
+        split_ycc = _solved(split_fits, split_prior)
         split_error = _misfit(scales, split_fits, split_ycc)
         if error - split_error > price:
             fits, label, ycc, prior, error = split_fits, split.view(height, width), split_ycc, split_prior, split_error
@@ -621,7 +626,7 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     def tried(reaches: list[_Reach], after: Tensor) -> tuple[float, tuple[_ShadeFit, ...], Tensor]:
         before = flat[reaches[0].cells]
         moved = tuple(_moved(fit, reach, before, after) for fit, reach in zip(fits, reaches))
-        moved_ycc = torch.cat([fit.solve(prior[part]) for fit, part in zip(moved, _CHANNELS)])
+        moved_ycc = _solved(moved, prior)
         return _misfit(scales, moved, moved_ycc) - error, moved, moved_ycc
 
     error, price = _misfit(scales, fits, ycc), _shade_price(fits)
