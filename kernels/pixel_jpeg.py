@@ -37,7 +37,16 @@ from kernels.jpeg_chroma import check_factors, edge_filled, srgb_to_ycbcr, ycbcr
 from kernels.jpeg_codec import block_steps, mcu_coefficients, mcu_size
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
-__all__ = ["RESAMPLING_KERNELS", "AxisSampling", "axis_sampling", "fit_shades", "luma_misfit", "merge_unneeded_shades"]
+__all__ = [
+    "RESAMPLING_KERNELS",
+    "AxisSampling",
+    "FileCoding",
+    "axis_sampling",
+    "file_coding",
+    "fit_shades",
+    "luma_misfit",
+    "merge_unneeded_shades",
+]
 
 # Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours. On the
 # real-art set's JPEGs four did no better than two (89 against 90 of the 92 palette targets) at twice the cost.
@@ -682,6 +691,25 @@ def _drop_unneeded(fits: tuple[_ShadeFit, ...], label: Tensor, ycc: Tensor, prio
     return flat.view(height, width), ycc
 
 
+class FileCoding(NamedTuple):
+    """What the encoder saw of a decoded JPEG, on whole MCUs (the last row and column repeated into the padding,
+    as it pads them): its YCbCr, and its MCUs' DCT coefficients before rounding."""
+
+    ycc: Tensor  # float (3, H', W')
+    coefficients: Tensor  # float (T, K, 8, 8), `mcu_coefficients`
+
+
+def file_coding(observed: Tensor, factors: tuple[int, int]) -> FileCoding:
+    """`FileCoding` of the decoded JPEG ``observed`` (RGB(A) uint8 :math:`(1, C, H, W)`) whose chroma was subsampled
+    by ``factors``: what `merge_unneeded_shades` compares its paintings with, the same for every call on one file."""
+    unit = mcu_size(factors)
+    height, width = observed.shape[-2:]
+    ycc = srgb_to_ycbcr(observed[:, :3].float())
+    padding = (0, -width % unit[1], 0, -height % unit[0])
+    ycc = (F.pad(ycc, padding, mode="replicate") if any(padding) else ycc)[0]
+    return FileCoding(ycc, mcu_coefficients(_tiles(ycc, unit), factors))
+
+
 def _check_cells(cells: Tensor, observed: Tensor, rows: AxisSampling, columns: AxisSampling) -> None:
     if cells.ndim != 4 or cells.shape[:2] != (1, 4) or cells.dtype != torch.uint8:
         raise ValueError(f"`cells` must be uint8 (1, 4, h, w), got {cells.dtype} {tuple(cells.shape)}")
@@ -719,6 +747,7 @@ def merge_unneeded_shades(
     columns: AxisSampling,
     quantization: Tensor,
     factors: tuple[int, int],
+    coding: FileCoding | None = None,
 ) -> Tensor:
     r"""Recolour each shade the JPEG does not need with the heavier colour that explains the file better.
 
@@ -741,12 +770,12 @@ def merge_unneeded_shades(
         columns: `axis_sampling` of its width over the ``w`` cells.
         quantization: :math:`(3, 8, 8)` the file's quantisation tables (Y, Cb, Cr).
         factors: the file's chroma subsampling ``(vertical, horizontal)``.
+        coding: `file_coding` of ``observed``, where the caller has it from an earlier call on the same file.
 
     Returns:
         ``cells`` with the unneeded shades recoloured: its colours a subset of the input's.
     """
     _check_cells(cells, observed, rows, columns)
-    height, width = observed.shape[-2:]
     device = cells.device
     unit = mcu_size(factors)
     steps = block_steps(quantization.to(device), factors)
@@ -761,10 +790,9 @@ def merge_unneeded_shades(
     colours = unpacked_rgb(keys).float()
     ycc = srgb_to_ycbcr(colours.T.reshape(1, 3, count, 1))[0, :, :, 0].T  # (count, 3)
 
-    padded_rows = torch.arange(rows.cells.shape[0], device=device)
-    padded_columns = torch.arange(columns.cells.shape[0], device=device)
-    file_pixels = observed[0, :3][:, padded_rows.clamp(max=height - 1)][:, :, padded_columns.clamp(max=width - 1)]
-    file_ycc = srgb_to_ycbcr(file_pixels.float()[None])[0]
+    file_ycc, file_coefficients = coding if coding is not None else file_coding(observed, factors)
+    if file_ycc.shape[-2:] != (rows.cells.shape[0], columns.cells.shape[0]):
+        raise ValueError(f"`coding` is of a {tuple(file_ycc.shape[-2:])} file, not of this one")
     on_lattice = rows.inside.unsqueeze(1) & columns.inside.unsqueeze(0)
     # A filter with negative lobes (bicubic) overshoots at edges, past 0 or 255 beside white or black, and the
     # resized image the encoder saw had that clipped: painted unclipped, white beside black asked for a darker
@@ -776,7 +804,7 @@ def merge_unneeded_shades(
     stored = torch.round(coefficients / steps) * steps
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
     # own are taken as the decoder would show them there.
-    missing = mcu_coefficients(_tiles(file_ycc, unit), factors) - stored
+    missing = file_coefficients - stored
     tiles_down, tiles_across = rows.cells.shape[0] // unit[0], columns.cells.shape[0] // unit[1]
     shown = _shown(label, rows, columns, unit, count)  # a shade is only tried on its own MCUs
     tile_rows = [field.view(tiles_down, unit[0], *field.shape[1:]) for field in rows]

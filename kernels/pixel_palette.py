@@ -693,6 +693,8 @@ def _cluster_means(rgb: Tensor, weight: Tensor, label: Tensor, count: int) -> tu
     """Weighted mean colour ``(count, 3)`` and weight ``(count,)`` of each cluster; empty ones get weight 0."""
     total = torch.zeros(count, dtype=torch.float64).index_add_(0, label, weight)
     sums = torch.zeros(count, 3, dtype=torch.float64).index_add_(0, label, rgb * weight.unsqueeze(1))
+    if bool((total > 0).all()):
+        return sums / total.unsqueeze(1), total
     # A cluster of zero weight still has members: give it their plain mean.
     plain = torch.zeros(count, 3, dtype=torch.float64).index_add_(0, label, rgb)
     members = torch.zeros(count, dtype=torch.float64).index_add_(0, label, torch.ones_like(weight))
@@ -761,22 +763,27 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
     in the middle, or thins out from one end to the other. The pair with the fullest middle merges first, while
     it holds at least `_VALLEY` times the weight around its lesser centre."""
     label = _compact(label)
-    lab = lab.float()  # single precision is ample for counting colours in balls, and twice as fast
     count = int(label.max()) + 1
     sizes = torch.bincount(label, minlength=count).tolist()
-    members: list[Tensor | None] = list(label.argsort(stable=True).split(sizes))
-    centres = torch.zeros(count, 3, dtype=lab.dtype)
-    radii = torch.zeros(count, dtype=lab.dtype)
+    # each cluster's colours, kept gathered: a merge joins two clusters' rows instead of gathering them again
+    order = label.argsort(stable=True)
+    member_rgb: list[Tensor] = list(rgb[order].split(sizes))
+    # single precision is ample for counting colours in balls, and twice as fast
+    member_lab: list[Tensor] = list(lab.float()[order].split(sizes))
+    member_weight: list[Tensor] = list(weight[order].split(sizes))
+    centres = torch.zeros(count, 3, dtype=torch.float32)
+    radii = torch.zeros(count, dtype=torch.float32)
 
     def measure(clusters: list[int]) -> None:
-        points = torch.cat([members[index] for index in clusters])
         which = torch.repeat_interleave(torch.tensor([sizes[index] for index in clusters]))
-        point_weight = weight[points]
-        mean, total = _cluster_means(rgb[points], point_weight, which, len(clusters))
-        centres[clusters] = srgb_to_lab(mean).to(lab.dtype)
-        squared = _delta_e94(lab[points], centres[clusters][which]) ** 2
+        point_rgb = torch.cat([member_rgb[index] for index in clusters])
+        point_weight = torch.cat([member_weight[index] for index in clusters])
+        mean, total = _cluster_means(point_rgb, point_weight, which, len(clusters))
+        measured = srgb_to_lab(mean).float()
+        centres[clusters] = measured
+        squared = _delta_e94(torch.cat([member_lab[index] for index in clusters]), measured[which]) ** 2
         spread = torch.zeros(len(clusters), dtype=torch.float64).index_add_(0, which, squared * point_weight)
-        radii[clusters] = spread.div(total.clamp_min(1e-12)).sqrt().to(lab.dtype)
+        radii[clusters] = spread.div(total.clamp_min(1e-12)).sqrt().float()
 
     def middle_shares(firsts: list[int], seconds: list[int], gaps: Tensor) -> list[float]:
         ends = torch.stack([centres[firsts], centres[seconds]])
@@ -791,10 +798,12 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
             while stop < len(lengths) and taken + lengths[stop] <= _POINTS_AT_ONCE:
                 taken += lengths[stop]
                 stop += 1
-            points = torch.cat([members[cluster] for pair in pairs[start:stop] for cluster in pair])
+            batch = [cluster for pair in pairs[start:stop] for cluster in pair]
             pair = torch.repeat_interleave(torch.tensor(lengths[start:stop]))
-            inside = _delta_e94(lab[points].unsqueeze(0), balls[:, pair + start]) <= radius[pair + start]
-            around = torch.zeros(3, stop - start, dtype=weight.dtype).index_add_(1, pair, weight[points] * inside)
+            points_lab = torch.cat([member_lab[cluster] for cluster in batch])
+            inside = _delta_e94(points_lab.unsqueeze(0), balls[:, pair + start]) <= radius[pair + start]
+            points_weight = torch.cat([member_weight[cluster] for cluster in batch]) * inside
+            around = torch.zeros(3, stop - start, dtype=weight.dtype).index_add_(1, pair, points_weight)
             shares += (around[1] / around[[0, 2]].min(0).values.clamp_min(1e-12)).tolist()
             start = stop
         return shares
@@ -826,8 +835,8 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
             continue
         if -negative_share < _VALLEY:
             break
-        members[keep] = torch.cat([members[keep], members[drop]])
-        members[drop] = None
+        for member in (member_rgb, member_lab, member_weight):
+            member[keep] = torch.cat([member[keep], member[drop]])
         sizes[keep] += sizes[drop]
         alive[drop] = False
         version[keep] += 1

@@ -108,6 +108,7 @@ from kernels.pixel_jpeg import (
     RESAMPLING_KERNELS,
     AxisSampling,
     axis_sampling,
+    file_coding,
     fit_shades,
     luma_misfit,
     merge_unneeded_shades,
@@ -389,7 +390,8 @@ def file_shades(
     """`native`'s shades as the JPEG `decoded` explains them (module docs, step 6), painted through the resize's
     filter (`painting_sampling`)."""
     axes = painting_sampling(native, decoded, grid, snap, chroma_subsampling)
-    native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling)
+    coding = file_coding(decoded, chroma_subsampling)
+    native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling, coding)
     if grid.scale < CHROMA_MODEL_MIN_SCALE:
         # Smaller cells kept their medians, mostly their neighbours' chroma: each shade takes the colour that
         # all its cells together explain the file with (on the 120 JPEGs at scales 2-3 of the real-art set's
@@ -408,7 +410,7 @@ def file_shades(
             # with the fitted colours, tells such shades from the art's: over the real-art set's 3000 cases of
             # seeds 0-4 the colour count came within 2 for 469 of the 477 palette targets (463), cells as
             # right as before (README). Asked of 4:4:4 files too, it kept 467.
-            native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling)
+            native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling, coding)
     return native
 
 

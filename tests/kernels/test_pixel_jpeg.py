@@ -16,6 +16,7 @@ from kernels.pixel_jpeg import (
     AxisSampling,
     _render,
     axis_sampling,
+    file_coding,
     fit_shades,
     luma_misfit,
     merge_unneeded_shades,
@@ -202,6 +203,31 @@ def test_colours_in_the_last_partial_mcus_are_judged_too():
         torch.from_numpy(np.array(case.jpeg_quantization)), (2, 2),
     )
     assert torch.equal(merged, cells)
+
+
+def test_a_files_coding_computed_once_serves_every_call():
+    """`file_coding` is what the encoder saw, padded to whole MCUs by repeating the last row and column (numpy's
+    edge padding here); passed to `merge_unneeded_shades` it gives what the call computes for itself, and one
+    of another file is refused."""
+    case = pixel_art.degraded("angband-flat", 3, (1, 2), "jpeg75-420")
+    height, width = case.image.shape[:2]
+    (top, left), (rows, columns) = case.first_cell, case.truth.shape[:2]
+    padded = np.pad(case.image, ((0, -height % 16), (0, -width % 16), (0, 0)), mode="edge")
+    coding = file_coding(cells_of(case.image), (2, 2))
+    expected = srgb_to_ycbcr(torch.from_numpy(padded).permute(2, 0, 1)[None].float())[0]
+    assert torch.equal(coding.ycc, expected)
+    assert coding.coefficients.shape == (padded.shape[0] // 16 * (padded.shape[1] // 16), 6, 8, 8)
+    noisy = case.truth.copy()
+    noisy[::4, ::3] = np.clip(noisy[::4, ::3].astype(int) + 6, 0, 255)
+    axes = axis_sampling(height, top, rows, 3.0, 3), axis_sampling(width, left, columns, 3.0, 3)
+    tables = torch.from_numpy(np.array(case.jpeg_quantization))
+    alone = merge_unneeded_shades(cells_of(noisy), cells_of(case.image), *axes, tables, (2, 2))
+    assert colours(alone) < colours(cells_of(noisy))
+    shared = merge_unneeded_shades(cells_of(noisy), cells_of(case.image), *axes, tables, (2, 2), coding)
+    assert torch.equal(shared, alone)
+    other = file_coding(cells_of(case.image[:-16]), (2, 2))
+    with pytest.raises(ValueError, match="coding"):
+        merge_unneeded_shades(cells_of(noisy), cells_of(case.image), *axes, tables, (2, 2), other)
 
 
 def test_the_result_is_deterministic_and_keeps_to_the_input_colours():
