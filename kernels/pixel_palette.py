@@ -10,8 +10,6 @@ clustering of `merge_similar_colors` runs on the host over the few thousand dist
 
 from __future__ import annotations
 
-import heapq
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -760,8 +758,10 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
     ``distance`` leave neighbouring pieces of one cloud that close), the weight of their colours within a quarter
     of the gap of the midpoint is compared with that around each centre (three disjoint balls). Two real colours
     leave fewer colours between them than around the lesser of the two; the noise around one colour is densest
-    in the middle, or thins out from one end to the other. The pair with the fullest middle merges first, while
-    it holds at least `_VALLEY` times the weight around its lesser centre."""
+    in the middle, or thins out from one end to the other. A pair merges while its middle holds at least
+    `_VALLEY` times the weight around its lesser centre, in rounds: each round merges every pair that is the
+    fullest of both its clusters' pairs (ties to the lower pair of indices), then measures the merged clusters'
+    pairs again."""
     label = _compact(label)
     count = int(label.max()) + 1
     sizes = torch.bincount(label, minlength=count).tolist()
@@ -808,42 +808,48 @@ def _merge_unimodal(rgb: Tensor, lab: Tensor, weight: Tensor, label: Tensor, dis
             start = stop
         return shares
 
-    def queue_near_pairs(firsts: Tensor, alive: Tensor) -> None:
+    def mergeable(firsts: Tensor, alive: Tensor) -> list[tuple[float, int, int]]:
+        """The pairs of ``firsts`` with the live clusters, each once, whose middle is full enough to merge:
+        ``(-share, lower, higher)``, the fullest middle first, ties to the lower pair of indices."""
         reach = 2 * distance + radii[firsts].unsqueeze(1) + radii
         gap = colour_distance(centres[firsts], centres)
-        near = (gap <= reach) & alive
-        near[torch.arange(firsts.shape[0]), firsts] = False
+        among = torch.zeros(count, dtype=torch.bool)
+        among[firsts] = True
+        # a pair of two of the firsts is measured from the lower one only
+        near = (gap <= reach) & alive & ~(among & (torch.arange(count) <= firsts.unsqueeze(1)))
         rows, seconds = near.nonzero().unbind(1)
         gaps = gap[rows, seconds]
         firsts, seconds = firsts[rows].tolist(), seconds.tolist()
-        for first, second, share in zip(firsts, seconds, middle_shares(firsts, seconds, gaps)):
-            first, second = min(first, second), max(first, second)
-            # the fullest middle first; ties to the lower pair of indices, so the result is deterministic
-            heapq.heappush(queue, (-share, first, second, version[first], version[second]))
+        shares = middle_shares(firsts, seconds, gaps)
+        return sorted(
+            (-share, min(first, second), max(first, second))
+            for first, second, share in zip(firsts, seconds, shares)
+            if share >= _VALLEY
+        )
 
     measure(list(range(count)))
-    # A pair stays queued after one of its clusters changes: the versions it was measured at tell it apart.
-    queue: list[tuple[float, int, int, int, int]] = []
-    version = [0] * count
-    every = torch.arange(count)
-    queue_near_pairs(every, every.unsqueeze(0) > every.unsqueeze(1))  # each pair once
     alive = torch.ones(count, dtype=torch.bool)
     target = torch.arange(count)
-    while queue:
-        negative_share, keep, drop, keep_version, drop_version = heapq.heappop(queue)
-        if (keep_version, drop_version) != (version[keep], version[drop]):
-            continue
-        if -negative_share < _VALLEY:
-            break
-        for member in (member_rgb, member_lab, member_weight):
-            member[keep] = torch.cat([member[keep], member[drop]])
-        sizes[keep] += sizes[drop]
-        alive[drop] = False
-        version[keep] += 1
-        version[drop] = -1
-        target[target == drop] = keep
-        measure([keep])
-        queue_near_pairs(torch.tensor([keep]), alive)
+    pairs = mergeable(torch.arange(count), alive)
+    # A round at a time rather than a pair: far fewer, larger tensor operations (a third of the time on the
+    # scale-2 timing image's 221 clusters, merged in 13 rounds), and each merge is still both clusters' best.
+    while pairs:
+        merged: set[int] = set()
+        seen: set[int] = set()
+        keeps: list[int] = []
+        for _, keep, drop in pairs:
+            if seen.isdisjoint((keep, drop)):  # no fuller pair holds either
+                merged |= {keep, drop}
+                keeps.append(keep)
+                for member in (member_rgb, member_lab, member_weight):
+                    member[keep] = torch.cat([member[keep], member[drop]])
+                sizes[keep] += sizes[drop]
+                alive[drop] = False
+                target[target == drop] = keep
+            seen |= {keep, drop}
+        measure(keeps)
+        waiting = [pair for pair in pairs if not merged & set(pair[1:])]
+        pairs = sorted(waiting + mergeable(torch.tensor(keeps), alive))
     return _compact(target[label])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +187,68 @@ class TestMergeSimilarColors:
         one_pair_at_a_time = merge_similar_colors(colours, weights)
         assert torch.equal(batched[0], one_pair_at_a_time[0]) and torch.equal(batched[1], one_pair_at_a_time[1])
         assert batched[0].shape[0] <= 10
+
+    @staticmethod
+    def unimodal_rounds(rgb, lab, weight, label, distance) -> tuple[torch.Tensor, list[int]]:
+        """The plain reading of the valley test's rounds: each round measures every pair of live clusters from
+        scratch, and merges each pair whose middle holds `_VALLEY` times the weight around its lesser centre and
+        that no fuller pair shares a cluster with (ties to the lower pair). Returns the labels and how many
+        pairs each round merged."""
+        members = {cluster: (label == cluster).nonzero().flatten() for cluster in label.unique().tolist()}
+        points = lab.float()
+
+        def delta(first, second):
+            return pixel_palette._delta_e94(first, second)
+
+        merged_per_round = []
+        while True:
+            centre, radius = {}, {}
+            for cluster, index in members.items():
+                mass = weight[index]
+                centre[cluster] = srgb_to_lab((rgb[index] * mass[:, None]).sum(0) / mass.sum()).float()
+                squared = delta(points[index], centre[cluster]).double() ** 2
+                radius[cluster] = float(((squared * mass).sum() / mass.sum()).sqrt())
+            full = []
+            for first, second in itertools.combinations(sorted(members), 2):
+                gap = float(delta(centre[first], centre[second]))
+                if gap > 2 * distance + radius[first] + radius[second]:
+                    continue
+                index = torch.cat([members[first], members[second]])
+                balls = (centre[first], (centre[first] + centre[second]) / 2, centre[second])
+                around = [float(weight[index][delta(points[index], ball) <= gap / 4].sum()) for ball in balls]
+                share = around[1] / max(min(around[0], around[2]), 1e-12)
+                if share >= pixel_palette._VALLEY:
+                    full.append((-share, first, second))
+            taken: set[int] = set()
+            merges = 0
+            for _, first, second in sorted(full):
+                if not taken & {first, second}:
+                    members[first] = torch.cat([members[first], members.pop(second)])
+                    merges += 1
+                taken |= {first, second}
+            if not merges:
+                break
+            merged_per_round.append(merges)
+        result = torch.empty_like(label)
+        for cluster, index in members.items():
+            result[index] = cluster
+        return pixel_palette._compact(result), merged_per_round
+
+    def test_unimodal_merge_is_its_rounds_measured_from_scratch(self):
+        """The valley test measures again only the pairs of the clusters a round merged, and carries the rest;
+        it must merge as measuring every pair afresh each round does, over several rounds in which a fuller
+        pair holds some clusters back."""
+        rng = np.random.default_rng(8)
+        centres = rng.integers(40, 216, (6, 3))
+        cloud = np.clip(centres.repeat(500, 0) + rng.normal(0, 4, (3000, 3)).round(), 0, 255)
+        colours, weights = np.unique(cloud, axis=0, return_counts=True)
+        rgb, weight = torch.tensor(colours).double(), torch.tensor(weights * 1.0)
+        lab = srgb_to_lab(rgb)
+        order = torch.tensor(np.argsort(-weights, kind="stable"))
+        seeded = pixel_palette._seed_clusters(lab, order, 2.5)
+        expected, merged_per_round = self.unimodal_rounds(rgb, lab, weight, seeded, 2.5)
+        assert torch.equal(pixel_palette._merge_unimodal(rgb, lab, weight, seeded, 2.5), expected)
+        assert len(merged_per_round) >= 3 and int(expected.max()) + 1 < int(seeded.max()) + 1
 
     @staticmethod
     def leader_clustering(lab: torch.Tensor, order: torch.Tensor, distance: float, most: int) -> torch.Tensor:
