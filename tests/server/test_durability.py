@@ -73,12 +73,15 @@ def test_request_that_kills_its_worker_is_failed_alone_after_max_attempts(kiln_p
     batched with the poisoned one were failed as well ("stopped 3 time(s)"). A request running
     when its worker died is now retried alone, so only the one that keeps killing it is failed."""
     server = kiln_process()
-    url = f"{server.url}/queue/kiln-test/steps"
-    # while the blocker runs, the next four queue up and are claimed (and batched) together
-    httpx.post(url, json={"steps": 1, "step_seconds": 1.0, "tag": "blocker"})
-    ordinary = [httpx.post(url, json={"steps": 3, "tag": f"ordinary-{i}"}).json() for i in range(2)]
-    poison = httpx.post(url, json={"steps": 3, "fail_with": "crash"}).json()
-    ordinary.append(httpx.post(url, json={"steps": 3, "tag": "ordinary-2"}).json())
+    # While the blocker runs, the next four queue up and are claimed (and batched) together. The poison kills
+    # the server as soon as it runs, so all four must be posted before the blocker ends: with 1 s, a busy CI
+    # machine once took longer, and the last post found the server gone.
+    with httpx.Client(base_url=server.url) as client:
+        url = "/queue/kiln-test/steps"
+        client.post(url, json={"steps": 1, "step_seconds": 5.0, "tag": "blocker"})
+        ordinary = [client.post(url, json={"steps": 3, "tag": f"ordinary-{i}"}).json() for i in range(2)]
+        poison = client.post(url, json={"steps": 3, "fail_with": "crash"}).json()
+        ordinary.append(client.post(url, json={"steps": 3, "tag": "ordinary-2"}).json())
     assert server.process.wait(60) == 9
     for _ in range(2):  # each start runs the poisoned request again, alone now, and dies
         assert KilnProcess(server.data_dir, pipelines=TEST_PIPELINES).spawn().process.wait(60) == 9
