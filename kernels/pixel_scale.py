@@ -428,27 +428,27 @@ def _refine_lattice(gradient: Tensor, period: float, phase: float) -> tuple[floa
     return period, phase % period
 
 
-def _line_sums(planes: Tensor) -> tuple[Tensor, Tensor]:
-    """Prefix sums along the last axis of ``(C, lines, L)`` and of the channel-summed squares, with a leading 0."""
-    values = planes.double()
-    zero = values.new_zeros(values.shape[:-1] + (1,))
-    sums = torch.cat([zero, values.cumsum(-1)], -1)
-    squares = (values * values).sum(0)
-    return sums, torch.cat([zero[0], squares.cumsum(-1)], -1)
+def _line_sums(planes: Tensor) -> tuple[Tensor, float]:
+    """Prefix sums along the lines of ``(C, lines, L)``, laid out ``(L + 1, C * lines)`` with a leading row of 0
+    so that the sums up to one position are one contiguous row, and the sum of all the squares."""
+    values = planes.double().permute(2, 0, 1).flatten(1)
+    sums = torch.cat([values.new_zeros(1, values.shape[1]), values.cumsum(0)])
+    return sums, float((values * values).sum())
 
 
-def _residual(sums: Tensor, squares: Tensor, period: float, phase: float) -> float:
+def _residual(sums: Tensor, squares: float, period: float, phase: float) -> float:
     """Squared error left when every line is constant between the lattice ``phase + k * period`` (rounded to
     whole pixels), from `_line_sums`."""
-    length = sums.shape[-1] - 1
+    length = sums.shape[0] - 1
     first = math.floor(-phase / period)
     steps = torch.arange(first, first + length / period + 3, dtype=torch.float64, device=sums.device)
     cuts = torch.round(phase + period * steps).long()
     cuts = torch.unique(torch.cat([cuts.clamp(0, length), torch.tensor([0, length], device=sums.device)]))
-    segment = sums[..., cuts[1:]] - sums[..., cuts[:-1]]
+    at_cuts = sums.index_select(0, cuts)
+    segment = at_cuts[1:] - at_cuts[:-1]
     counts = (cuts[1:] - cuts[:-1]).double()
-    explained = (segment * segment / counts).sum()
-    return float(squares[:, -1].sum() - explained)
+    explained = ((segment * segment).sum(1) / counts).sum()
+    return squares - float(explained)
 
 
 def _grid_evidence(lines: list[tuple[Tensor, Tensor, Tensor]], period: float) -> tuple[float, list[tuple]]:
