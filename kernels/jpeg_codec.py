@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.jpeg_chroma import check_factors
+from kernels.jpeg_chroma import block_averages, check_factors
 
 __all__ = ["block_steps", "dct_matrix", "mcu_coefficients", "mcu_size"]
 
@@ -69,7 +68,7 @@ def mcu_coefficients(mcus: Tensor, factors: tuple[int, int], offset: float = 128
         raise ValueError(f"`mcus` must be (T, 3, {unit[0]}, {unit[1]}), got {tuple(mcus.shape)}")
     count = mcus.shape[0]
     luma = mcus[:, 0].reshape(count, factors[0], 8, factors[1], 8).transpose(2, 3).reshape(count, -1, 8, 8)
-    chroma = F.avg_pool2d(mcus[:, 1:], factors)
+    chroma = block_averages(mcus[:, 1:], factors)
     basis = dct_matrix(mcus.device, mcus.dtype)
     return basis @ (torch.cat([luma, chroma], 1) - offset) @ basis.T
 

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels._utils import packed_rgb, unpacked_rgb
-from kernels.jpeg_chroma import check_factors, edge_filled, srgb_to_ycbcr, ycbcr_to_srgb
+from kernels.jpeg_chroma import (
+    block_averages,
+    check_factors,
+    edge_filled,
+    srgb_to_ycbcr,
+    ycbcr_to_srgb,
+)
 from kernels.jpeg_codec import block_steps, mcu_coefficients, mcu_size
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
@@ -469,7 +475,7 @@ def fit_shades(
         _decoded_average(_banded(axis, factor), axis.cells.shape[0]) if factor == 2 else _banded(axis, 1)
         for axis, factor in ((rows, factors[0]), (columns, factors[1]))
     )
-    chroma_planes = F.avg_pool2d(file[1:], factors, ceil_mode=False)
+    chroma_planes = block_averages(file[1:], factors)
 
     def fitted(label: Tensor, count: int) -> tuple[_ShadeFit, ...]:
         return (

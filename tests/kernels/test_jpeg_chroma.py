@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from kernels.jpeg_chroma import (
+    block_averages,
     jpeg_chroma_roundtrip,
     region_bleed,
     region_chroma,
@@ -137,6 +138,16 @@ def test_ycbcr_round_trip(device):
     assert srgb_to_ycbcr(torch.tensor([[[[255.0]], [[255.0]], [[255.0]]]]))[0, :, 0, 0].tolist() == pytest.approx([255, 128, 128])
 
 
+@pytest.mark.parametrize("factors", [(2, 2), (1, 2), (2, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_averages_are_avg_pool2d_to_the_bit(factors, dtype):
+    # the JPEG models round what they compute to the file's steps: a last bit moved can move a coefficient a step
+    planes = torch.rand(6, 2, 17, 15, generator=torch.Generator().manual_seed(3), dtype=dtype) * 300 - 20
+    averages = block_averages(planes, factors)
+    assert averages.shape == (6, 2, 17 // factors[0], 15 // factors[1])
+    assert torch.equal(averages, torch.nn.functional.avg_pool2d(planes, factors))
+
+
 @pytest.mark.parametrize("factors", [(3, 2), (2,), (0, 1)])
 def test_unsupported_subsampling_is_refused(factors):
     chroma = torch.zeros(1, 2, 4, 4)
@@ -144,6 +155,8 @@ def test_unsupported_subsampling_is_refused(factors):
         jpeg_chroma_roundtrip(chroma, factors)
     with pytest.raises(ValueError, match="subsampling"):
         region_chroma(chroma, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), (1, 1), factors)
+    with pytest.raises(ValueError, match="subsampling"):
+        block_averages(chroma, factors)
 
 
 def test_region_maps_must_cover_the_image():
