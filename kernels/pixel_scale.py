@@ -451,7 +451,7 @@ def _residual(sums: Tensor, squares: float, period: float, phase: float) -> floa
     return squares - float(explained)
 
 
-def _grid_evidence(lines: list[tuple[Tensor, Tensor, Tensor]], period: float) -> tuple[float, list[tuple]]:
+def _grid_evidence(lines: list[tuple[Tensor, Tensor, float]], period: float) -> tuple[float, list[tuple]]:
     """How much better cells of about ``period`` explain the image than the same lattice half a cell off, in
     [0, 1] (1 - residual / shifted residual over both axes), and the lattice ``(period, phase)`` fitted on each
     axis (`_fit_lattice`, started from the profile's circular-mean phase).
