@@ -136,12 +136,13 @@ def _axis_operator(index: Tensor, factor: int) -> tuple[Tensor, tuple[float, ...
 
 def _gather_transpose(image: Tensor, regions: Tensor, weights: tuple[float, ...], count: int, dim: int) -> Tensor:
     """``M^T image`` along `dim` for the sparse `_axis_operator` ``M`` with `count` regions."""
-    shape = list(image.shape)
-    shape[dim] = count
-    total = image.new_zeros(shape)
+    # added whole rows at a time (dim -2 of a contiguous copy): along the last dim index_add_ adds element by
+    # element, 3-6 times slower on a decoded image's planes
+    rows = image.transpose(dim, -2).contiguous()
+    total = rows.new_zeros(*rows.shape[:-2], count, rows.shape[-1])
     for term, weight in enumerate(weights):
-        total.index_add_(dim, regions[:, term], image, alpha=weight)
-    return total
+        total.index_add_(-2, regions[:, term], rows, alpha=weight)
+    return total.transpose(dim, -2)
 
 
 def _render_rows(regions_chroma: Tensor, regions: Tensor, weights: tuple[float, ...]) -> Tensor:
