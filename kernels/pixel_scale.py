@@ -79,6 +79,10 @@ _NARROW_CELL = 2.5
 _MIN_CELLS = 3
 # Share of a strong edge (99th percentile difference) below which a step is noise, see `edge_profiles`.
 _EDGE_FLOOR = 0.2
+# `_kth_smallest` brackets a row's k-th value with the quantile this much lower of a sample of about this many
+# values: in a sample of 65 536 a quantile's rank strays by 0.04 % (one standard deviation) near the 99th percentile.
+_KTH_SAMPLE = 65536
+_KTH_MARGIN = 0.005
 # Runs detection needs this many boundary positions over both axes before it trusts a gcd.
 _MIN_BOUNDARIES = 4
 
@@ -144,13 +148,36 @@ def boundary_profiles(image: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([false, changes_x], 1), torch.cat([false, changes_y], 1)
 
 
+def _kth_smallest(values: Tensor, k: int) -> Tensor:
+    """``values.kthvalue(k, dim=1).values`` of a ``(B, N)`` tensor, selected from a bracket: a random sample's
+    quantile a little below k / N bounds the answer from below (checked by counting, else the whole row is
+    searched), so only the values above it are searched, a few per cent of a large row. The sample is drawn at
+    random because an image's values repeat with its grid, which a strided sample would pick in step with."""
+    count = values.shape[1]
+    if count < 2 * _KTH_SAMPLE:
+        return values.kthvalue(k, dim=1).values
+    picks = torch.randint(count, (_KTH_SAMPLE,), generator=torch.Generator().manual_seed(0)).to(values.device)
+    rank = min(_KTH_SAMPLE, max(1, math.floor((k / count - _KTH_MARGIN) * _KTH_SAMPLE)))
+    kth = []
+    for row, low in zip(values, values.index_select(1, picks).kthvalue(rank, dim=1).values):
+        above = row[row > low]
+        at_most = count - above.numel()
+        if k > at_most:
+            kth.append(above.kthvalue(k - at_most).values)
+        elif int(torch.count_nonzero(row < low)) < k:
+            kth.append(low)
+        else:
+            kth.append(row.kthvalue(k).values)
+    return torch.stack(kth)
+
+
 def _sharp_gradient_sum(image: Tensor) -> Tensor:
     """Column profile of non-maximum-suppressed forward differences along the last axis, ``(B, W)``."""
     grad = torch.nn.functional.pad((image[..., 1:] - image[..., :-1]).abs().sum(1), (1, 0))
     # Noise floor: JPEG ringing and dithering leave small local maxima everywhere, which non-maximum
     # suppression would turn into a spurious period-2 comb.
     flat = grad.flatten(1)
-    strong = flat.kthvalue(max(1, math.ceil(0.99 * flat.shape[1])), dim=1).values
+    strong = _kth_smallest(flat, max(1, math.ceil(0.99 * flat.shape[1])))
     floor = _EDGE_FLOOR * strong.view(-1, 1, 1)
     grad = torch.where(grad >= floor, grad, 0)
     before = torch.nn.functional.pad(grad[..., :-1], (1, 0))

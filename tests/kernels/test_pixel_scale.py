@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
 
+from kernels import pixel_scale
 from kernels.pixel_scale import (
     Grid,
+    _kth_smallest,
     boundary_profiles,
     detect_grid_edges,
     detect_grid_runs,
@@ -84,6 +87,38 @@ class TestEdgeProfiles:
         blurred = np.asarray(Image.fromarray(step).filter(ImageFilter.GaussianBlur(1.5)))
         columns, _ = edge_profiles(torch.from_numpy(blurred).permute(2, 0, 1)[None])
         assert columns[0].nonzero().flatten().tolist() == [20]
+
+    def test_noise_floor_is_the_99th_percentile_of_a_large_image(self):
+        # the floor of the docstring, computed with a full kthvalue over all 1024 x 1024 differences
+        rng = np.random.default_rng(3)
+        image = torch.from_numpy(rng.integers(0, 256, (1, 1, 1024, 1024)).astype(np.float32))
+        image[..., ::4] *= 0.05  # most steps weak, so the floor removes some maxima
+        grad = torch.nn.functional.pad((image[..., 1:] - image[..., :-1]).abs().sum(1), (1, 0))
+        strong = grad.flatten(1).kthvalue(math.ceil(0.99 * grad[0].numel()), dim=1).values
+        grad = torch.where(grad >= 0.2 * strong, grad, 0)
+        before = torch.nn.functional.pad(grad[..., :-1], (1, 0))
+        after = torch.nn.functional.pad(grad[..., 1:], (0, 1))
+        expected = (grad * grad * ((grad >= before) & (grad > after))).sum(-2)
+        assert torch.equal(edge_profiles(image)[0], expected)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.rand(2, 300_000, generator=torch.Generator().manual_seed(0)),
+        torch.randint(0, 4, (1, 200_000), generator=torch.Generator().manual_seed(1)).float(),  # ties
+        torch.zeros(1, 150_000),
+        torch.arange(200_000.0).remainder(3).eq(0).float().mul(1e6).unsqueeze(0),
+        torch.rand(1, 1_000),  # too few to sample
+    ],
+)
+# a negative margin puts the bracket above the answer, which the count then finds, and the whole row is searched
+@pytest.mark.parametrize("margin", [0.005, -0.5])
+def test_kth_smallest_is_kthvalue(values, margin, monkeypatch):
+    monkeypatch.setattr(pixel_scale, "_KTH_MARGIN", margin)
+    count = values.shape[1]
+    for k in (1, count // 2, math.ceil(0.99 * count), count):
+        assert torch.equal(_kth_smallest(values, k), values.kthvalue(k, dim=1).values)
 
 
 class TestPeriodicity:
