@@ -224,17 +224,27 @@ def _render(cells: Tensor, rows: AxisSampling, columns: AxisSampling) -> Tensor:
     return _painted_along(_painted_along(cells, columns, 2), rows, 1)
 
 
+def _tile_cells(axis: AxisSampling, unit: int) -> tuple[Tensor, Tensor]:
+    """The pairs (tile, cell) along one axis where a pixel of the tile of ``unit`` pixels takes some of the cell:
+    two long ``(P,)``."""
+    cells = int(axis.cells.max()) + 1
+    tiles = torch.arange(axis.cells.shape[0], device=axis.cells.device).unsqueeze(1) // unit
+    pairs = torch.unique((tiles * cells + axis.cells)[axis.weights != 0])
+    return pairs // cells, pairs % cells
+
+
 def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple[int, int], count: int) -> Tensor:
-    """Which of ``count`` labels each MCU of ``unit`` shows some of: bool ``(T, count)``, MCUs row-major."""
-    mcus = rows.cells.shape[0] // unit[0] * (columns.cells.shape[0] // unit[1])
-    shown = torch.zeros(mcus, count, device=label.device)
-    for row, row_used in zip(rows.cells.T, (rows.weights != 0).T):
-        for column, column_used in zip(columns.cells.T, (columns.weights != 0).T):
-            if bool(row_used.any()) and bool(column_used.any()):
-                labels = _tiles(label[row][:, column][None], unit).flatten(1)
-                used = _tiles((row_used.unsqueeze(1) & column_used.unsqueeze(0)).float()[None], unit).flatten(1)
-                shown.scatter_add_(1, labels, used)
-    return shown > 0
+    """Which of ``count`` labels each MCU of ``unit`` shows some of: bool ``(T, count)``, MCUs row-major. A pixel
+    takes the cells of its row's taps across its column's, so an MCU shows the cells of its rows' cells across its
+    columns' cells: every pair of the two axes' (tile, cell) pairs, not every pixel, is looked up."""
+    tiles_across = columns.cells.shape[0] // unit[1]
+    tile_rows, cell_rows = _tile_cells(rows, unit[0])
+    tile_columns, cell_columns = _tile_cells(columns, unit[1])
+    labels = label.index_select(0, cell_rows).index_select(1, cell_columns)
+    tiles = tile_rows.unsqueeze(1) * tiles_across + tile_columns
+    shown = torch.zeros(rows.cells.shape[0] // unit[0] * tiles_across * count, dtype=torch.bool, device=label.device)
+    shown[(tiles * count + labels).flatten()] = True
+    return shown.view(-1, count)
 
 
 def _share(chosen: Tensor, label: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) -> Tensor:
@@ -243,11 +253,13 @@ def _share(chosen: Tensor, label: Tensor, tile_rows: list[Tensor], tile_columns:
     ``label`` (:math:`(h, w)`) is ``chosen`` (bool, one per label): ``(n, 1, mh, mw)``. Only the cells those
     pixels show are looked up, not the whole image."""
     (row_cells, row_weights), (column_cells, column_weights) = tile_rows[:2], tile_columns[:2]
+    flat, width = label.flatten(), label.shape[1]
     share = 0
     for row_tap in range(row_cells.shape[-1]):
         for column_tap in range(column_cells.shape[-1]):
             rows, columns = row_cells[..., row_tap].unsqueeze(2), column_cells[..., column_tap].unsqueeze(1)
-            painted = chosen[label[rows, columns]].float()
+            # flat lookups: indexing with two index tensors takes twice as long
+            painted = chosen.take(flat.take(rows * width + columns)).float()
             if row_cells.shape[-1] * column_cells.shape[-1] > 1:
                 painted = painted * row_weights[..., row_tap].unsqueeze(2) * column_weights[..., column_tap].unsqueeze(1)
             share = share + painted

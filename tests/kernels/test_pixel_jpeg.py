@@ -14,7 +14,9 @@ from PIL import Image
 from kernels.jpeg_chroma import jpeg_chroma_roundtrip, srgb_to_ycbcr, ycbcr_to_srgb
 from kernels.pixel_jpeg import (
     AxisSampling,
+    _padded,
     _render,
+    _shown,
     axis_sampling,
     file_coding,
     fit_shades,
@@ -188,6 +190,32 @@ def test_white_beside_dark_cells_after_a_bicubic_resize_needs_no_darker_shade(fa
     for cells in (cells_of(measured), cells_of(art)):
         merged = merge_unneeded_shades(cells, raw.pixels[None], *axes, raw.jpeg_quantization, factors)
         assert torch.equal(merged, cells_of(art))
+
+
+@pytest.mark.parametrize("scale, factor, start, kernel, unit", [
+    (2, 1.0, 0, "linear", (16, 16)), (3, 1.0, 2, "linear", (8, 16)), (3, 0.98, 1.3, "linear", (16, 8)),
+    (2, 1.03, 0.6, "cubic", (16, 16)), (5, 1.02, 2.5, "cubic", (8, 8)),
+])
+def test_each_mcu_shows_the_labels_its_pixels_take(scale, factor, start, kernel, unit):
+    """`_shown` against its definition, pixel by pixel: an MCU shows a label where one of its pixels takes some
+    (a weight not 0) of a cell of that label."""
+    period = scale * factor
+    height, width, count = 61, 75, 7
+    rows, columns = (
+        _padded(axis_sampling(length, start, int((length - start) // period), period, scale, kernel), side)
+        for length, side in ((height, unit[0]), (width, unit[1]))
+    )
+    cells = (int(rows.cells.max()) + 1, int(columns.cells.max()) + 1)
+    label = torch.from_numpy(np.random.default_rng(scale).integers(0, count, cells))
+    tiles_across = columns.cells.shape[0] // unit[1]
+    expected = torch.zeros(rows.cells.shape[0] // unit[0] * tiles_across, count, dtype=torch.bool)
+    for y in range(rows.cells.shape[0]):
+        for x in range(columns.cells.shape[0]):
+            for row, row_weight in zip(rows.cells[y].tolist(), rows.weights[y].tolist()):
+                for column, column_weight in zip(columns.cells[x].tolist(), columns.weights[x].tolist()):
+                    if row_weight != 0 and column_weight != 0:
+                        expected[y // unit[0] * tiles_across + x // unit[1], label[row, column]] = True
+    assert torch.equal(_shown(label, rows, columns, unit, count), expected)
 
 
 def test_colours_in_the_last_partial_mcus_are_judged_too():
