@@ -15,6 +15,7 @@ the chroma subsampling factors ``(vertical, horizontal)``, each 1 or 2.
 from __future__ import annotations
 
 import math
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -37,6 +38,15 @@ def dct_matrix(device: torch.device | str = "cpu", dtype: torch.dtype = torch.fl
     x = torch.arange(8, dtype=torch.float64).unsqueeze(0)
     basis = torch.cos((2 * x + 1) * u * math.pi / 16) * torch.where(u == 0, math.sqrt(1 / 8), math.sqrt(2 / 8))
     return basis.to(device, dtype)
+
+
+@cache
+def _basis(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """`dct_matrix`, built once per device and dtype: `mcu_coefficients` is called on a few MCUs at a time, many
+    times over. Built outside inference mode, so that a first call under it does not leave every later caller
+    an inference tensor, which autograd refuses to save."""
+    with torch.inference_mode(False):
+        return dct_matrix(device, dtype)
 
 
 def mcu_size(factors: tuple[int, int]) -> tuple[int, int]:
@@ -69,7 +79,7 @@ def mcu_coefficients(mcus: Tensor, factors: tuple[int, int], offset: float = 128
     count = mcus.shape[0]
     luma = mcus[:, 0].reshape(count, factors[0], 8, factors[1], 8).transpose(2, 3).reshape(count, -1, 8, 8)
     chroma = block_averages(mcus[:, 1:], factors)
-    basis = dct_matrix(mcus.device, mcus.dtype)
+    basis = _basis(mcus.device, mcus.dtype)
     return basis @ (torch.cat([luma, chroma], 1) - offset) @ basis.T
 
 
