@@ -52,6 +52,22 @@ def test_a_whole_pixel_lattice_shows_one_cell_a_pixel():
     assert rows.weights.eq(1).all()
 
 
+def test_a_whole_pixel_lattice_paints_each_pixel_with_its_cell():
+    """`_render` on whole-pixel lattices, against each pixel's cell found from its centre; pixels before the
+    first cell and past the last take the edge cells."""
+    cells = torch.from_numpy(np.random.default_rng(5).random((3, 9, 13)))
+    for (height, top), (width, left), scale in (((24, 2), (40, 1), 2), ((31, 0), (44, 3), 3)):
+        rows = axis_sampling(height, top, cells.shape[1], float(scale), scale)
+        columns = axis_sampling(width, left, cells.shape[2], float(scale), scale)
+        expected = torch.empty(3, height, width, dtype=cells.dtype)
+        for y in range(height):
+            for x in range(width):
+                row = min(max(int((y + 0.5 - top) // scale), 0), cells.shape[1] - 1)
+                column = min(max(int((x + 0.5 - left) // scale), 0), cells.shape[2] - 1)
+                expected[:, y, x] = cells[:, row, column]
+        assert torch.equal(_render(cells, rows, columns), expected)
+
+
 @pytest.mark.parametrize("kernel", ["linear", "cubic"])
 def test_a_lattices_cells_only_go_forward(kernel):
     """Along an axis each pixel's first cell is at or after the one before's, and its taps are consecutive cells
