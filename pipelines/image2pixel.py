@@ -443,8 +443,9 @@ def unbled_cells(image: torch.Tensor, grid: Grid, factors: tuple[int, int]) -> U
 
 
 def cell_colours(image: torch.Tensor, scale: int, chroma: torch.Tensor | None = None) -> torch.Tensor:
-    """Each cell's colour for the palette, `(1, 4, h, w)`: the per-channel median of its interior (off the border
-    ring from 3 px, where blur, ringing and chroma subsampling reach), sampled on at most 8 x 8 pixels. With
+    """Each cell's colour for the palette, `(1, 4, h, w)`: the per-channel median of its interior, off the border
+    where blur, ringing and chroma subsampling reach: from 3 px its pixels less the border ring, sampled on at
+    most 8 x 8 of them, and from 5 px those samples less their own outer ring (2 px of border at 5-10 px). With
     `chroma` (`(1, 2, h, w)` Cb and Cr, `UnbledCells`) the median gives the luma and `chroma` the rest."""
     medians = _interior_medians(image, scale)
     if chroma is None:
@@ -457,14 +458,12 @@ def cell_colours(image: torch.Tensor, scale: int, chroma: torch.Tensor | None = 
 def _interior_medians(image: torch.Tensor, scale: int) -> torch.Tensor:
     if scale < 3:
         return downscale_median(image, scale)
-    stride = -(-(scale - 2) // CELL_SAMPLES)
-    taken = torch.arange(1, scale - 1, stride, device=image.device)
-
-    def interior(length: int) -> torch.Tensor:
-        return (torch.arange(0, length, scale, device=image.device).unsqueeze(1) + taken).flatten()
-
-    height, width = image.shape[-2:]
-    return downscale_median(image.index_select(-2, interior(height)).index_select(-1, interior(width)), len(taken))
+    taken = slice(1, scale - 1, -(-(scale - 2) // CELL_SAMPLES))
+    batch, channels, height, width = image.shape
+    # sliced from a view of the cells, a strided copy, not gathered pixel by pixel
+    samples = image.view(batch, channels, height // scale, scale, width // scale, scale)[:, :, :, taken, :, taken]
+    side = samples.shape[3]
+    return downscale_median(samples.reshape(batch, channels, height // scale * side, width // scale * side), side)
 
 
 def working_palette(

@@ -20,7 +20,13 @@ from PIL import Image
 
 from kernels.pixel_downscale import DOWNSCALE_METHODS
 from kernels.pixel_jpeg import merge_unneeded_shades
-from pipelines.image2pixel import Image2PixelInput, Image2PixelPipeline, pixelate
+from pipelines.image2pixel import (
+    CELL_SAMPLES,
+    Image2PixelInput,
+    Image2PixelPipeline,
+    cell_colours,
+    pixelate,
+)
 from server.config import Settings
 from testkit.degradations import blur, jpeg, resample
 from testkit.images import data_uri, png_bytes
@@ -719,3 +725,25 @@ def test_oversized_images_and_scales_are_422(client, monkeypatch):
     too_big_scale = post(client, image_url=data_uri(png_bytes(np.zeros((20, 30, 3), np.uint8))), scale=21)
     assert too_big_scale.status_code == 422 and too_big_scale.json()["detail"][0]["loc"] == ["body", "scale"]
     assert post(client, image_url="x", detect_method="fft").status_code == 422
+
+
+@pytest.mark.parametrize("scale", [3, 4, 5, 8, 11, 20])
+def test_a_cells_colour_is_the_median_of_its_sampled_interior(scale):
+    """`cell_colours` against its definition: per channel, the lower-middle and upper-middle of the cell's interior
+    pixels (its border ring of 1 px left out) sampled every ceil((s - 2) / 8) pixels, the outer ring of those
+    samples left out where they are 3 or more a side, averaged and rounded down; on a crop of a larger image, as
+    the cells of a grid with an offset are."""
+    rng = np.random.default_rng(scale)
+    rows, columns = 5, 7
+    image = torch.from_numpy(rng.integers(0, 256, (1, 4, rows * scale + 3, columns * scale + 2), dtype=np.uint8))
+    image[:, 3] = 255
+    cells = image[..., 2 : 2 + rows * scale, 1 : 1 + columns * scale]
+    taken = list(range(1, scale - 1, -(-(scale - 2) // CELL_SAMPLES)))
+    taken = taken[1:-1] if len(taken) >= 3 else taken
+    expected = np.empty((4, rows, columns), np.int64)
+    for row in range(rows):
+        for column in range(columns):
+            pixels = cells[0][:, [row * scale + y for y in taken]][:, :, [column * scale + x for x in taken]]
+            ordered = np.sort(pixels.flatten(1).numpy().astype(np.int64), 1)
+            expected[:, row, column] = (ordered[:, (ordered.shape[1] - 1) // 2] + ordered[:, ordered.shape[1] // 2]) // 2
+    assert cell_colours(cells, scale)[0].tolist() == expected.tolist()
