@@ -74,13 +74,11 @@ def _interiors(image: Tensor, scale: int) -> tuple[Tensor, int]:
     """Each cell less its one-pixel border ring, as an image of ``(s-2) x (s-2)`` cells; unchanged below 3 px."""
     if scale < 3:
         return image, scale
-    height, width = image.shape[-2:]
-
-    def inner(length: int) -> Tensor:
-        position = torch.arange(length, device=image.device) % scale
-        return ((position >= 1) & (position <= scale - 2)).nonzero().flatten()
-
-    return image.index_select(-2, inner(height)).index_select(-1, inner(width)), scale - 2
+    batch, channels, height, width = image.shape
+    # sliced from a view of the cells, a strided copy, not gathered pixel by pixel
+    cells = image.view(batch, channels, height // scale, scale, width // scale, scale)[:, :, :, 1:-1, :, 1:-1]
+    inner = scale - 2
+    return cells.reshape(batch, channels, height // scale * inner, width // scale * inner), inner
 
 
 def _vote(image: Tensor, scale: int, statistic: Callable[[Tensor, int], Tensor]) -> Tensor:
