@@ -25,6 +25,7 @@ from kernels._utils import check_choice, check_int, packed_rgb, unpacked_rgb
 
 __all__ = [
     "DOWNSCALE_METHODS",
+    "cell_samples",
     "downscale_cells",
     "downscale_content_adaptive",
     "downscale_dominant",
@@ -70,15 +71,36 @@ def _finish(rgb: Tensor, cell_opaque: Tensor) -> Tensor:
     return torch.cat([rgb.to(torch.uint8), alpha], 1) * cell_opaque.unsqueeze(1)
 
 
+def cell_samples(image: Tensor, scale: int, taken: slice) -> tuple[Tensor, int]:
+    r"""The pixels ``taken`` (a slice of ``range(scale)``) along both axes of each ``scale`` x ``scale`` cell.
+
+    Sliced from a view of the cells, a strided copy, not gathered pixel by pixel.
+
+    Args:
+        image: :math:`(B, C, H, W)`, ``H`` and ``W`` multiples of ``scale``.
+        scale: cell size in pixels.
+        taken: the positions within a cell, the same down and across.
+
+    Returns:
+        ``(samples, side)``: :math:`(B, C, H / s \cdot n, W / s \cdot n)` cells of ``side`` = ``n`` x ``n``
+        pixels, in the cells' order.
+
+    Example:
+        >>> image = torch.arange(16).view(1, 1, 4, 4)
+        >>> cell_samples(image, 2, slice(1, 2))[0][0, 0].tolist()
+        [[5, 7], [13, 15]]
+    """
+    batch, channels, height, width = image.shape
+    side = len(range(scale)[taken])
+    cells = image.view(batch, channels, height // scale, scale, width // scale, scale)[:, :, :, taken, :, taken]
+    return cells.reshape(batch, channels, height // scale * side, width // scale * side), side
+
+
 def _interiors(image: Tensor, scale: int) -> tuple[Tensor, int]:
     """Each cell less its one-pixel border ring, as an image of ``(s-2) x (s-2)`` cells; unchanged below 3 px."""
     if scale < 3:
         return image, scale
-    batch, channels, height, width = image.shape
-    # sliced from a view of the cells, a strided copy, not gathered pixel by pixel
-    cells = image.view(batch, channels, height // scale, scale, width // scale, scale)[:, :, :, 1:-1, :, 1:-1]
-    inner = scale - 2
-    return cells.reshape(batch, channels, height // scale * inner, width // scale * inner), inner
+    return cell_samples(image, scale, slice(1, scale - 1))
 
 
 def _vote(image: Tensor, scale: int, statistic: Callable[[Tensor, int], Tensor]) -> Tensor:

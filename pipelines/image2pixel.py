@@ -103,7 +103,12 @@ from kernels.pixel_cleanup import (
     remove_jaggies,
     trim_box,
 )
-from kernels.pixel_downscale import DOWNSCALE_METHODS, downscale_cells, downscale_median
+from kernels.pixel_downscale import (
+    DOWNSCALE_METHODS,
+    cell_samples,
+    downscale_cells,
+    downscale_median,
+)
 from kernels.pixel_jpeg import (
     RESAMPLING_KERNELS,
     AxisSampling,
@@ -458,12 +463,7 @@ def cell_colours(image: torch.Tensor, scale: int, chroma: torch.Tensor | None = 
 def _interior_medians(image: torch.Tensor, scale: int) -> torch.Tensor:
     if scale < 3:
         return downscale_median(image, scale)
-    taken = slice(1, scale - 1, -(-(scale - 2) // CELL_SAMPLES))
-    batch, channels, height, width = image.shape
-    # sliced from a view of the cells, a strided copy, not gathered pixel by pixel
-    samples = image.view(batch, channels, height // scale, scale, width // scale, scale)[:, :, :, taken, :, taken]
-    side = samples.shape[3]
-    return downscale_median(samples.reshape(batch, channels, height // scale * side, width // scale * side), side)
+    return downscale_median(*cell_samples(image, scale, slice(1, scale - 1, -(-(scale - 2) // CELL_SAMPLES))))
 
 
 def working_palette(
