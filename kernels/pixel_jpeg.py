@@ -253,10 +253,10 @@ def _shown(label: Tensor, rows: AxisSampling, columns: AxisSampling, unit: tuple
 
 def _share(chosen: Tensor, label: Tensor, tile_rows: list[Tensor], tile_columns: list[Tensor]) -> Tensor:
     """How much of each pixel of the MCUs whose rows and columns sample the cells as ``tile_rows`` and
-    ``tile_columns`` (`AxisSampling` fields, ``(n, mh, T)`` and ``(n, mw, T)``) is painted from the cells whose
-    ``label`` (:math:`(h, w)`) is ``chosen`` (bool, one per label): ``(n, 1, mh, mw)``. Only the cells those
-    pixels show are looked up, not the whole image."""
-    (row_cells, row_weights), (column_cells, column_weights) = tile_rows[:2], tile_columns[:2]
+    ``tile_columns`` (`AxisSampling`'s cells and weights, ``(n, mh, T)`` and ``(n, mw, T)``) is painted from the
+    cells whose ``label`` (:math:`(h, w)`) is ``chosen`` (bool, one per label): ``(n, 1, mh, mw)``. Only the cells
+    those pixels show are looked up, not the whole image."""
+    (row_cells, row_weights), (column_cells, column_weights) = tile_rows, tile_columns
     flat, width = label.flatten(), label.shape[1]
     share = 0
     for row_tap in range(row_cells.shape[-1]):
@@ -829,8 +829,9 @@ def merge_unneeded_shades(
     missing = file_coefficients - stored
     tiles_down, tiles_across = rows.cells.shape[0] // unit[0], columns.cells.shape[0] // unit[1]
     shown = _shown(label, rows, columns, unit, count)  # a shade is only tried on its own MCUs
-    tile_rows = [field.view(tiles_down, unit[0], *field.shape[1:]) for field in rows]
-    tile_columns = [field.view(tiles_across, unit[1], *field.shape[1:]) for field in columns]
+    # the cells and weights of each MCU's rows and columns, which `_share` looks up
+    tile_rows = [field.view(tiles_down, unit[0], *field.shape[1:]) for field in rows[:2]]
+    tile_columns = [field.view(tiles_across, unit[1], *field.shape[1:]) for field in columns[:2]]
     inside = _tiles(on_lattice.float()[None], unit)
     unclipped_tiles, file_tiles = (_tiles(unclipped, unit), _tiles(file_ycc, unit)) if overshoots else (None, None)
 
@@ -861,6 +862,7 @@ def merge_unneeded_shades(
 
     target = torch.arange(count, device=device)
     lab = srgb_to_lab(colours.to(torch.float64))
+    gaps = colour_distance(lab, lab)  # looked up for each shade below, not measured again
     counts = torch.bincount(label.flatten(), minlength=count).tolist()
     alive = [True] * count
     for shade in sorted(range(count), key=counts.__getitem__):  # stable: ties in colour order
@@ -868,8 +870,7 @@ def merge_unneeded_shades(
         if not alive[shade] or not heavier:
             continue
         heavier = torch.tensor(heavier, device=device)
-        distance = colour_distance(lab[shade : shade + 1], lab[heavier])[0]
-        candidates = heavier[distance.argsort(stable=True)[:_CANDIDATES]]
+        candidates = heavier[gaps[shade, heavier].argsort(stable=True)[:_CANDIDATES]]
         chosen = target == shade
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
