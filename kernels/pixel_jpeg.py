@@ -221,8 +221,8 @@ def _painted_along(cells: Tensor, axis: AxisSampling, dim: int) -> Tensor:
 def _render(cells: Tensor, rows: AxisSampling, columns: AxisSampling) -> Tensor:
     """``(C, h, w)`` cells painted as ``rows`` and ``columns`` sample them: ``(C, H, W)``. Across first, while
     the rows are few: picking whole rows is a copy, picking columns a gather. On a whole-pixel lattice the
-    columns are picked as rows of the transposed cells, about half the time on the timing images' 64-512 cells
-    a side (resampled lattices' taps were as often slower that way as faster)."""
+    columns are picked as rows of the transposed cells, which takes about half the time on the timing images'
+    64-512 cells a side (resampled lattices' taps were as often slower that way as faster)."""
     if columns.cells.shape[1] == 1:
         return _painted_along(_painted_along(cells.mT, columns, 1).mT, rows, 1)
     return _painted_along(_painted_along(cells, columns, 2), rows, 1)

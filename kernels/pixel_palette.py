@@ -166,11 +166,10 @@ def _nearest_entries(colours: Tensor, entries: Tensor) -> Tensor:
     squared RGB distance, ties to the earlier entry."""
     # channel by channel (a reduction over a last dimension of 3 is slow on many colours), squared and summed in
     # place: integer `** 2` is not vectorised and took twice as long
-    total = None
+    total = colours.new_zeros(colours.shape[0], entries.shape[0])
     for channel in range(3):
         step = colours[:, channel, None] - entries[:, channel]
-        step.mul_(step)
-        total = step if total is None else total.add_(step)
+        total += step.mul_(step)
     return total.argmin(1)
 
 
