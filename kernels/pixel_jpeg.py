@@ -748,10 +748,13 @@ def _score(change: Tensor, missing: Tensor, weight: Tensor, chroma_blocks: Tenso
     ``missing`` coefficients ``(n, 8, 8)`` count ``weight`` ``(n, 1, 1)`` times and are chroma where
     ``chroma_blocks`` ``(n,)``, luma elsewhere: ``(K,)``, at most 0 for a change that explains the file at least as
     well (``lenient``: see `_CHROMA_LENIENCY`), inf for one the rounding swallows whole, which says nothing."""
-    products = change * missing * weight, change * change * weight
+    # summed block by block first: the scores below are sums over the same blocks, and a chroma block's weight
+    # multiplies its whole sum
+    block_weight = weight.flatten()
+    block_sums = (change * missing).flatten(2).sum(2) * block_weight, (change * change).flatten(2).sum(2) * block_weight
 
     def score_of(blocks: Tensor | slice, unchanged: float) -> Tensor:
-        explained, changed = (product[:, blocks].flatten(1).sum(1) for product in products)
+        explained, changed = (sums[:, blocks].sum(1) for sums in block_sums)
         return torch.where(changed > 0, 1 - 2 * explained / changed.clamp_min(1e-12), unchanged)
 
     score = score_of(slice(None), torch.inf)
@@ -857,7 +860,8 @@ def merge_unneeded_shades(
             trial = mcu_coefficients(repainted.flatten(0, 1), factors).unflatten(0, moved.shape[:2])[:, local, block]
         else:
             trial = coefficients[tile, block] + steps_to[:, block_channel[block], None, None] * unit_step
-        change = torch.round(trial / steps[block]) * steps[block] - stored[tile, block]
+        step = steps[block]
+        change = torch.round(trial / step) * step - stored[tile, block]
         return tile, block, trial, change, moved
 
     target = torch.arange(count, device=device)
