@@ -65,6 +65,10 @@ def _opaque_cells(image: Tensor, scale: int) -> tuple[Tensor, Tensor, Tensor]:
     return opaque, count, 2 * count >= scale * scale
 
 
+def _every_pixel_opaque(image: Tensor) -> bool:
+    return int(image[:, 3].min()) >= 128
+
+
 def _finish(rgb: Tensor, cell_opaque: Tensor) -> Tensor:
     """``(B, 3, h, w)`` colours and ``(B, h, w)`` opacity -> RGBA uint8 with transparent cells zeroed."""
     alpha = (cell_opaque.unsqueeze(1) * 255).to(torch.uint8)
@@ -107,6 +111,8 @@ def _vote(image: Tensor, scale: int, statistic: Callable[[Tensor, int], Tensor])
     """Apply a per-cell colour ``statistic`` to the cells' interiors (all pixels where the interior is empty)."""
     inner, inner_scale = _interiors(image, scale)
     colours = statistic(inner, inner_scale)
+    if _every_pixel_opaque(image):  # any JPEG: every cell opaque, none with an empty interior
+        return _finish(colours, torch.ones_like(colours[:, 0], dtype=torch.bool))
     _, _, cell_opaque = _opaque_cells(image, scale)
     if inner_scale != scale:
         empty = cell_opaque & (_opaque_cells(inner, inner_scale)[1] == 0)
@@ -149,17 +155,25 @@ def _mean_colours(image: Tensor, scale: int) -> Tensor:
 
 
 def _median_colours(image: Tensor, scale: int) -> Tensor:
-    opaque, count, _ = _opaque_cells(image, scale)
+    every_pixel_opaque = _every_pixel_opaque(image)  # the middle pixels are then at fixed places
+    if every_pixel_opaque and scale == 2:  # (also the interior of a 4 px cell)
+        # The four pixels as strided views of the image, in bytes, nothing copied. Of min and max of each pair,
+        # the lesser minimum is the least of the four and the greater maximum the greatest: the others are the
+        # middle two, and their floored mean stays in a byte as the lower plus half the gap.
+        batch, _, height, width = image.shape
+        pixels = image[:, :3].reshape(batch, 3, height // 2, 2, width // 2, 2)
+        first, second, third, fourth = (pixels[:, :, :, row, :, column] for row in (0, 1) for column in (0, 1))
+        middle = (
+            torch.maximum(torch.minimum(first, second), torch.minimum(third, fourth)),
+            torch.minimum(torch.maximum(first, second), torch.maximum(third, fourth)),
+        )
+        lower, upper = torch.minimum(*middle), torch.maximum(*middle)
+        return lower + (upper - lower) // 2
     values = _cells(image[:, :3].int(), scale)  # int32 sorts about twice as fast as int64
-    size = values.shape[-1]
-    if bool(count.eq(size).all()):  # every pixel opaque (any JPEG): the middle ones are at fixed places
-        if size == 4:  # the interior of a 2 or 4 px cell: its middle two are all four less the least and greatest
-            first, second, third, fourth = values.unbind(-1)
-            least = torch.minimum(torch.minimum(first, second), torch.minimum(third, fourth))
-            greatest = torch.maximum(torch.maximum(first, second), torch.maximum(third, fourth))
-            return (first + second + third + fourth - least - greatest) // 2
+    if every_pixel_opaque:
         values = values.sort(-1).values
-        return (values[..., (size - 1) // 2] + values[..., size // 2]) // 2
+        return (values[..., (scale * scale - 1) // 2] + values[..., scale * scale // 2]) // 2
+    opaque, count, _ = _opaque_cells(image, scale)
     values = torch.where(opaque.unsqueeze(1), values, 256).sort(-1).values
     low = ((count - 1).clamp_min(0) // 2).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)
     high = (count // 2).clamp_max(values.shape[-1] - 1).unsqueeze(1).expand(-1, 3, -1, -1).unsqueeze(-1)
