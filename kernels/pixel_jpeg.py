@@ -830,6 +830,8 @@ def merge_unneeded_shades(
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
     # own are taken as the decoder would show them there.
     missing = file_coefficients - stored
+    # each MCU's blocks in turn, (T * K, 8, 8): a block is looked up by one flat index
+    coefficients, stored, missing = (field.flatten(0, 1) for field in (coefficients, stored, missing))
     tiles_down, tiles_across = rows.cells.shape[0] // unit[0], columns.cells.shape[0] // unit[1]
     shown = _shown(label, rows, columns, unit, count)  # a shade is only tried on its own MCUs
     # the cells and weights of each MCU's rows and columns, which `_share` looks up
@@ -839,8 +841,8 @@ def merge_unneeded_shades(
     unclipped_tiles, file_tiles = (_tiles(unclipped, unit), _tiles(file_ycc, unit)) if overshoots else (None, None)
 
     def recoloured(chosen: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
-        """The blocks of the MCUs ``tiles`` that the cells of the ``chosen`` labels reach, ``(tile, block)``, and
-        their coefficients and the change of what is stored with those cells' colour moved by each of
+        """The blocks of the MCUs ``tiles`` that the cells of the ``chosen`` labels reach (their flat index among
+        all MCUs' blocks, and which block of its MCU each is), and their coefficients and the change of what is stored with those cells' colour moved by each of
         ``steps_to`` (YCbCr) (``K``); where the painting overshoots, the tiles' unclipped painting with each move
         ``(K, n, 3, mh, mw)`` (else None)."""
         down, across = tiles // tiles_across, tiles % tiles_across
@@ -849,8 +851,10 @@ def merge_unneeded_shades(
         # the coefficients are linear in the painted colours: a unit step of the cells' colour adds this much, to
         # these blocks
         unit_step = mcu_coefficients(share.expand(-1, 3, -1, -1), factors, offset=0.0)
-        local, block = (unit_step != 0).flatten(2).any(2).nonzero().unbind(1)
-        tile, unit_step = tiles[local], unit_step[local, block]
+        local, block = (unit_step.flatten(2).abs().amax(2) != 0).nonzero().unbind(1)
+        blocks = unit_step.shape[1]
+        at = tiles[local] * blocks + block
+        unit_step = unit_step.flatten(0, 1).index_select(0, local * blocks + block)
         moved = None
         if overshoots:
             # clipping is not linear: each move's tiles are painted and encoded again
@@ -859,10 +863,10 @@ def merge_unneeded_shades(
             repainted = torch.where(inside[tiles] > 0, clipped, file_tiles[tiles])
             trial = mcu_coefficients(repainted.flatten(0, 1), factors).unflatten(0, moved.shape[:2])[:, local, block]
         else:
-            trial = coefficients[tile, block] + steps_to[:, block_channel[block], None, None] * unit_step
+            trial = coefficients.index_select(0, at) + steps_to[:, block_channel[block], None, None] * unit_step
         step = steps[block]
-        change = torch.round(trial / step) * step - stored[tile, block]
-        return tile, block, trial, change, moved
+        change = torch.round(trial / step) * step - stored.index_select(0, at)
+        return at, block, trial, change, moved
 
     target = torch.arange(count, device=device)
     lab = srgb_to_lab(colours.to(torch.float64))
@@ -879,21 +883,21 @@ def merge_unneeded_shades(
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
         judged = reached[:: -(-reached.numel() // _MOST_MCUS)]
-        tile, block, trial, change, moved = recoloured(chosen, judged, ycc[candidates] - ycc[shade])
-        score = _score(change, missing[tile, block], per_pixel[block], block_channel[block] > 0, subsampled)
+        at, block, trial, change, moved = recoloured(chosen, judged, ycc[candidates] - ycc[shade])
+        score = _score(change, missing.index_select(0, at), per_pixel[block], block_channel[block] > 0, subsampled)
         best = int(score.argmin())
         if float(score[best]) > 0:
             continue
         colour = int(candidates[best])
         if judged.numel() < reached.numel():
             judged = reached
-            tile, block, trial, change, moved = recoloured(chosen, judged, ycc[colour : colour + 1] - ycc[shade])
+            at, block, trial, change, moved = recoloured(chosen, judged, ycc[colour : colour + 1] - ycc[shade])
             best = 0
         if moved is not None:
             unclipped_tiles[judged] = moved[best]
-        coefficients[tile, block] = trial[best]
-        stored[tile, block] += change[best]
-        missing[tile, block] -= change[best]
+        coefficients[at] = trial[best]
+        stored[at] += change[best]
+        missing[at] -= change[best]
         target[target == shade] = colour
         shown[:, colour] |= shown[:, shade]
         counts[colour] += counts[shade]
