@@ -40,7 +40,12 @@ from kernels.jpeg_chroma import (
     srgb_to_ycbcr,
     ycbcr_to_srgb,
 )
-from kernels.jpeg_codec import block_steps, mcu_coefficients, mcu_size
+from kernels.jpeg_codec import (
+    block_steps,
+    image_coefficients,
+    mcu_coefficients,
+    mcu_size,
+)
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
 __all__ = [
@@ -729,7 +734,7 @@ def file_coding(observed: Tensor, factors: tuple[int, int]) -> FileCoding:
     ycc = srgb_to_ycbcr(observed[:, :3].float())
     padding = (0, -width % unit[1], 0, -height % unit[0])
     ycc = (F.pad(ycc, padding, mode="replicate") if any(padding) else ycc)[0]
-    return FileCoding(ycc, mcu_coefficients(_tiles(ycc, unit), factors))
+    return FileCoding(ycc, image_coefficients(ycc, factors))
 
 
 def _check_cells(cells: Tensor, observed: Tensor, rows: AxisSampling, columns: AxisSampling) -> None:
@@ -825,7 +830,7 @@ def merge_unneeded_shades(
     overshoots = _overshoots(rows, columns)
     unclipped = _render(ycc.T[:, label], rows, columns)
     painted = torch.where(on_lattice, _clipped(unclipped[None])[0] if overshoots else unclipped, file_ycc)
-    coefficients = mcu_coefficients(_tiles(painted, unit), factors)
+    coefficients = image_coefficients(painted, factors)
     stored = torch.round(coefficients / steps) * steps
     # The encoder pads the last MCUs with the last row and column, and so does `_padded` with the cells': the file's
     # own are taken as the decoder would show them there.

@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from kernels.jpeg_chroma import srgb_to_ycbcr
-from kernels.jpeg_codec import block_steps, dct_matrix, mcu_coefficients, mcu_size
+from kernels.jpeg_codec import (
+    block_steps,
+    dct_matrix,
+    image_coefficients,
+    mcu_coefficients,
+    mcu_size,
+)
 from server.media import decode_image
 from tests.fixtures import pixel_art
 
@@ -91,10 +97,23 @@ def test_the_blocks_come_luma_first_then_cb_then_cr():
     assert block_steps(tables, (1, 1)).shape == (3, 8, 8) and mcu_size((1, 2)) == (8, 16)
 
 
+@pytest.mark.parametrize("factors", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_a_whole_images_coefficients_are_those_of_its_mcus(factors):
+    """`image_coefficients` cuts the blocks from whole planes: the same values, to the bit, as the MCUs cut from
+    them, row-major, through `mcu_coefficients` (checked against libjpeg above)."""
+    unit = mcu_size(factors)
+    planes = torch.from_numpy(np.random.default_rng(5).uniform(0, 255, (3, 3 * unit[0], 5 * unit[1]))).float()
+    tiles = planes.reshape(3, 3, unit[0], 5, unit[1]).permute(1, 3, 0, 2, 4).reshape(15, 3, *unit)
+    for offset in (128.0, 0.0):
+        assert torch.equal(image_coefficients(planes, factors, offset), mcu_coefficients(tiles, factors, offset))
+
+
 def test_bad_shapes_and_factors_are_refused():
     with pytest.raises(ValueError, match="factors"):
         mcu_size((3, 1))
     with pytest.raises(ValueError, match="mcus"):
         mcu_coefficients(torch.zeros(1, 3, 8, 8), (2, 2))
+    with pytest.raises(ValueError, match="planes"):
+        image_coefficients(torch.zeros(3, 16, 24), (2, 2))
     with pytest.raises(ValueError, match="quantization"):
         block_steps(torch.zeros(2, 8, 8), (1, 1))
