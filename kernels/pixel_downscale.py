@@ -66,6 +66,7 @@ def _opaque_cells(image: Tensor, scale: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _every_pixel_opaque(image: Tensor) -> bool:
+    """Whether no pixel of RGBA ``(B, 4, H, W)`` is transparent (any JPEG): its alpha's least value, one pass."""
     return int(image[:, 3].min()) >= 128
 
 

@@ -847,9 +847,9 @@ def merge_unneeded_shades(
 
     def recoloured(chosen: Tensor, tiles: Tensor, steps_to: Tensor) -> tuple[Tensor, ...]:
         """The blocks of the MCUs ``tiles`` that the cells of the ``chosen`` labels reach (their flat index among
-        all MCUs' blocks, and which block of its MCU each is), and their coefficients and the change of what is stored with those cells' colour moved by each of
-        ``steps_to`` (YCbCr) (``K``); where the painting overshoots, the tiles' unclipped painting with each move
-        ``(K, n, 3, mh, mw)`` (else None)."""
+        all MCUs' blocks, and which block of its MCU each is), and their coefficients and the change of what is
+        stored with those cells' colour moved by each of ``steps_to`` (YCbCr) (``K``); where the painting
+        overshoots, the tiles' unclipped painting with each move ``(K, n, 3, mh, mw)`` (else None)."""
         down, across = tiles // tiles_across, tiles % tiles_across
         tile_fields = [field[down] for field in tile_rows], [field[across] for field in tile_columns]
         share = _share(chosen, label, *tile_fields) * inside[tiles]
