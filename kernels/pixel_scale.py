@@ -173,18 +173,22 @@ def _kth_smallest(values: Tensor, k: int) -> Tensor:
 
 def _sharp_gradient_sum(image: Tensor) -> Tensor:
     """Column profile of non-maximum-suppressed forward differences along the last axis, ``(B, W)``."""
-    grad = torch.nn.functional.pad((image[..., 1:] - image[..., :-1]).abs().sum(1), (1, 0))
+    # one buffer, worked on in place: each pass below reads and writes the whole image
+    grad = image.new_zeros(image.shape[0], *image.shape[2:])
+    torch.sum((image[..., 1:] - image[..., :-1]).abs_(), 1, out=grad[..., 1:])
     # Noise floor: JPEG ringing and dithering leave small local maxima everywhere, which non-maximum
     # suppression would turn into a spurious period-2 comb.
     flat = grad.flatten(1)
     strong = _kth_smallest(flat, max(1, math.ceil(0.99 * flat.shape[1])))
-    floor = _EDGE_FLOOR * strong.view(-1, 1, 1)
-    grad = torch.where(grad >= floor, grad, 0)
-    before = torch.nn.functional.pad(grad[..., :-1], (1, 0))
-    after = torch.nn.functional.pad(grad[..., 1:], (0, 1))
+    grad.masked_fill_(grad < _EDGE_FLOOR * strong.view(-1, 1, 1), 0)
     # A blurred step spreads over a few pixels; keeping only the local maximum along the scan puts all of its
     # weight back on the boundary, so a blur does not smear the comb. Ties go to the first pixel of a plateau.
-    return (grad * grad * ((grad >= before) & (grad > after))).sum(-2)
+    # Past either end the gradient counts as 0: the first pixel always passes its left test, the last its right
+    # one, where only a gradient of 0, which adds nothing, would fail it.
+    peak = torch.ones_like(grad, dtype=torch.bool)
+    peak[..., 1:] = grad[..., 1:] >= grad[..., :-1]
+    peak[..., :-1] &= grad[..., :-1] > grad[..., 1:]
+    return grad.square_().mul_(peak).sum(-2)
 
 
 def edge_profiles(image: Tensor) -> tuple[Tensor, Tensor]:
