@@ -324,13 +324,14 @@ def _detection_planes(image: Tensor) -> Tensor:
     JPEG keeps luma at full resolution but stores chroma at half resolution with 4:2:0 subsampling, so colour
     edges only land on its 2-pixel chroma grid. Edges are therefore looked for in luma (and alpha, which JPEG
     does not have), where the art's own pixel grid is intact."""
-    x = image.float()
-    if x.shape[1] not in (3, 4):
-        return x
-    luma = x[:, 0:1] * 0.299 + x[:, 1:2] * 0.587 + x[:, 2:3] * 0.114
-    alpha = x[:, 3:].flatten(1)
-    if x.shape[1] == 4 and bool((alpha.amax(1) > alpha.amin(1)).any()):
-        return torch.cat([luma, x[:, 3:]], 1)
+    if image.shape[1] not in (3, 4):
+        return image.float()
+    # plane by plane, the sum in place: a uint8 image is never converted whole (a float one is not written to)
+    red, green, blue = (image[:, channel : channel + 1].float() for channel in range(3))
+    luma = (red * 0.299).add_(green * 0.587).add_(blue * 0.114)
+    alpha = image[:, 3:].flatten(1)
+    if image.shape[1] == 4 and bool((alpha.amax(1) > alpha.amin(1)).any()):
+        return torch.cat([luma, image[:, 3:].float()], 1)
     return luma
 
 

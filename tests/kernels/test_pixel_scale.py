@@ -190,6 +190,13 @@ class TestDetectGridEdges:
     def test_native_art_is_scale_one(self):
         assert detect_grid_edges(as_batch(random_art(64, 0))) == [Grid(1)]
 
+    def test_a_float_image_is_left_as_it_was(self):
+        """The detection planes are worked on in place: a float image, whose `.float()` is itself, is not."""
+        image = as_batch(upscale(random_art(12, 4), 5, 1)).float()
+        kept = image.clone()
+        assert detect_grid_edges(image) == [Grid(5, 4, 4)]
+        assert torch.equal(image, kept)
+
     @pytest.mark.parametrize("size", [(30, 30), (22, 10), (7, 45)])
     def test_a_flat_image_is_scale_one(self, size):
         """Every plane constant (one colour, opaque): the profiles had no plane left to sum, and it raised."""
