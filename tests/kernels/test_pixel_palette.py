@@ -140,6 +140,29 @@ class TestColourDistance:
         assert distance[2, 3] < 1.0  # two blacks a couple of levels apart
         assert distance[3, 5] > 20 and distance[0, 4] > 50
 
+    def test_each_pair_is_the_docstrings_delta_e94(self):
+        """CIE94 for graphic arts (kL = 1, K1 = 0.045, K2 = 0.015) with the geometric mean of the two chromas in
+        both weights, written out pair by pair in float64: all pairs of two sets and broadcast pairs, in both
+        dtypes, the inputs left as they were."""
+        rng = np.random.default_rng(11)
+        first, second = rng.uniform([0, -100, -100], [100, 100, 100], (2, 40, 3))
+
+        def reference(x: np.ndarray, y: np.ndarray) -> float:
+            chroma_x, chroma_y = np.hypot(x[1], x[2]), np.hypot(y[1], y[2])
+            chroma = chroma_x - chroma_y
+            hue_squared = max((x[1] - y[1]) ** 2 + (x[2] - y[2]) ** 2 - chroma**2, 0.0)
+            mean = np.sqrt(chroma_x * chroma_y)
+            return np.sqrt((x[0] - y[0]) ** 2 + (chroma / (1 + 0.045 * mean)) ** 2 + hue_squared / (1 + 0.015 * mean) ** 2)
+
+        expected = np.array([[reference(x, y) for y in second] for x in first])
+        for dtype, tolerance in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
+            left, right = torch.tensor(first, dtype=dtype), torch.tensor(second, dtype=dtype)
+            kept = left.clone(), right.clone()
+            np.testing.assert_allclose(colour_distance(left, right).double().numpy(), expected, rtol=0, atol=tolerance)
+            pairs = pixel_palette._delta_e94(left, right)
+            np.testing.assert_allclose(pairs.double().numpy(), expected.diagonal(), rtol=0, atol=tolerance)
+            assert torch.equal(left, kept[0]) and torch.equal(right, kept[1])
+
 
 class TestMergeSimilarColors:
     @staticmethod
