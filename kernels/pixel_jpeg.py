@@ -91,6 +91,11 @@ _SPLIT_LEAST = 16
 # cases gave shades whose fitted luma lie 5.5-62 levels apart; a black of 16 cells in a fixture, whose noise can
 # only lighten it, split 4 apart.
 _SPLIT_STEP = 5.0
+# ... or this many on a resized file's lattice, whose filter blurs each cell into its neighbours: a fixture's grey
+# of 16 cells, at 3 px x1.02, split 5 levels apart into its cells beside darker ones and the rest. The steps of
+# NetHack's grey ramp that the split gives back there lie 9-10 levels apart; over the real-art set's 3000 cases of
+# seeds 0-4 the records were the same as at 5 levels.
+_SPLIT_STEP_RESIZED = 8.0
 # Shades over this share of the cells, or this many, are not tried: a shade of bleed lines the borders between
 # two colours, and trying one costs time in proportion to its cells. On the 1024 x 1024 timing image at scale 2
 # (262 144 cells) the step takes 205 ms on one thread with the share alone, 61 ms with 4096 cells, 31 ms with
@@ -452,14 +457,15 @@ def fit_shades(
     the lattice's filter overshoots (bicubic), the resize clipped what passed 0 or 255: painted from ``cells``
     as they come, that is added back to the file first.
 
-    On a whole-pixel lattice without subsampled chroma, where a cell's pixels are its own, a shade may first be
-    split: a palette merges neighbouring steps of a ramp that JPEG's noise joins at 2-3 px. From the heaviest shade
-    down (each once), its cells' luma as the file shows it (what the fit misses there, over the cell's pixels,
-    added to the shade's) is sorted and cut where the two sides' sizes times the squared difference of their
-    means is largest (Otsu), each side at least 1/20 of the cells and 3. Where the cut leaves `_SPLIT_SHARE` of
-    the luma's spread between the sides (noise around one colour leaves about 2/pi, 0.64) and their means
-    `_SPLIT_STEP` levels apart, in a shade of `_SPLIT_LEAST` cells or more, the upper side becomes a shade of its
-    own when the shades fitted again miss the file by more than a shade's price less (below).
+    Without subsampled chroma, where a cell's pixels are mostly its own, a shade may first be split: a palette
+    merges neighbouring steps of a ramp that JPEG's noise (and a resize's blur) joins at 2-3 px. From the heaviest
+    shade down (each once), its cells' luma as the file shows it (what the fit misses there, over the cell's
+    pixels, added to the shade's) is sorted and cut where the two sides' sizes times the squared difference of
+    their means is largest (Otsu), each side at least 1/20 of the cells and 3. Where the cut leaves
+    `_SPLIT_SHARE` of the luma's spread between the sides (noise around one colour leaves about 2/pi, 0.64) and
+    their means `_SPLIT_STEP` levels apart (`_SPLIT_STEP_RESIZED` on a resized file's lattice), in a shade of
+    `_SPLIT_LEAST` cells or more, the upper side becomes a shade of its own when the shades fitted again miss the
+    file by more than a shade's price less (below).
 
     Then, from the shade with the fewest cells up, each shade's cells are weighed against the other shades, the
     rest of the cells as they are, in squared error counted in each fit's noise variance (its mean squared
@@ -506,8 +512,10 @@ def fit_shades(
 
     fits = fitted(label, count)
     ycc = _solved(fits, prior)
-    if factors == (1, 1) and rows.cells.shape[1] == columns.cells.shape[1] == 1:
-        fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted)
+    if factors == (1, 1):
+        whole_pixel = rows.cells.shape[1] == columns.cells.shape[1] == 1
+        least_step = _SPLIT_STEP if whole_pixel else _SPLIT_STEP_RESIZED
+        fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted, least_step)
     label, ycc = _drop_unneeded(fits, label, ycc, prior)
     shades = ycbcr_to_srgb(ycc.reshape(1, 3, -1, 1))[0, :, :, 0].round().to(torch.uint8)  # (3, count)
     return torch.cat([shades[:, label].unsqueeze(0), cells[:, 3:]], 1)
@@ -600,10 +608,11 @@ def _split_mixed(
     ycc: Tensor,
     prior: Tensor,
     fitted: Callable[[Tensor, int], tuple[_ShadeFit, ...]],
+    least_step: float,
 ) -> tuple[tuple[_ShadeFit, ...], Tensor, Tensor, Tensor]:
-    """`fit_shades`'s first step on a whole-pixel lattice without subsampled chroma: each shade of ``label``
-    (:math:`(h, w)`) that holds two of the art's colours split in two. The fits, labels, colours
-    (:math:`(3, K)`) and priors after it."""
+    """`fit_shades`'s first step where the file kept every pixel's chroma: each shade of ``label``
+    (:math:`(h, w)`) that holds two of the art's colours, whose sides' luma lie ``least_step`` apart at least,
+    split in two. The fits, labels, colours (:math:`(3, K)`) and priors after it."""
     height, width = label.shape
     scales = _noise_scales(fits, ycc)
     error, price = _misfit(scales, fits, ycc), _shade_price(fits)
@@ -628,7 +637,7 @@ def _split_mixed(
         between[: side - 1] = between[size - side :] = 0
         cut = int(between.argmax())
         spread = float((luma - luma.mean()).square().sum())
-        if float(between[cut]) < _SPLIT_SHARE * spread or float(apart[cut]) < _SPLIT_STEP:
+        if float(between[cut]) < _SPLIT_SHARE * spread or float(apart[cut]) < least_step:
             continue
         split = flat.index_put((cells[shown][order[cut + 1 :]],), torch.tensor(count, device=flat.device))
         split_prior = torch.cat([prior, prior[:, shade : shade + 1]], 1)

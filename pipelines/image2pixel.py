@@ -402,12 +402,12 @@ def file_shades(
         # all its cells together explain the file with (on the 120 JPEGs at scales 2-3 of the real-art set's
         # seeds 0-2 that put 91.5 % of the cells right against 89.8 % and brought their mean CIELAB error
         # from 4.1 to 3.1); then cells another shade explains better move there, and a shade whose cells
-        # their painted neighbours explain goes. Where the file keeps every pixel's chroma on a whole-pixel
-        # lattice, a shade whose cells' luma falls in two is split first: over the set's 3000 cases of seeds
-        # 0-4 that put 473 of the 477 palette targets within 2 (471) and changed 33 cases, all 4:4:4 JPEGs at
-        # 2-3 px: 28 came nearer the art's colour count, 2 went further, and 28 have more cells right, 1 fewer.
+        # their painted neighbours explain goes. Where the file keeps every pixel's chroma, a shade whose cells'
+        # luma falls in two is split first: on a whole-pixel lattice, over the set's 3000 cases of seeds 0-4,
+        # that put 473 of the 477 palette targets within 2 (471) and changed 33 cases, all 4:4:4 JPEGs at 2-3
+        # px: 28 came nearer the art's colour count, 2 went further, and 28 have more cells right, 1 fewer.
         native = fit_shades(native, decoded, *axes, chroma_subsampling)
-        if chroma_subsampling != (1, 1):
+        if chroma_subsampling != (1, 1) or (grid.fractional and snap):
             # The fit counts the rounding of the file's chroma as noise, but under 4:2:0 much of what a small
             # cell's chroma misses is that rounding, and it falls alike on every cell beside one neighbour: one
             # colour came back as shades of one luma, apart in chroma only (NetHack's grey 54 as Cr 119 and 131),
@@ -415,6 +415,13 @@ def file_shades(
             # with the fitted colours, tells such shades from the art's: over the real-art set's 3000 cases of
             # seeds 0-4 the colour count came within 2 for 469 of the 477 palette targets (463), cells as
             # right as before (README). Asked of 4:4:4 files too, it kept 467.
+            # A resize blurs each cell into its neighbours, and where the split above gave a ramp's steps back
+            # there, it also left one colour as shades apart in chroma (NetHack's grey 205 as three); asked
+            # again, the file merges them. On the set's resized 4:4:4 JPEGs at 2-3 px (seeds 0-4), split and
+            # asked again, 473 palette targets within 2 (472), 13 cases changed: 9 nearer the art's colour count,
+            # 4 further, 10 with more cells right (+404) and 1 with fewer (-5). Split alone, 472 targets, NetHack
+            # at 3 px x1.02 with 19 colours for 15; asked again on whole-pixel 4:4:4 files too, 15 more cases
+            # changed, 3 nearer and 10 further.
             native = merge_unneeded_shades(native, decoded, *axes, quantization, chroma_subsampling, coding)
     return native
 

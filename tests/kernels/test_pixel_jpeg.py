@@ -458,15 +458,19 @@ def test_fit_shades_keeps_a_colour_of_a_few_cells_the_file_shows():
     assert int((np.abs(fitted.astype(int) - magenta[0]).max(-1) == 0).sum()) == 3
 
 
-def whole_pixel_jpeg(art: np.ndarray, scale: int):
-    """Real art at ``scale`` saved by libjpeg at q75 with full-resolution chroma, and its whole-pixel lattice."""
-    raw = jpeg_file(art.repeat(scale, 0).repeat(scale, 1), 75, 0)
-    rows = axis_sampling(raw.height, 0, art.shape[0], float(scale), scale)
-    columns = axis_sampling(raw.width, 0, art.shape[1], float(scale), scale)
+def full_chroma_jpeg(art: np.ndarray, scale: int, factor: float):
+    """Real art at ``scale``, resized by ``factor`` (Pillow, bilinear) unless 1, saved by libjpeg at q75 with
+    full-resolution chroma, and its lattice: whole-pixel at a factor of 1."""
+    big = art.repeat(scale, 0).repeat(scale, 1)
+    if factor != 1:
+        big = np.asarray(Image.fromarray(big).resize((round(big.shape[1] * factor), round(big.shape[0] * factor))))
+    raw = jpeg_file(big, 75, 0)
+    rows = axis_sampling(raw.height, 0, art.shape[0], scale * raw.height / (scale * art.shape[0]), scale)
+    columns = axis_sampling(raw.width, 0, art.shape[1], scale * raw.width / (scale * art.shape[1]), scale)
     return raw, rows, columns
 
 
-@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("scale, factor", [(2, 1.0), (3, 1.0), (3, 1.02)])
 @pytest.mark.parametrize(
     "name, first, second",
     [
@@ -475,13 +479,14 @@ def whole_pixel_jpeg(art: np.ndarray, scale: int):
         ("angband-bolt-texture", (24, 24, 24), (36, 36, 36)),
     ],
 )
-def test_fit_shades_splits_a_shade_that_holds_two_steps_of_a_ramp(name, first, second, scale):
+def test_fit_shades_splits_a_shade_that_holds_two_steps_of_a_ramp(name, first, second, scale, factor):
     """Two of the art's colours 12-16 levels of luma apart, 27-104 cells each, read as one shade (their
-    mean), as a palette merges neighbouring steps of a ramp that JPEG's noise joins at 2-3 px. The file tells
-    them apart: fitted, nine in ten cells of each come back nearer their own colour than the other's (before,
-    one shade for both, the lighter or the darker half all wrong), and the art's other shades stay as many."""
+    mean), as a palette merges neighbouring steps of a ramp that JPEG's noise (and a resize's blur) joins at 2-3
+    px. The file tells them apart: fitted, nine in ten cells of each come back nearer their own colour than the
+    other's (before, one shade for both, the lighter or the darker half all wrong; on a resized file's lattice
+    that was so until the split was made there too), and the art's other shades stay as many."""
     art = pixel_art.load(name)
-    raw, rows, columns = whole_pixel_jpeg(art, scale)
+    raw, rows, columns = full_chroma_jpeg(art, scale, factor)
     steps = [(art == colour).all(-1) for colour in (first, second)]
     read = art.copy()
     read[steps[0] | steps[1]] = art[steps[0] | steps[1]].mean(0).round()
@@ -493,12 +498,12 @@ def test_fit_shades_splits_a_shade_that_holds_two_steps_of_a_ramp(name, first, s
         assert nearer.mean() >= 0.9, (own, nearer.mean())
 
 
-@pytest.mark.parametrize("scale", [2, 3])
-def test_fit_shades_splits_no_shade_of_the_arts_own_in_jpeg_noise(scale):
+@pytest.mark.parametrize("scale, factor", [(2, 1.0), (3, 1.0), (3, 1.02)])
+def test_fit_shades_splits_no_shade_of_the_arts_own_in_jpeg_noise(scale, factor):
     """Every fixture's cells as the art's own shades, in the same files: JPEG's noise in a shade's cells is not
     two colours, so no fixture comes back with more shades than it has."""
     for name in pixel_art.NAMES:
         art = pixel_art.load(name)
-        raw, rows, columns = whole_pixel_jpeg(art, scale)
+        raw, rows, columns = full_chroma_jpeg(art, scale, factor)
         fitted = fit_shades(cells_of(art), raw.pixels[None], rows, columns, (1, 1))
         assert len(colours(fitted)) <= pixel_art.count_colours(art), name

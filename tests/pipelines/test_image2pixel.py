@@ -417,6 +417,22 @@ def test_real_art_2_px_cells_take_their_colour_from_the_middle_of_their_span(deg
     assert abs(len(result.palette) - case.colours) <= colours_within, (len(result.palette), case.colours)
 
 
+@pytest.mark.parametrize("degradation, colours_within, at_least", [
+    ("resample1.02 jpeg75-444", 1, 0.99), ("resample0.98 jpeg75-444", 3, 0.975),
+])
+def test_real_art_ramp_steps_come_back_apart_on_a_resized_3_px_lattice(degradation, colours_within, at_least):
+    """Trident ships' grey ramps at 3 px, resized, then saved with full-resolution chroma: the palette merges
+    neighbouring steps, and the file splits them again where the resize left each pixel mostly one cell's (at x1.02
+    its 20 colours came back as 16-17 and 0.948-0.969 of the cells right, at x0.98 16 and 0.945-0.975, before the
+    split was made on resized lattices too)."""
+    for start in ((1, 2), (2, 0)):
+        case = pixel_art.degraded("trident-ships", 3, start, degradation)
+        result = pixelate_case(case)
+        assert result.grid.fractional
+        assert abs(len(result.palette) - case.colours) <= colours_within, (start, len(result.palette))
+        assert cell_accuracy(result, case) >= at_least, start
+
+
 @pytest.mark.parametrize("name", ["nethack-cells", "angband-red-on-navy"])
 def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
     """Issue 15 (5): in 4 px cells 4:2:0 chroma bleeds a neighbour's hue into the whole interior of the cells at a
