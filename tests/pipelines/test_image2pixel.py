@@ -433,6 +433,17 @@ def test_real_art_ramp_steps_come_back_apart_on_a_resized_3_px_lattice(degradati
         assert cell_accuracy(result, case) >= at_least, start
 
 
+def test_real_art_shades_the_fit_leaves_on_a_resized_lattice_are_asked_of_the_file_again():
+    """Angband's 12 flat colours at 2 px, resized x1.03, then saved with full-resolution chroma: the shades fitted
+    on the resized lattice came back as 15 colours; the file's coding, asked again with the fitted colours, as it
+    is under 4:2:0, merges those it does not need (13)."""
+    case = pixel_art.degraded("angband-flat", 2, (2, 0), "resample1.03 jpeg75-444")
+    result = pixelate_case(case)
+    assert result.grid.fractional
+    assert abs(len(result.palette) - case.colours) <= 2, len(result.palette)
+    assert cell_accuracy(result, case) >= 0.99
+
+
 @pytest.mark.parametrize("name", ["nethack-cells", "angband-red-on-navy"])
 def test_real_art_palette_at_small_scales_under_chroma_subsampling(name):
     """Issue 15 (5): in 4 px cells 4:2:0 chroma bleeds a neighbour's hue into the whole interior of the cells at a
