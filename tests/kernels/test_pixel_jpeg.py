@@ -465,8 +465,8 @@ def full_chroma_jpeg(art: np.ndarray, scale: int, factor: float):
     if factor != 1:
         big = np.asarray(Image.fromarray(big).resize((round(big.shape[1] * factor), round(big.shape[0] * factor))))
     raw = jpeg_file(big, 75, 0)
-    rows = axis_sampling(raw.height, 0, art.shape[0], scale * raw.height / (scale * art.shape[0]), scale)
-    columns = axis_sampling(raw.width, 0, art.shape[1], scale * raw.width / (scale * art.shape[1]), scale)
+    rows = axis_sampling(raw.height, 0, art.shape[0], raw.height / art.shape[0], scale)
+    columns = axis_sampling(raw.width, 0, art.shape[1], raw.width / art.shape[1], scale)
     return raw, rows, columns
 
 
