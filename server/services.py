@@ -13,6 +13,7 @@ from server.auth import KeyRing
 from server.config import Settings
 from server.context import MediaIO
 from server.fetch import FetchPolicy, UrlFetcher
+from server.host_memory import retain_freed_memory
 from server.storage import FileStorage, open_file_store
 from server.keys import TokenSigner, shared_token_signer, shared_webhook_key
 from server.maintenance import Maintenance
@@ -46,6 +47,7 @@ class Services:
     def start(cls, settings: Settings, registry: Registry) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(settings.cpu_threads)
+        retain_freed_memory()
         store = open_store(
             settings.queue,
             data_dir=settings.data_dir,
