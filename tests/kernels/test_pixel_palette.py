@@ -116,6 +116,23 @@ class TestSrgbToLab:
         expected = [[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [53.59, 0.0, 0.0]]
         np.testing.assert_allclose(lab.numpy(), expected, atol=0.02)
 
+    def test_the_cielab_definition_and_the_input_left_as_it_was(self):
+        """Against CIELAB as defined (sRGB's transfer curve, its D65 matrix, the cube root with its linear segment
+        near black), in NumPy; the conversion works in place on its own temporaries, never on its input."""
+        rgb = torch.rand(4, 5, 6, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 270 - 10
+        given = rgb.clone()
+        channels_last = rgb.permute(2, 0, 1, 3)  # not contiguous
+        value = rgb.numpy() / 255
+        linear = np.where(value > 0.04045, ((value + 0.055) / 1.055) ** 2.4, value / 12.92)
+        matrix = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                           [0.0193339, 0.1191920, 0.9503041]])
+        xyz = linear @ matrix.T / np.array([0.95047, 1.0, 1.08883])
+        f = np.where(xyz > (6 / 29) ** 3, np.cbrt(np.maximum(xyz, 0)), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+        expected = np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+        np.testing.assert_allclose(srgb_to_lab(rgb).numpy(), expected, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(srgb_to_lab(channels_last).numpy(), expected.transpose(2, 0, 1, 3), rtol=0, atol=1e-9)
+        assert torch.equal(rgb, given)
+
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
     def test_integer_colours_as_their_float_values(self, dtype):
         """Integer colours are looked up per channel value; every value of every channel, in any layout, must convert
