@@ -6,7 +6,7 @@ frees the same large tensors request after request faults their pages in again e
 planes in float64 are 25-34 MB. Kept, the memory a request freed serves the next one, and the process holds its
 peak, as PyTorch's CUDA caching allocator holds device memory. On the image2pixel timing images (2 torch threads),
 the whole-process time of 12 `pixelate` calls fell by a median of 6 % on the main thread and 3 % on a worker
-thread, and the system time spent in page faults from 1.6-1.9 s to 0.4-0.7 s.
+thread, and its system time from 1.6-1.9 s to 0.4-0.7 s.
 """
 
 from __future__ import annotations
