@@ -145,10 +145,16 @@ AUTO_COLOR_CAP = 32
 CELL_SAMPLES = 8
 # Degraded inputs merge shades closer than this many times the cells' spread (`cell_spreads`), at least.
 SPREAD_TO_MERGE = 2.0
-# The least merge radius times the side of a cell's sampled interior: JPEG moves the median of the 3 x 3 interior
-# of a 5 px cell about 2.5 (`colour_distance`), as far as real palettes space their shades, and the median of n x n
-# pixels by about 1/n of the noise, so large cells keep the 1.5-3 steps of dark ramps apart.
+# The least merge radius times the side of a cell's interior (`interior_side`): JPEG moves the median of the 3 x 3
+# interior of a 5 px cell about 2.5 (`colour_distance`), as far as real palettes space their shades, and the median
+# of n x n pixels by about 1/n of the noise, so large cells keep the 1.5-3 steps of dark ramps apart.
 MERGE_FLOOR_TIMES_SIDE = 7.5
+# `interior_side` counts at most this many pixels where the file stores chroma per pixel, though the median samples
+# at most `CELL_SAMPLES` a side: they spread over the whole interior, and at 8 four single 15 px cells of a dark
+# blue ramp in Trident's terrain, steps 0.6-1.1 apart, merged into one colour (now three). Under 4:2:0 a cell's
+# chroma is the model's (`unbled_cells`) and the count stays at `CELL_SAMPLES`: at 12 there, q60 JPEGs of Crawl's
+# floors split into shades of one colour.
+INTERIOR_SIDE_CAP = 12
 # Cells under this many pixels a side that border another chroma (`edge_cells`) weigh this much in the palette: in
 # so small a cell JPEG's chroma bleed reaches most of the interior, so its median is shifted towards the
 # neighbour, and a region's border cells would otherwise outweigh the tail test that merges such shades. Shades
@@ -516,6 +522,10 @@ def working_palette(
     spreads = cell_spreads(spread_cells, cells, scale)[0, opaque].double()
     # Each colour is as uncertain as its cells' pixels stray from it (root mean square over its cells).
     errors = (torch.zeros_like(counts, dtype=torch.float64).index_add_(0, which, spreads**2) / counts).sqrt()
+    # The median of a larger interior is surer than its pixels' spread says: by the root of its side over a 5 px
+    # cell's (by the side itself, JPEG q60's 12 px cells split into shades of one colour).
+    side = interior_side(scale, chroma_modelled=model is not None)
+    errors *= (3 / side) ** 0.5
     # A 3 px cell's spread is taken against pixels of its border ring, bleed included (see `cell_spreads`): it says
     # how uncertain the cell's colour is, not how far the noise in flat areas reaches, so it sets no radius.
     merge_at_least = SPREAD_TO_MERGE * float(spreads.median()) if scale != 3 else 0.0
@@ -525,15 +535,16 @@ def working_palette(
         weights = torch.zeros_like(weights).index_add_(0, which, torch.where(edge, EDGE_WEIGHT, 1.0).double())
     palette, _ = merge_similar_colors(
         colours, weights, max_colors=budget, min_distance=merge_at_least, errors=errors,
-        floor_distance=merge_floor(scale),
+        floor_distance=MERGE_FLOOR_TIMES_SIDE / side,
     )
     return palette, "merged", cells
 
 
-def merge_floor(scale: int) -> float:
-    """The least radius at which the colours of `cell_colours` at ``scale`` merge (see `MERGE_FLOOR_TIMES_SIDE`).
-    Cells under 5 px keep the floor of 5 px: chroma bleed, not the noise a median averages, moves their colour."""
-    return MERGE_FLOOR_TIMES_SIDE / max(3, min(CELL_SAMPLES, scale - 2))
+def interior_side(scale: int, chroma_modelled: bool) -> int:
+    """The pixels a side of a ``scale`` px cell over which its colour's median averages JPEG's noise: its interior
+    less the border ring, at most `INTERIOR_SIDE_CAP` (`CELL_SAMPLES` where its chroma is modelled). Cells under
+    5 px count as 5 px cells: chroma bleed, not the noise a median averages, moves their colour."""
+    return max(3, min(CELL_SAMPLES if chroma_modelled else INTERIOR_SIDE_CAP, scale - 2))
 
 
 # Nothing here is differentiated: outside autograd each of the palette's many small tensor ops costs a fifth less.

@@ -508,6 +508,21 @@ def test_real_art_dark_ramp_keeps_its_shades_in_large_cells(scale, start, degrad
     assert cell_accuracy(result, case) >= 0.99
 
 
+@pytest.mark.parametrize(
+    "name, scale, start, degradation",
+    [("angband-red-on-navy", 12, (4, 6), "jpeg75-444"), ("nethack-cells", 10, (3, 5), "jpeg90-444"),
+     ("angband-bolt-texture", 12, (4, 6), "jpeg80-444")],
+)
+def test_real_art_large_cells_under_jpeg_keep_every_shade(name, scale, start, degradation):
+    """Issue 15: a colour of large cells was taken to be as uncertain as its pixels' spread, and the merge radius
+    to fall no further than a side of 8, so these lost one real colour each, at 100 % of the cells otherwise:
+    greys 32 apart (red on navy), NetHack's two whites, two greys of the bolt texture."""
+    case = pixel_art.degraded(name, scale, start, degradation)
+    result = pixelate_case(case)
+    assert len(result.palette) == case.colours
+    assert cell_accuracy(result, case) == 1.0
+
+
 @pytest.mark.parametrize("name, scale, start, at_least", [
     ("crawl-dark-floor", 4, (1, 2), 0.99), ("angband-bolt-texture", 5, (2, 1), 0.85), ("trident-ships", 6, (3, 1), 0.99),
 ])
