@@ -87,6 +87,10 @@ _PARAMETERS_PER_SHADE = 3
 # best cut, 0.64), and the shade has this many cells at least.
 _SPLIT_SHARE = 0.85
 _SPLIT_LEAST = 16
+# ... or this share on a resized file's lattice, whose filter blurs each cell into its neighbours and so fills the
+# gap between the two sides' luma: in the real-art set (seed 4), NetHack's white and light grey (255 and 237) at
+# 3 px x1.02 q75 4:4:4 left 0.79 of the spread between them, two of its greys (131-140 and 149) 0.83.
+_SPLIT_SHARE_RESIZED = 0.78
 # ... and where the two sides' mean luma lie this many levels apart at least. The splits kept in the real-art set's
 # cases gave shades whose fitted luma lie 5.5-62 levels apart; a black of 16 cells in a fixture, whose noise can
 # only lighten it, split 4 apart.
@@ -459,13 +463,13 @@ def fit_shades(
 
     Without subsampled chroma, where a cell's pixels are mostly its own, a shade may first be split: a palette
     merges neighbouring steps of a ramp that JPEG's noise (and a resize's blur) joins at 2-3 px. From the heaviest
-    shade down (each once), its cells' luma as the file shows it (what the fit misses there, over the cell's
-    pixels, added to the shade's) is sorted and cut where the two sides' sizes times the squared difference of
-    their means is largest (Otsu), each side at least 1/20 of the cells and 3. Where the cut leaves
-    `_SPLIT_SHARE` of the luma's spread between the sides (noise around one colour leaves about 2/pi, 0.64) and
-    their means `_SPLIT_STEP` levels apart (`_SPLIT_STEP_RESIZED` on a resized file's lattice), in a shade of
+    shade down, its cells' luma as the file shows it (what the fit misses there, over the cell's pixels, added to
+    the shade's) is sorted and cut where the two sides' sizes times the squared difference of their means is
+    largest (Otsu), each side at least 1/20 of the cells and 3. Where the cut leaves `_SPLIT_SHARE` of the luma's
+    spread between the sides (noise around one colour leaves about 2/pi, 0.64) and their means `_SPLIT_STEP`
+    levels apart (`_SPLIT_SHARE_RESIZED` and `_SPLIT_STEP_RESIZED` on a resized file's lattice), in a shade of
     `_SPLIT_LEAST` cells or more, the upper side becomes a shade of its own when the shades fitted again miss the
-    file by more than a shade's price less (below).
+    file by more than a shade's price less (below); both sides are then tried again after the rest.
 
     Then, from the shade with the fewest cells up, each shade's cells are weighed against the other shades, the
     rest of the cells as they are, in squared error counted in each fit's noise variance (its mean squared
@@ -514,8 +518,8 @@ def fit_shades(
     ycc = _solved(fits, prior)
     if factors == (1, 1):
         whole_pixel = rows.cells.shape[1] == columns.cells.shape[1] == 1
-        least_step = _SPLIT_STEP if whole_pixel else _SPLIT_STEP_RESIZED
-        fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted, least_step)
+        least = (_SPLIT_SHARE, _SPLIT_STEP) if whole_pixel else (_SPLIT_SHARE_RESIZED, _SPLIT_STEP_RESIZED)
+        fits, label, ycc, prior = _split_mixed(fits, label, ycc, prior, fitted, *least)
     label, ycc = _drop_unneeded(fits, label, ycc, prior)
     shades = ycbcr_to_srgb(ycc.reshape(1, 3, -1, 1))[0, :, :, 0].round().to(torch.uint8)  # (3, count)
     return torch.cat([shades[:, label].unsqueeze(0), cells[:, 3:]], 1)
@@ -608,16 +612,20 @@ def _split_mixed(
     ycc: Tensor,
     prior: Tensor,
     fitted: Callable[[Tensor, int], tuple[_ShadeFit, ...]],
+    least_share: float,
     least_step: float,
 ) -> tuple[tuple[_ShadeFit, ...], Tensor, Tensor, Tensor]:
     """`fit_shades`'s first step where the file kept every pixel's chroma: each shade of ``label``
-    (:math:`(h, w)`) that holds two of the art's colours, whose sides' luma lie ``least_step`` apart at least,
-    split in two. The fits, labels, colours (:math:`(3, K)`) and priors after it."""
+    (:math:`(h, w)`) that holds two of the art's colours, whose cut leaves ``least_share`` of its luma's spread
+    between the sides and whose sides' luma lie ``least_step`` apart at least, split in two, and both sides tried
+    again. The fits, labels, colours (:math:`(3, K)`) and priors after it."""
     height, width = label.shape
     scales = _noise_scales(fits, ycc)
     error, price = _misfit(scales, fits, ycc), _shade_price(fits)
     count = ycc.shape[1]
-    for shade in torch.bincount(label.flatten(), minlength=count).argsort(descending=True, stable=True).tolist():
+    waiting = torch.bincount(label.flatten(), minlength=count).argsort(descending=True, stable=True).tolist()
+    while waiting:
+        shade = waiting.pop(0)
         flat = label.flatten()
         cells = (flat == shade).nonzero().flatten()
         reach = _reach(fits[0].pairs, flat, cells, height, width)
@@ -637,7 +645,7 @@ def _split_mixed(
         between[: side - 1] = between[size - side :] = 0
         cut = int(between.argmax())
         spread = float((luma - luma.mean()).square().sum())
-        if float(between[cut]) < _SPLIT_SHARE * spread or float(apart[cut]) < least_step:
+        if float(between[cut]) < least_share * spread or float(apart[cut]) < least_step:
             continue
         split = flat.index_put((cells[shown][order[cut + 1 :]],), torch.tensor(count, device=flat.device))
         split_prior = torch.cat([prior, prior[:, shade : shade + 1]], 1)
@@ -646,6 +654,8 @@ def _split_mixed(
         split_error = _misfit(scales, split_fits, split_ycc)
         if error - split_error > price:
             fits, label, ycc, prior, error = split_fits, split.view(height, width), split_ycc, split_prior, split_error
+            # a shade of three steps of a ramp gives one up at a time
+            waiting += [shade, count]
             count += 1
     return fits, label, ycc, prior
 

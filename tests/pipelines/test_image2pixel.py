@@ -435,6 +435,24 @@ def test_real_art_ramp_steps_come_back_apart_on_a_resized_3_px_lattice(degradati
         assert cell_accuracy(result, case) >= at_least, start
 
 
+@pytest.mark.parametrize("name, scale, start, degradation, colours_within, at_least", [
+    ("nethack-cells", 3, (1, 2), "resample1.02 jpeg75-444", 2, 0.995),
+    ("nethack-cells", 3, (2, 0), "resample0.98 jpeg75-444", 2, 0.99),
+    ("trident-ships", 2, (2, 0), "resample1.02 jpeg75-444", 5, 0.88),
+])
+def test_real_art_ramps_on_a_resized_lattice_split_step_by_step(name, scale, start, degradation, colours_within,
+                                                                 at_least):
+    """Issue 15: on a resized lattice the split asked for as large a share of a shade's luma spread between its two
+    sides as on whole pixels, which a resize's blur leaves no two steps of a ramp, and tried each shade once:
+    NetHack's greys 54 and 73 stayed one shade (9 colours for 12, 0.991 and 0.987 of the cells right), and the
+    Trident ships at 2 px put 0.687 of their cells right (0.840 with the lower share alone)."""
+    case = pixel_art.degraded(name, scale, start, degradation)
+    result = pixelate_case(case)
+    assert result.grid.fractional
+    assert abs(len(result.palette) - case.colours) <= colours_within, (len(result.palette), case.colours)
+    assert cell_accuracy(result, case) >= at_least
+
+
 def test_real_art_shades_the_fit_leaves_on_a_resized_lattice_are_asked_of_the_file_again():
     """Angband's 12 flat colours at 2 px, resized x1.03, then saved with full-resolution chroma: the shades fitted
     on the resized lattice came back as 15 colours; the file's coding, asked again with the fitted colours, as it
