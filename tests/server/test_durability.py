@@ -130,12 +130,13 @@ def test_three_kills_fail_none_of_the_ordinary_requests(kiln_process):
 
 
 def test_long_request_is_not_handed_out_twice_while_its_worker_lives(make_client):
-    # the request runs three leases long; the lease still leaves a busy CI machine ten heartbeats
-    client = make_client(lease_seconds=1.0, heartbeat_seconds=0.1, janitor_seconds=0.05)
-    queued = client.post("/queue/kiln-test/steps", json={"steps": 30, "step_seconds": 0.1}).json()
+    # the request runs two leases long; a lease is 25 heartbeats, as a loaded CI machine once stalled
+    # renewals for over a second (a 1 s lease of ten heartbeats lapsed there once)
+    client = make_client(lease_seconds=2.5, heartbeat_seconds=0.1, janitor_seconds=0.05)
+    queued = client.post("/queue/kiln-test/steps", json={"steps": 50, "step_seconds": 0.1}).json()
     wait_completed(client, queued["status_url"])
     result = client.get(queued["response_url"]).json()
-    assert result["steps_done"] == 30 and result["provenance"]["attempt"] == 1
+    assert result["steps_done"] == 50 and result["provenance"]["attempt"] == 1
     logs = client.get(queued["status_url"] + "?logs=1").json()["logs"]
     assert not any("Requeued" in line["message"] for line in logs)
     assert sum(line["message"].startswith("Running on") for line in logs) == 1
