@@ -368,6 +368,7 @@ FIXTURES = (
     ("angband-red-on-navy.png", "angband-8x8", (347, 230, 24, 24)),
     ("angband-bolt-texture.png", "angband-16x16", (33, 307, 24, 24)),
     ("trident-terrain.png", "trident-tiles", (28, 316, 32, 32)),
+    ("trident-desert.png", "trident-tiles", (29, 382, 32, 32)),
     ("trident-ships.png", "trident-units", (0, 405, 30, 30)),
     ("crawl-dark-floor.png", "crawl-floor", (86, 760, 32, 32)),
 )

@@ -59,9 +59,15 @@ __all__ = [
     "merge_unneeded_shades",
 ]
 
-# Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours. On the
-# real-art set's JPEGs four did no better than two (89 against 90 of the 92 palette targets) at twice the cost.
-_CANDIDATES = 2
+# Heavier colours tried for each shade, nearest first: a bled shade's source is among its nearest colours. Where the
+# file keeps every pixel's chroma, three: JPEG's chroma rounding beside contrasting cells turned 13 of Trident's olive
+# (95, 118, 54) cells at 5 px q75 into a brown (114, 98, 54) that two other colours lie nearer in CIELAB, and only the
+# third asked gave them back. Over the real-art set's 3000 cases of seeds 0-4 that put 475 of the 477 palette targets
+# within 2 (474) and 22 cases changed: 2 nearer the art's colour count, none further, 105 more cells right. Under
+# subsampled chroma, where the chroma leniency lets more through, a third lost 1473 cells (a crawl floor at 3 px
+# q90 4:2:0 657 of them), and four did no better than two when first measured (89 against 90 of 92 targets).
+_CANDIDATES = 3
+_CANDIDATES_SUBSAMPLED = 2
 # In a file with subsampled chroma, a shade also goes when the change explains the file's luma at least as well and
 # its chroma score (see `merge_unneeded_shades`) is at most this: one 4:2:0 sample spans parts of several small cells
 # and the painted lattice only approximates how the resize and the decoder spread it, so the chroma evidence is
@@ -803,7 +809,7 @@ def merge_unneeded_shades(
     The cells are painted onto the image's lattice (``rows``, ``columns``), clipped to 0-255 where its filter
     overshoots (bicubic), and encoded as the file was: DCT coefficients rounded to its steps (`kernels.jpeg_codec`).
     From the shade with the fewest cells up, each is tried as each of its `_CANDIDATES` nearest (`colour_distance`)
-    colours with more cells, on the MCUs it reaches.
+    colours with more cells (`_CANDIDATES_SUBSAMPLED` in a file with subsampled chroma), on the MCUs it reaches.
     Let ``D`` be what that changes in the stored coefficients and ``R`` what the stored coefficients still miss of
     ``observed``'s (both in YCbCr levels, a chroma coefficient counted once per pixel it covers): the change
     explains the file at least as well when :math:`\|R - D\|^2 \le \|R\|^2`, i.e. when
@@ -893,6 +899,7 @@ def merge_unneeded_shades(
         return at, block, trial, change, moved
 
     target = torch.arange(count, device=device)
+    tried = _CANDIDATES_SUBSAMPLED if subsampled else _CANDIDATES
     lab = srgb_to_lab(colours.to(torch.float64))
     gaps = colour_distance(lab, lab)  # looked up for each shade below, not measured again
     counts = torch.bincount(label.flatten(), minlength=count).tolist()
@@ -902,7 +909,7 @@ def merge_unneeded_shades(
         if not alive[shade] or not heavier:
             continue
         heavier = torch.tensor(heavier, device=device)
-        candidates = heavier[gaps[shade, heavier].argsort(stable=True)[:_CANDIDATES]]
+        candidates = heavier[gaps[shade, heavier].argsort(stable=True)[:tried]]
         chosen = target == shade
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them

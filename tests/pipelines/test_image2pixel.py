@@ -539,6 +539,18 @@ def test_real_art_large_cells_under_jpeg_keep_every_shade(name, scale, start, de
     assert cell_accuracy(result, case) >= 0.99
 
 
+@pytest.mark.parametrize("start, degradation", [((2, 4), "jpeg75-444"), ((4, 1), "jpeg80-444")])
+def test_real_art_shade_whose_colour_jpeg_moved_past_two_others_goes(start, degradation):
+    """Issue 15 (5): JPEG's chroma rounding beside contrasting cells moves a few cells of Trident's desert past two
+    other colours of the art (a sand cell beside grass to pale green (169, 207, 166) at q75, three dark olive
+    (74, 74, 36) cells to green (55, 94, 39) at q80), and a shade the file does not need was tried only as its
+    two nearest heavier colours: 10 colours for the art's 9. The third nearest is the cells' own colour."""
+    case = pixel_art.degraded("trident-desert", 5, start, degradation)
+    result = pixelate_case(case)
+    assert len(result.palette) == case.colours, (len(result.palette), case.colours)
+    assert cell_accuracy(result, case) >= 0.99
+
+
 @pytest.mark.parametrize("name, scale, start, at_least", [
     ("crawl-dark-floor", 4, (1, 2), 0.99), ("angband-bolt-texture", 5, (2, 1), 0.85), ("trident-ships", 6, (3, 1), 0.99),
 ])
