@@ -899,7 +899,7 @@ def merge_unneeded_shades(
         return at, block, trial, change, moved
 
     target = torch.arange(count, device=device)
-    tried = _CANDIDATES_SUBSAMPLED if subsampled else _CANDIDATES
+    nearest = _CANDIDATES_SUBSAMPLED if subsampled else _CANDIDATES
     lab = srgb_to_lab(colours.to(torch.float64))
     gaps = colour_distance(lab, lab)  # looked up for each shade below, not measured again
     counts = torch.bincount(label.flatten(), minlength=count).tolist()
@@ -909,7 +909,7 @@ def merge_unneeded_shades(
         if not alive[shade] or not heavier:
             continue
         heavier = torch.tensor(heavier, device=device)
-        candidates = heavier[gaps[shade, heavier].argsort(stable=True)[:tried]]
+        candidates = heavier[gaps[shade, heavier].argsort(stable=True)[:nearest]]
         chosen = target == shade
         reached = shown[:, shade].nonzero().flatten()
         # a shade over many MCUs is judged on an even sample of them
