@@ -518,7 +518,8 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     3. Each candidate's phase is the circular mean of the profile at that period, and its evidence is how much
        better its cells explain the image than the same lattice half a cell off (`_grid_evidence`, computed
        from prefix sums of luma over up to 256 rows and columns). The period is the one of best evidence, or the largest
-       within 0.02 of it; below an evidence of 0.3 the image is native (scale 1).
+       within 0.02 of it that every other such period from 2.5 px divides; below an evidence of 0.3 the image is
+       native (scale 1).
     4. The period is refined on each axis separately, and kept fractional (`Grid.period_y`,
        `Grid.period_x`) when whole-pixel cells would drift by more than a quarter pixel across the image, as
        on a resampled upscale, where each axis is refitted to where its boundaries lie between pixels
@@ -594,6 +595,12 @@ def _repainted_error(planes: Tensor, lattices: list[tuple[float, float]]) -> flo
     return float((painted - planes).square().mean(dtype=torch.float64))
 
 
+def _divides(finer: float, period: float) -> bool:
+    """Whether ``period`` is a whole multiple of ``finer``, within `_MULTIPLE_SLACK` a multiple."""
+    multiple = round(period / finer)
+    return abs(period / finer - multiple) <= _MULTIPLE_SLACK * multiple
+
+
 def _fit_grid(
     columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor, edges: Tensor
 ) -> Grid | None:
@@ -621,11 +628,19 @@ def _fit_grid(
 
     def acceptable(evidence: float, period: float) -> bool:
         # A multiple of the best period (which is then its harmonic) needs less: finer cells fit noise better.
-        multiple = period / best_period
-        harmonic = 2 <= round(multiple) <= 3 and abs(multiple - round(multiple)) <= _MULTIPLE_SLACK * round(multiple)
+        harmonic = 2 <= round(period / best_period) <= 3 and _divides(best_period, period)
         return evidence >= best - _EVIDENCE_TIE or (harmonic and evidence >= _HARMONIC_SHARE * best)
 
-    _, period, lattices = max((entry for entry in scored if acceptable(*entry[:2])), key=lambda item: item[1])
+    # The largest acceptable period that each tied finer one divides: its harmonics tie with a true period, but a
+    # lattice of a few cells whose boundary falls on the art's one strong edge (a flat area beside fine texture,
+    # resampled) ties with, or beats, the texture's cells without being their multiple. Periods under
+    # `_MIRROR_BELOW` do not count: a slightly resampled image shows a 2 px pattern of its own.
+    acceptable_periods = sorted((entry for entry in scored if acceptable(*entry[:2])), key=lambda entry: -entry[1])
+    tied = [p for evidence, p, _ in acceptable_periods if evidence >= best - _EVIDENCE_TIE and p >= _MIRROR_BELOW]
+    # (the smallest tied period has none finer, so one always qualifies)
+    _, period, lattices = next(
+        entry for entry in acceptable_periods if all(_divides(finer, entry[1]) for finer in tied if finer < entry[1])
+    )
     # Cells of about 2 px: whole-pixel sampling cannot tell p from its mirror p / (p - 1) (2.06 from 1.94);
     # the true lattice's cells, painted back from their centres, give the image back, the mirror's do not.
     mirror_period = period / (period - 1) if period < _MIRROR_BELOW else 0.0
