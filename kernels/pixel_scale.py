@@ -485,14 +485,18 @@ def _residual(sums: Tensor, squares: float, period: float, phase: float) -> floa
 
 def _grid_evidence(lines: list[tuple[Tensor, Tensor, float]], period: float) -> tuple[float, list[tuple]]:
     """How much better cells of about ``period`` explain the image than the same lattice half a cell off, in
-    [0, 1] (1 - residual / shifted residual over both axes), and the lattice ``(period, phase)`` fitted on each
-    axis (`_fit_lattice`, started from the profile's circular-mean phase).
+    [0, 1] (1 - residual / shifted residual over both axes, or twice the weaker axis's own where that is less), and
+    the lattice ``(period, phase)`` fitted on each axis (`_fit_lattice`, started from the profile's circular-mean
+    phase).
 
     A true lattice leaves only noise inside its cells and cuts every cell in two when shifted. Harmonics of it
     (s / 2) lose half of that contrast, multiples (texture at 2s) keep the cell-sized detail inside their cells
     at either phase, and the moire of a resampled image or the 2-pixel chroma grid of JPEG 4:2:0 drift across
-    the art, so either phase fits it equally badly."""
+    the art, so either phase fits it equally badly. Cells explain both axes: a lattice of a few cells with a
+    boundary on one long edge (a flat area beside the art) explains that axis alone, and pooled, that edge's
+    contrast outweighed the texture's cells on both (Crawl's floor below a flat band at 12-16 px, resized)."""
     fitted = shifted = 0.0
+    axis_evidence = []
     lattices = []
     for profile, sums, squares in lines:
         start = float(_phase(profile.unsqueeze(0), period)[0])
@@ -501,9 +505,12 @@ def _grid_evidence(lines: list[tuple[Tensor, Tensor, float]], period: float) -> 
             # Too few edges on this axis to fit on their own: cells are square.
             axis_period, phase = period, start
         lattices.append((axis_period, phase))
-        fitted += _residual(sums, squares, axis_period, phase)
-        shifted += _residual(sums, squares, axis_period, phase + axis_period / 2)
-    return (1.0 - fitted / shifted if shifted > 0 else 0.0), lattices
+        axis_fitted = _residual(sums, squares, axis_period, phase)
+        axis_shifted = _residual(sums, squares, axis_period, phase + axis_period / 2)
+        axis_evidence.append(1.0 - axis_fitted / axis_shifted if axis_shifted > 0 else 0.0)
+        fitted += axis_fitted
+        shifted += axis_shifted
+    return min(1.0 - fitted / shifted if shifted > 0 else 0.0, 2 * min(axis_evidence)), lattices
 
 
 def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid]:
@@ -518,8 +525,7 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     3. Each candidate's phase is the circular mean of the profile at that period, and its evidence is how much
        better its cells explain the image than the same lattice half a cell off (`_grid_evidence`, computed
        from prefix sums of luma over up to 256 rows and columns). The period is the one of best evidence, or the largest
-       within 0.02 of it that every other such period from 2.5 px divides; below an evidence of 0.3 the image is
-       native (scale 1).
+       within 0.02 of it; below an evidence of 0.3 the image is native (scale 1).
     4. The period is refined on each axis separately, and kept fractional (`Grid.period_y`,
        `Grid.period_x`) when whole-pixel cells would drift by more than a quarter pixel across the image, as
        on a resampled upscale, where each axis is refitted to where its boundaries lie between pixels
@@ -595,12 +601,6 @@ def _repainted_error(planes: Tensor, lattices: list[tuple[float, float]]) -> flo
     return float((painted - planes).square().mean(dtype=torch.float64))
 
 
-def _divides(finer: float, period: float) -> bool:
-    """Whether ``period`` is a whole multiple of ``finer``, within `_MULTIPLE_SLACK` a multiple."""
-    multiple = round(period / finer)
-    return abs(period / finer - multiple) <= _MULTIPLE_SLACK * multiple
-
-
 def _fit_grid(
     columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor, edges: Tensor
 ) -> Grid | None:
@@ -628,19 +628,11 @@ def _fit_grid(
 
     def acceptable(evidence: float, period: float) -> bool:
         # A multiple of the best period (which is then its harmonic) needs less: finer cells fit noise better.
-        harmonic = 2 <= round(period / best_period) <= 3 and _divides(best_period, period)
+        multiple = period / best_period
+        harmonic = 2 <= round(multiple) <= 3 and abs(multiple - round(multiple)) <= _MULTIPLE_SLACK * round(multiple)
         return evidence >= best - _EVIDENCE_TIE or (harmonic and evidence >= _HARMONIC_SHARE * best)
 
-    # The largest acceptable period that each tied finer one divides: its harmonics tie with a true period, but a
-    # lattice of a few cells whose boundary falls on the art's one strong edge (a flat area beside fine texture,
-    # resampled) ties with, or beats, the texture's cells without being their multiple. Periods under
-    # `_MIRROR_BELOW` do not count: a slightly resampled image shows a 2 px pattern of its own.
-    acceptable_periods = sorted((entry for entry in scored if acceptable(*entry[:2])), key=lambda entry: -entry[1])
-    tied = [p for evidence, p, _ in acceptable_periods if evidence >= best - _EVIDENCE_TIE and p >= _MIRROR_BELOW]
-    # (the smallest tied period has none finer, so one always qualifies)
-    _, period, lattices = next(
-        entry for entry in acceptable_periods if all(_divides(finer, entry[1]) for finer in tied if finer < entry[1])
-    )
+    _, period, lattices = max((entry for entry in scored if acceptable(*entry[:2])), key=lambda item: item[1])
     # Cells of about 2 px: whole-pixel sampling cannot tell p from its mirror p / (p - 1) (2.06 from 1.94);
     # the true lattice's cells, painted back from their centres, give the image back, the mirror's do not.
     mirror_period = period / (period - 1) if period < _MIRROR_BELOW else 0.0
