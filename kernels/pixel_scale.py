@@ -48,9 +48,10 @@ _MAX_CANDIDATES = 16
 _MIN_PERIOD = 1.8
 # Grid evidence (see `_grid_evidence`) below which the image has no grid: it is native art (scale 1).
 _MIN_EVIDENCE = 0.3
-# Candidates within this evidence of the best one count as equal, and the largest of them wins; twice or three
-# times the best period (within this share of a whole multiple) only needs this share of its evidence: the best
-# is then its harmonic (s / 2, s / 3), whose finer cells also fit the noise of blurred or compressed cells.
+# Candidates within this evidence of the best one count as equal, and the largest of them wins if it is a whole
+# multiple (within this share of one) of the best period from `_MIRROR_BELOW` up; twice or three times the best
+# period only needs this share of its evidence: the best is then its harmonic (s / 2, s / 3), whose finer cells
+# also fit the noise of blurred or compressed cells.
 _EVIDENCE_TIE = 0.02
 _MULTIPLE_SLACK = 0.02
 _HARMONIC_SHARE = 0.95
@@ -85,6 +86,8 @@ _KTH_SAMPLE = 16384
 _KTH_MARGIN = 0.01
 # Runs detection needs this many boundary positions over both axes before it trusts a gcd.
 _MIN_BOUNDARIES = 4
+# `_grid_evidence` weighs a lattice in this many bands of each axis's lines apart.
+_BANDS = 4
 
 
 @dataclass(frozen=True)
@@ -460,17 +463,20 @@ def _refine_lattice(gradient: Tensor, period: float, phase: float) -> tuple[floa
     return period, phase % period
 
 
-def _line_sums(planes: Tensor) -> tuple[Tensor, float]:
+def _line_sums(planes: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Prefix sums along the lines of ``(C, lines, L)``, laid out ``(L + 1, C * lines)`` with a leading row of 0
-    so that the sums up to one position are one contiguous row, and the sum of all the squares."""
+    so that the sums up to one position are one contiguous row; each line's sum of squares ``(C * lines,)`` and
+    its band (`_BANDS` runs of neighbouring lines)."""
     values = planes.double().permute(2, 0, 1).flatten(1)
     sums = torch.cat([values.new_zeros(1, values.shape[1]), values.cumsum(0)])
-    return sums, float((values * values).sum())
+    lines = planes.shape[1]
+    band = (torch.arange(values.shape[1], device=values.device) % lines) * _BANDS // lines
+    return sums, ((values * values).sum(0), band)
 
 
-def _residual(sums: Tensor, squares: float, period: float, phase: float) -> float:
-    """Squared error left when every line is constant between the lattice ``phase + k * period`` (rounded to
-    whole pixels), from `_line_sums`."""
+def _residual(sums: Tensor, squares: tuple[Tensor, Tensor], period: float, phase: float) -> Tensor:
+    """Squared error left in each band ``(_BANDS,)`` when every line is constant between the lattice
+    ``phase + k * period`` (rounded to whole pixels), from `_line_sums`."""
     length = sums.shape[0] - 1
     first = math.floor(-phase / period)
     steps = torch.arange(first, first + length / period + 3, dtype=torch.float64, device=sums.device)
@@ -479,23 +485,32 @@ def _residual(sums: Tensor, squares: float, period: float, phase: float) -> floa
     at_cuts = sums.index_select(0, cuts)
     segment = at_cuts[1:] - at_cuts[:-1]
     counts = (cuts[1:] - cuts[:-1]).double()
-    explained = ((segment * segment).sum(1) / counts).sum()
-    return squares - float(explained)
+    explained = (segment * segment / counts[:, None]).sum(0)
+    per_line, band = squares
+    return torch.zeros(_BANDS, dtype=torch.float64, device=sums.device).index_add_(0, band, per_line - explained)
 
 
-def _grid_evidence(lines: list[tuple[Tensor, Tensor, float]], period: float) -> tuple[float, list[tuple]]:
+def _grid_evidence(
+    lines: list[tuple[Tensor, Tensor, tuple[Tensor, Tensor]]], period: float
+) -> tuple[float, list[tuple]]:
     """How much better cells of about ``period`` explain the image than the same lattice half a cell off, in
-    [0, 1] (1 - residual / shifted residual over both axes, or twice the weaker axis's own where that is less), and
-    the lattice ``(period, phase)`` fitted on each axis (`_fit_lattice`, started from the profile's circular-mean
-    phase).
+    [0, 1], and the lattice ``(period, phase)`` fitted on each axis (`_fit_lattice`, started from the profile's
+    circular-mean phase). Each band of an axis's lines scores 1 - residual / shifted residual, and the bands of
+    both axes are averaged, each weighing the square root of its shifted residual; twice the weaker axis's own
+    average caps it.
 
     A true lattice leaves only noise inside its cells and cuts every cell in two when shifted. Harmonics of it
     (s / 2) lose half of that contrast, multiples (texture at 2s) keep the cell-sized detail inside their cells
     at either phase, and the moire of a resampled image or the 2-pixel chroma grid of JPEG 4:2:0 drift across
     the art, so either phase fits it equally badly. Cells explain both axes: a lattice of a few cells with a
     boundary on one long edge (a flat area beside the art) explains that axis alone, and pooled, that edge's
-    contrast outweighed the texture's cells on both (Crawl's floor below a flat band at 12-16 px, resized)."""
-    fitted = shifted = 0.0
+    contrast outweighed the texture's cells on both (Crawl's floor below a flat band at 12-16 px, resized). Cells
+    explain every part of the image, too: pooled, the residual is the contrast's, so a few strong edges (a pale
+    tile beside dark, low-contrast ones) outweighed all the cells of the texture, and a lattice about ten cells
+    wide with a boundary on each of them won (Crawl's floor at 10 px x0.98 came back as 101). Weighed by
+    contrast itself, those edges' bands still outweigh the rest; weighed alike, a flat background's bands,
+    which no lattice explains, would count as much as the art's."""
+    weighed = weights = 0.0
     axis_evidence = []
     lattices = []
     for profile, sums, squares in lines:
@@ -507,10 +522,13 @@ def _grid_evidence(lines: list[tuple[Tensor, Tensor, float]], period: float) -> 
         lattices.append((axis_period, phase))
         axis_fitted = _residual(sums, squares, axis_period, phase)
         axis_shifted = _residual(sums, squares, axis_period, phase + axis_period / 2)
-        axis_evidence.append(1.0 - axis_fitted / axis_shifted if axis_shifted > 0 else 0.0)
-        fitted += axis_fitted
-        shifted += axis_shifted
-    return min(1.0 - fitted / shifted if shifted > 0 else 0.0, 2 * min(axis_evidence)), lattices
+        weight = axis_shifted.clamp(min=0).sqrt()
+        band_evidence = torch.where(weight > 0, 1.0 - axis_fitted / axis_shifted.clamp(min=1e-12), 0.0)
+        axis_weighed, axis_weights = float((weight * band_evidence).sum()), float(weight.sum())
+        axis_evidence.append(axis_weighed / axis_weights if axis_weights > 0 else 0.0)
+        weighed += axis_weighed
+        weights += axis_weights
+    return min(weighed / weights if weights > 0 else 0.0, 2 * min(axis_evidence)), lattices
 
 
 def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid]:
@@ -525,7 +543,8 @@ def detect_grid_edges(image: Tensor, max_period: int | None = None) -> list[Grid
     3. Each candidate's phase is the circular mean of the profile at that period, and its evidence is how much
        better its cells explain the image than the same lattice half a cell off (`_grid_evidence`, computed
        from prefix sums of luma over up to 256 rows and columns). The period is the one of best evidence, or the largest
-       within 0.02 of it; below an evidence of 0.3 the image is native (scale 1).
+       within 0.02 of it that is a multiple of the best from 2.5 px up; below an evidence of 0.3 the image is
+       native (scale 1).
     4. The period is refined on each axis separately, and kept fractional (`Grid.period_y`,
        `Grid.period_x`) when whole-pixel cells would drift by more than a quarter pixel across the image, as
        on a resampled upscale, where each axis is refitted to where its boundaries lie between pixels
@@ -601,6 +620,12 @@ def _repainted_error(planes: Tensor, lattices: list[tuple[float, float]]) -> flo
     return float((painted - planes).square().mean(dtype=torch.float64))
 
 
+def _multiple(period: float, base: float) -> int:
+    """How many times ``base`` ``period`` is, within `_MULTIPLE_SLACK` of a whole multiple; 0 if it is not one."""
+    whole = round(period / base)
+    return whole if whole >= 1 and abs(period / base - whole) <= _MULTIPLE_SLACK * whole else 0
+
+
 def _fit_grid(
     columns: Tensor, rows: Tensor, line_sums, size: int, longest: float, planes: Tensor, edges: Tensor
 ) -> Grid | None:
@@ -625,11 +650,17 @@ def _fit_grid(
     if best < _MIN_EVIDENCE:
         return None
     best_period = max(scored, key=lambda entry: entry[0])[1]
+    # Cells under 2.5 px cut nearly every pixel: a lattice that fine fits any image, and its coarser tied periods
+    # need not be its multiples (a 2 px alias of a resized 16 px lattice), where a coarser period tied with real
+    # cells and not their multiple locked onto a few strong edges.
+    coarse = [entry for entry in scored if entry[1] >= _MIRROR_BELOW]
+    reference = max(coarse, key=lambda entry: entry[0])[1] if coarse else best_period
 
     def acceptable(evidence: float, period: float) -> bool:
+        if period > reference and not _multiple(period, reference):
+            return False
         # A multiple of the best period (which is then its harmonic) needs less: finer cells fit noise better.
-        multiple = period / best_period
-        harmonic = 2 <= round(multiple) <= 3 and abs(multiple - round(multiple)) <= _MULTIPLE_SLACK * round(multiple)
+        harmonic = 2 <= _multiple(period, best_period) <= 3
         return evidence >= best - _EVIDENCE_TIE or (harmonic and evidence >= _HARMONIC_SHARE * best)
 
     _, period, lattices = max((entry for entry in scored if acceptable(*entry[:2])), key=lambda item: item[1])
