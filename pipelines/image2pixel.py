@@ -420,7 +420,7 @@ def file_shades(
             # each explaining the file by 12 and 13 times a shade's price. The file's own coding, asked again
             # with the fitted colours, tells such shades from the art's: over the real-art set's 3000 cases of
             # seeds 0-4 the colour count came within 2 for 469 of the 477 palette targets (463), cells as
-            # right as before (README). Asked of 4:4:4 files too, it kept 467.
+            # right as before (docs/image2pixel.md). Asked of 4:4:4 files too, it kept 467.
             # A resize blurs each cell into its neighbours, and where the split above gave a ramp's steps back
             # there, it also left one colour as shades apart in chroma (NetHack's grey 205 as three); asked
             # again, the file merges them. On the set's resized 4:4:4 JPEGs at 2-3 px (seeds 0-4), split and
