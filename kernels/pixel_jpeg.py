@@ -49,6 +49,7 @@ from kernels.jpeg_codec import (
 from kernels.pixel_palette import colour_distance, srgb_to_lab
 
 __all__ = [
+    "BLUR_KERNELS",
     "RESAMPLING_KERNELS",
     "AxisSampling",
     "FileCoding",
@@ -140,15 +141,23 @@ def _keys_cubic(distance: Tensor) -> Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
+def _gaussian(sigma: float) -> Callable[[Tensor], Tensor]:
+    return lambda distance: torch.exp(-0.5 * (distance / sigma) ** 2)
+
+
 # Each resampling filter and its support in source pixels.
 RESAMPLING_KERNELS = {"linear": (_triangle, 1.0), "cubic": (_keys_cubic, 2.0)}
+# A gaussian blur of a whole-pixel upscale, the softening an editor or an image pipeline adds: sigmas of 0.5, 0.75
+# and 1 px, each with a support of three sigmas.
+BLUR_KERNELS = {f"blur{sigma}": (_gaussian(sigma), 3 * sigma) for sigma in (0.5, 0.75, 1.0)}
 
 
 def axis_sampling(
     length: int, start: float, cells: int, period: float, scale: int, kernel: str = "linear", device=None
 ) -> AxisSampling:
     """How an upscale by ``scale``, resampled to cells of ``period`` pixels starting at ``start``, shows ``cells``
-    cells along an axis of ``length`` pixels, as a resize with the ``kernel`` filter (`RESAMPLING_KERNELS`) does:
+    cells along an axis of ``length`` pixels, as a resize with the ``kernel`` filter (`RESAMPLING_KERNELS`, or on a
+    whole-pixel lattice a blur of `BLUR_KERNELS`) does:
     each pixel weighs the upscale's pixels by the filter at their distance from its centre, the filter widened
     by the shrink factor when shrinking, as Pillow's antialiased resize does. (Unwidened, as OpenCV's resize
     is, the painting misses Pillow's shrinks by two to four times as much; over the real-art set's 3000 cases
@@ -161,9 +170,10 @@ def axis_sampling(
         >>> rows.cells.tolist(), rows.inside.tolist()
         ([[0], [0], [0], [1], [1]], [False, True, True, True, True])
     """
-    if kernel not in RESAMPLING_KERNELS:
-        raise ValueError(f"`kernel` must be one of {sorted(RESAMPLING_KERNELS)}, got {kernel!r}")
-    weigh, support = RESAMPLING_KERNELS[kernel]
+    kernels = RESAMPLING_KERNELS | BLUR_KERNELS
+    if kernel not in kernels:
+        raise ValueError(f"`kernel` must be one of {sorted(kernels)}, got {kernel!r}")
+    weigh, support = kernels[kernel]
     centre = torch.arange(length, device=device, dtype=torch.float64) + 0.5 - start
     position = centre * scale / period  # in the upscale's pixels
     stretch = max(1.0, scale / period)

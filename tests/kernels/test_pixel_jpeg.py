@@ -9,10 +9,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from kernels.jpeg_chroma import jpeg_chroma_roundtrip, srgb_to_ycbcr, ycbcr_to_srgb
 from kernels.pixel_jpeg import (
+    BLUR_KERNELS,
     AxisSampling,
     _padded,
     _render,
@@ -507,3 +508,24 @@ def test_fit_shades_splits_no_shade_of_the_arts_own_in_jpeg_noise(scale, factor)
         raw, rows, columns = full_chroma_jpeg(art, scale, factor)
         fitted = fit_shades(cells_of(art), raw.pixels[None], rows, columns, (1, 1))
         assert len(colours(fitted)) <= pixel_art.count_colours(art), name
+
+
+@pytest.mark.parametrize("sigma", [0.5, 0.75, 1.0])
+@pytest.mark.parametrize("scale", [2, 3, 5])
+def test_a_blurred_upscale_paints_as_pillows_gaussian_blur(scale, sigma):
+    """An upscale blurred by Pillow's gaussian blur is the cells painted on its whole-pixel lattice through the
+    blur of the same sigma (Pillow approximates the gaussian by box blurs, a level or two off on average); the
+    unblurred painting, and the blurs of the other sigmas, miss it by several levels."""
+    art = np.random.default_rng(5).integers(0, 256, (19, 21, 3), dtype=np.uint8)
+    big = art.repeat(scale, 0).repeat(scale, 1)
+    blurred = np.asarray(Image.fromarray(big).filter(ImageFilter.GaussianBlur(sigma))).astype(np.float64)
+
+    def error(kernel: str) -> float:
+        rows, columns = (axis_sampling(length, 0, cells, float(scale), scale, kernel)
+                         for length, cells in zip(big.shape[:2], art.shape[:2]))
+        painted = _render(torch.from_numpy(art).permute(2, 0, 1).double(), rows, columns).permute(1, 2, 0).numpy()
+        return float(np.abs(painted - blurred)[3:-3, 3:-3].mean())  # the image's border is blurred with itself
+
+    own = f"blur{sigma}"
+    assert error(own) <= 2.5, error(own)
+    assert min(error(kernel) for kernel in ("linear", *BLUR_KERNELS) if kernel != own) >= 5, own
