@@ -361,8 +361,8 @@ def lattice(image: torch.Tensor, grid: Grid, snap: bool) -> tuple[tuple[float, i
 
 
 def lattice_sampling(image: torch.Tensor, grid: Grid, snap: bool, kernel: str = "linear") -> list[AxisSampling]:
-    """Per axis (rows, then columns), which cells of `cells_image` each pixel of `image` shows, resampled with
-    `kernel` on a fractional grid."""
+    """Per axis (rows, then columns), which cells of `cells_image` each pixel of `image` shows, through `kernel`:
+    a resize's filter on a fractional grid, a blur (or none, "linear") on a whole-pixel one."""
     return [
         axis_sampling(length, start, cells, period, grid.scale, kernel, image.device)
         for length, (start, cells, period) in zip(image.shape[-2:], lattice(image, grid, snap))
@@ -392,19 +392,20 @@ def painting_sampling(
     if not snap:
         return lattice_sampling(decoded, grid, snap)
     height, width = (round(FILTER_TRIAL_CELLS * size) for size in grid.cell_size)
-    if not grid.fractional:
-        height, width = (min(side, BLUR_TRIAL_PIXELS) for side in (height, width))
+    if grid.fractional:
+        kernels, fitted = list(RESAMPLING_KERNELS), True
+    else:
+        kernels, fitted = ["linear", *BLUR_KERNELS], False  # "linear" on whole pixels: each pixel its own cell
+        height, width = min(height, BLUR_TRIAL_PIXELS), min(width, BLUR_TRIAL_PIXELS)
     trial = decoded[..., :height, :width]
     (_, rows, _), (_, columns, _) = lattice(trial, grid, snap)
     cells = native[..., :rows, :columns]
 
     def misfit(kernel: str) -> float:
         axes = lattice_sampling(trial, grid, snap, kernel)
-        if not grid.fractional:
-            return luma_misfit(cells, trial, *axes)
-        return luma_misfit(fit_shades(cells, trial, *axes, chroma_subsampling), trial, *axes)
+        shades = fit_shades(cells, trial, *axes, chroma_subsampling) if fitted else cells
+        return luma_misfit(shades, trial, *axes)
 
-    kernels = list(RESAMPLING_KERNELS) if grid.fractional else ["linear", *BLUR_KERNELS]
     return lattice_sampling(decoded, grid, snap, min(kernels, key=misfit))
 
 
