@@ -150,6 +150,7 @@ RESAMPLING_KERNELS = {"linear": (_triangle, 1.0), "cubic": (_keys_cubic, 2.0)}
 # A gaussian blur of a whole-pixel upscale, the softening an editor or an image pipeline adds: sigmas of 0.5, 0.75
 # and 1 px, each with a support of three sigmas.
 BLUR_KERNELS = {f"blur{sigma}": (_gaussian(sigma), 3 * sigma) for sigma in (0.5, 0.75, 1.0)}
+_KERNELS = RESAMPLING_KERNELS | BLUR_KERNELS
 
 
 def axis_sampling(
@@ -170,10 +171,9 @@ def axis_sampling(
         >>> rows.cells.tolist(), rows.inside.tolist()
         ([[0], [0], [0], [1], [1]], [False, True, True, True, True])
     """
-    kernels = RESAMPLING_KERNELS | BLUR_KERNELS
-    if kernel not in kernels:
-        raise ValueError(f"`kernel` must be one of {sorted(kernels)}, got {kernel!r}")
-    weigh, support = kernels[kernel]
+    if kernel not in _KERNELS:
+        raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}, got {kernel!r}")
+    weigh, support = _KERNELS[kernel]
     centre = torch.arange(length, device=device, dtype=torch.float64) + 0.5 - start
     position = centre * scale / period  # in the upscale's pixels
     stretch = max(1.0, scale / period)
